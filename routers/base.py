@@ -1,0 +1,173 @@
+"""The router contract: features in, quality (and optionally cost) predictions out.
+
+A router *estimates*; :func:`routers.objective.decide` *decides*. Every router is scored on the
+same footing and the user's flags apply to all of them alike.
+
+Routers are pure: no HTTP, no database, no module-level state. Parameters go in ``__init__``
+(which does no work), learning happens in :meth:`Router.fit` (which returns ``self``), and a fitted
+router round-trips through :meth:`Router.save` / :meth:`Router.load` as one artifact file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from training.dataset import RoutingDataset
+
+ARTIFACT_MAGIC = b"poolgate-router/1\n"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a router may know about a candidate model: its attributes, never only an index.
+
+    Prices are USD per 1M tokens. ``size_b`` is billions of parameters. ``latency_ms`` and
+    ``output_tokens`` are observed averages (from logs or datasets) when known.
+    """
+
+    name: str
+    input_price: float = 0.0
+    output_price: float = 0.0
+    size_b: float | None = None
+    release_date: date | None = None
+    context_window: int | None = None
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+    description: str = ""
+    latency_ms: float | None = None
+    output_tokens: float | None = None
+
+    def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for one call with the given token counts at this model's prices."""
+        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+
+
+@dataclass
+class QueryFeatures:
+    """A batch of featurized queries.
+
+    ``embeddings`` is ``[n, d]`` float32 (unit-normalized sentence embeddings) or ``None`` when the
+    caller did not compute them (routers whose ``requires_embeddings`` is False never need them).
+    ``stats`` is ``[n, k]`` cheap text statistics (see :mod:`routers.features`).
+    ``tasks`` holds a task label per query where one is known (datasets), else ``None``.
+    ``prompt_tokens`` is the prompt length in tokens per query.
+    """
+
+    texts: list[str]
+    stats: np.ndarray
+    prompt_tokens: np.ndarray
+    embeddings: np.ndarray | None = None
+    tasks: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> QueryFeatures:
+        """The rows ``idx`` of this batch, as a new batch."""
+        ix = np.asarray(idx, dtype=np.int64)
+        return QueryFeatures(
+            texts=[self.texts[i] for i in ix],
+            stats=self.stats[ix],
+            prompt_tokens=self.prompt_tokens[ix],
+            embeddings=None if self.embeddings is None else self.embeddings[ix],
+            tasks=None if self.tasks is None else [self.tasks[i] for i in ix],
+        )
+
+
+@dataclass
+class Prediction:
+    """Per-query, per-candidate estimates.
+
+    ``quality`` is ``[n_queries, n_candidates]`` in [0, 1]. ``cost_usd`` (USD per call) and
+    ``output_tokens`` are optional: when a router does not model them the objective estimates cost
+    from the candidates' prices and their observed or default output length.
+    """
+
+    quality: np.ndarray
+    cost_usd: np.ndarray | None = None
+    output_tokens: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.quality.ndim != 2:
+            raise ValueError(f"quality must be 2-D [queries, candidates], got shape {self.quality.shape}")
+        for name in ("cost_usd", "output_tokens"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != self.quality.shape:
+                raise ValueError(f"{name} shape {arr.shape} != quality shape {self.quality.shape}")
+
+
+class RouterError(Exception):
+    """A router cannot be fitted, loaded or applied as asked (message says why)."""
+
+
+class Router(ABC):
+    """Base class of every router. Subclasses set ``name`` and implement :meth:`predict`.
+
+    ``requires_embeddings``: the gateway computes sentence embeddings only for routers that say so.
+    ``evaluation_only``: routers such as the oracle that read the answers; never served.
+    """
+
+    name: ClassVar[str] = ""
+    requires_embeddings: ClassVar[bool] = False
+    evaluation_only: ClassVar[bool] = False
+
+    #: set by ``fit``: the model names seen in training (empty for routers that need no training)
+    models_: list[str]
+
+    def fit(self, dataset: RoutingDataset) -> Self:
+        """Learn from a dataset. Baselines that need no data keep this default."""
+        self.models_ = list(dataset.models)
+        return self
+
+    @abstractmethod
+    def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
+        """Estimate each candidate's quality (and optionally cost) for each query."""
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (sklearn habit), for reports and artifact metadata."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self" and hasattr(self, p)}
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write this fitted router to one artifact file (pickle behind a magic header)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(ARTIFACT_MAGIC)
+            pickle.dump({"router": self.name, "state": self}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Router:
+        """Read an artifact written by :meth:`save`; errors name the file and the reason."""
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                if fh.read(len(ARTIFACT_MAGIC)) != ARTIFACT_MAGIC:
+                    raise RouterError(f"{path}: not a poolgate router artifact (bad header)")
+                payload = pickle.load(fh)
+        except FileNotFoundError as exc:
+            raise RouterError(f"{path}: artifact file not found") from exc
+        except RouterError:
+            raise
+        except Exception as exc:  # corrupt pickle, truncated file, missing class
+            raise RouterError(f"{path}: corrupt router artifact ({type(exc).__name__}: {exc})") from exc
+        router = payload.get("state") if isinstance(payload, dict) else None
+        if not isinstance(router, Router):
+            raise RouterError(f"{path}: artifact does not hold a router")
+        if cls is not Router and not isinstance(router, cls):
+            raise RouterError(f"{path}: artifact holds router {router.name!r}, expected {cls.name!r}")
+        return router

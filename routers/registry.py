@@ -1,0 +1,43 @@
+"""Router registry: one name -> one class, imported lazily so heavy routers cost nothing until used.
+
+A new router is one file in ``routers/`` plus one line in :data:`ROUTERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from routers.base import Router, RouterError
+
+#: name -> "module:Class". Keep one line per router.
+ROUTERS: dict[str, str] = {
+    "random": "routers.baselines:RandomRouter",
+    "cheapest": "routers.baselines:CheapestRouter",
+    "strongest": "routers.baselines:StrongestRouter",
+    "best-single": "routers.baselines:BestSingleRouter",
+    "oracle": "routers.baselines:OracleRouter",
+}
+
+
+def router_names() -> list[str]:
+    """All registered router names, sorted."""
+    return sorted(ROUTERS)
+
+
+def get_router_class(name: str) -> type[Router]:
+    """The class registered under ``name``; :class:`RouterError` naming the choices if unknown."""
+    try:
+        target = ROUTERS[name]
+    except KeyError:
+        raise RouterError(f"unknown router {name!r}; known: {', '.join(router_names())}") from None
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Router)):
+        raise RouterError(f"registry entry {name!r} -> {target} is not a Router subclass")
+    return cls
+
+
+def make_router(name: str, **params: Any) -> Router:
+    """Instantiate the router registered under ``name`` with constructor ``params``."""
+    return get_router_class(name)(**params)
