@@ -10,7 +10,9 @@ import importlib
 import click
 
 #: subcommand name -> "module:attribute" (a click command or group). One line per command.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "replay": "gateway.commands.replay:replay",
+}
 
 
 class LazyGroup(click.Group):
