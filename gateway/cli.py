@@ -11,6 +11,9 @@ import click
 
 #: subcommand name -> "module:attribute" (a click command or group). One line per command.
 COMMANDS: dict[str, str] = {
+    "db": "gateway.commands.db:db",
+    "serve": "gateway.commands.serve:serve",
+    "pools": "gateway.commands.pools:pools",
     "replay": "gateway.commands.replay:replay",
 }
 

@@ -53,12 +53,16 @@ class CheapestRouter(Router):
 
 
 class StrongestRouter(Router):
-    """Always the strongest candidate by its attributes (size, then price); fallback goes down."""
+    """Always the strongest candidate by its attributes (price, then size); fallback goes down.
+
+    Price is the primary key because it is known for every backend while size often is not
+    (closed models), and in a pool the most expensive model is the one bought for its strength.
+    """
 
     name = "strongest"
 
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
-        keys = [(c.size_b or 0.0, c.input_price + c.output_price) for c in candidates]
+        keys = [(c.input_price + c.output_price, c.size_b or 0.0) for c in candidates]
         row = _rank_scores(keys, descending=True)
         return Prediction(quality=np.tile(row, (len(features), 1)))
 

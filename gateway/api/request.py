@@ -1,0 +1,151 @@
+"""Reading and checking a chat-completions request without re-validating the whole body.
+
+Only what the gateway itself needs is checked (model, messages, stream, our ``poolgate``
+extension); every other OpenAI field passes through to the backend untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import GatewayError
+from gateway.pricing import count_prompt_tokens, message_text
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass
+class ChatRequest:
+    payload: dict[str, Any]
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    wants_usage: bool
+    prompt_text: str
+    required_capabilities: frozenset[str]
+    request_flags: dict[str, Any] | None
+    router_override: str | None
+
+    def prompt_tokens(self) -> int:
+        return count_prompt_tokens(self.messages)
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The request body parsed as JSON: 415 for a non-JSON content type, 413 over ``max_bytes``, 400 if bad."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise GatewayError(415, f"unsupported content type {ctype or '(none)'!r}; send application/json",
+                           code="unsupported_media_type")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise GatewayError(413, f"request body of {declared} bytes is over the limit of {max_bytes}",
+                           code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise GatewayError(413, f"request body is over the limit of {max_bytes} bytes", code="request_too_large")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from None
+
+
+def _bad(message: str, param: str) -> GatewayError:
+    return GatewayError(400, message, param=param, code="invalid_value")
+
+
+def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatRequest:
+    """Check the fields the gateway relies on; errors name the parameter."""
+    if not isinstance(body, dict):
+        raise _bad("request body must be a JSON object", "body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string (a pool or backend name)", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty array", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
+        if m.get("role") not in ROLES:
+            raise _bad(f"messages[{i}].role must be one of {sorted(ROLES)}", f"messages[{i}].role")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _bad(f"messages[{i}].content must be a string or an array of parts", f"messages[{i}].content")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be a boolean", "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise _bad("'stream_options' must be an object", "stream_options")
+    wants_usage = bool(opts and opts.get("include_usage"))
+    flags, router = _extension(body.get("poolgate"), header_flags)
+    return ChatRequest(
+        payload=body,
+        model=model,
+        messages=messages,
+        stream=stream,
+        wants_usage=wants_usage,
+        prompt_text=_routing_text(messages),
+        required_capabilities=_capabilities(body, messages),
+        request_flags=flags,
+        router_override=router,
+    )
+
+
+def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """Flags from the ``X-Poolgate-Flags`` header, overridden key by key by the body's ``poolgate.flags``."""
+    flags: dict[str, Any] = {}
+    if header_flags:
+        try:
+            parsed = orjson.loads(header_flags)
+        except orjson.JSONDecodeError:
+            raise _bad("X-Poolgate-Flags header is not valid JSON", "X-Poolgate-Flags") from None
+        if not isinstance(parsed, dict):
+            raise _bad("X-Poolgate-Flags header must be a JSON object", "X-Poolgate-Flags")
+        flags.update(parsed)
+    router = None
+    if ext is not None:
+        if not isinstance(ext, dict):
+            raise _bad("'poolgate' must be an object with 'flags' and/or 'router'", "poolgate")
+        unknown = set(ext) - {"flags", "router"}
+        if unknown:
+            raise _bad(f"unknown poolgate field(s) {sorted(unknown)}", f"poolgate.{sorted(unknown)[0]}")
+        body_flags = ext.get("flags")
+        if body_flags is not None:
+            if not isinstance(body_flags, dict):
+                raise _bad("'poolgate.flags' must be an object", "poolgate.flags")
+            flags.update(body_flags)
+        router = ext.get("router")
+        if router is not None and not isinstance(router, str):
+            raise _bad("'poolgate.router' must be a string", "poolgate.router")
+    return (flags or None), router
+
+
+def _routing_text(messages: list[dict[str, Any]]) -> str:
+    """What routers read: the last user message (the question being asked now)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m.get("content"))
+    return message_text(messages[-1].get("content"))
+
+
+def _capabilities(body: dict[str, Any], messages: list[dict[str, Any]]) -> frozenset[str]:
+    caps = set()
+    if body.get("tools") or body.get("functions"):
+        caps.add("tools")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        caps.add("json")
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+            caps.add("vision")
+    return frozenset(caps)

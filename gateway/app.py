@@ -1,0 +1,90 @@
+"""The app factory: builds every service once, injects them, and tears them down in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from gateway.api import health, openai
+from gateway.breaker import BreakerRegistry
+from gateway.deps import Services
+from gateway.dispatch import Dispatcher
+from gateway.embedding import EmbeddingBatcher
+from gateway.errors import install_error_handlers
+from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
+from gateway.routing import Embedder, RoutingService
+from gateway.settings import Settings
+from gateway.store import LogWriter, make_engine
+
+log = logging.getLogger("poolgate")
+
+
+def resolve_pool_file(settings: Settings) -> tuple[PoolFile, Path]:
+    """The configured pool file, or the demo pool; and the folder relative artifact paths start from."""
+    path = settings.pool_file or DEMO_POOL_PATH
+    return load_pool_file(path), Path(path).resolve().parent
+
+
+def make_embedder(settings: Settings, pool_file: PoolFile, routing_needs: bool) -> Embedder | None:
+    """A batched request-time embedder, built only when some pool's router needs embeddings."""
+    if not routing_needs:
+        return None
+    from training.features import Featurizer
+
+    featurizer = Featurizer(cache_dir=settings.embedding_cache_dir)
+    batcher = EmbeddingBatcher(featurizer.embed, window_ms=settings.embedding_batch_window_ms)
+    return batcher.embed
+
+
+def create_app(
+    settings: Settings | None = None,
+    pool_file: PoolFile | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the gateway. ``transport`` replaces the network for the upstream client (tests)."""
+    settings = settings or Settings()
+    if pool_file is None:
+        pool_file, base_dir = resolve_pool_file(settings)
+    else:
+        base_dir = Path.cwd()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        routing = RoutingService(pool_file, base_dir=base_dir)
+        routing.load()
+        needs = any(rt.router.requires_embeddings for rt in routing.runtimes.values())
+        routing.embedder = make_embedder(settings, pool_file, needs)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        client = httpx.AsyncClient(transport=transport, limits=limits, timeout=httpx.Timeout(120.0, connect=5.0))
+        breakers = BreakerRegistry(pool_file.breaker.failure_threshold, pool_file.breaker.reset_after_s)
+        engine = make_engine(settings.database_url)
+        writer = LogWriter(engine, settings)
+        await writer.start()
+        app.state.services = Services(
+            settings=settings, pool_file=pool_file, routing=routing, client=client, breakers=breakers,
+            dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer,
+        )
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await client.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="poolgate",
+        version="0.1.0",
+        description="OpenAI-compatible gateway that routes each request to a model in a pool.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,77 @@
+"""``poolgate serve``: run the gateway (and, with no pool file, the offline replay demo backend)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise click.ClickException(f"replay backend exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise click.ClickException(f"{url} did not come up within {timeout_s:.0f}s")
+
+
+def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
+    """Start ``python -m gateway.replay`` on host:port and wait until it answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.replay", "--host", host, "--port", str(port)])
+    try:
+        _wait_http(f"http://{host}:{port}/v1/models", proc=proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc
+
+
+@click.command()
+@click.option("--host", default=None, help="bind address [POOLGATE_HOST, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="port [POOLGATE_PORT, 8000]")
+@click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="pool YAML [POOLGATE_POOL_FILE]; unset = demo pool over the replay backend")
+@click.option("--no-replay", is_flag=True, help="with the demo pool, do not start the replay backend")
+def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool) -> None:
+    """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default)."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.pools import PoolFileError
+    from gateway.settings import Settings
+    from gateway.store import upgrade
+
+    if pool_file is not None:
+        os.environ["POOLGATE_POOL_FILE"] = str(pool_file)
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    if settings.database_url.startswith("sqlite"):
+        upgrade(settings.database_url)  # embedded default: the schema is ours to create
+    child = None
+    if settings.pool_file is None and not no_replay:
+        click.echo(f"starting the replay backend on {settings.replay_host}:{settings.replay_port} (demo pool)")
+        child = start_replay_child(settings.replay_host, settings.replay_port)
+    try:
+        app = create_app(settings)
+    except PoolFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {settings.database_url})")
+    try:
+        uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+                    log_level="warning", timeout_graceful_shutdown=10)
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=10)

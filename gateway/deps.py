@@ -1,0 +1,35 @@
+"""The services one gateway process holds, built by the app factory and injected into routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from gateway.breaker import BreakerRegistry
+from gateway.dispatch import Dispatcher
+from gateway.pools import PoolFile
+from gateway.routing import RoutingService
+from gateway.settings import Settings
+from gateway.store import LogWriter
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool_file: PoolFile
+    routing: RoutingService
+    client: httpx.AsyncClient
+    breakers: BreakerRegistry
+    dispatcher: Dispatcher
+    engine: AsyncEngine
+    writer: LogWriter
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

@@ -1,0 +1,184 @@
+"""Dispatch a request down the router's ranking over one shared ``httpx.AsyncClient``.
+
+For each ranked backend (skipping those whose breaker is open) it tries up to ``1 + retries`` times,
+with exponential backoff, on connect errors, timeouts, 429 and 5xx. It falls back to the next
+backend only while nothing has reached the client: a non-streaming answer is buffered whole; for a
+stream, the first body chunk is read before the backend is committed to, so a backend that stalls
+before its first byte still falls back. Other 4xx answers are the client's fault and are returned
+as they are, without fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.breaker import BreakerRegistry
+from gateway.pools import BackendConfig
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.05
+
+
+@dataclass
+class UpstreamResult:
+    """A backend that answered. Non-streaming: ``body``; streaming: ``stream`` (first chunk included)."""
+
+    backend: BackendConfig
+    status: int
+    attempts: list[dict[str, Any]]
+    body: bytes = b""
+    content_type: str = "application/json"
+    response: httpx.Response | None = None
+    stream: AsyncIterator[bytes] | None = None
+    first_byte_at: float | None = None
+
+
+@dataclass
+class AllBackendsFailed(Exception):
+    """No ranked backend answered; ``status`` is what the client gets (502 or 503)."""
+
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 502
+    message: str = "all backends failed"
+
+
+class Dispatcher:
+    def __init__(self, client: httpx.AsyncClient, breakers: BreakerRegistry) -> None:
+        self.client = client
+        self.breakers = breakers
+
+    @staticmethod
+    def upstream_payload(payload: dict[str, Any], backend: BackendConfig, stream: bool) -> bytes:
+        """The body sent upstream: the client's fields untouched, but ``model`` and our extension."""
+        body = {k: v for k, v in payload.items() if k != "poolgate"}
+        body["model"] = backend.model
+        if stream:  # ask for usage always, so every streamed request is logged with real tokens
+            opts = dict(body.get("stream_options") or {})
+            opts["include_usage"] = True
+            body["stream_options"] = opts
+        return orjson.dumps(body)
+
+    async def dispatch(
+        self, ranking: list[BackendConfig], payload: dict[str, Any], stream: bool, fallback: bool = True
+    ) -> UpstreamResult:
+        attempts: list[dict[str, Any]] = []
+        tried = ranking if fallback else ranking[:1]
+        skipped_open = 0
+        for backend in tried:
+            breaker = self.breakers.get(backend.name)
+            if not breaker.allow():
+                skipped_open += 1
+                attempts.append({"backend": backend.name, "status": None, "error": "circuit open", "latency_ms": 0.0})
+                continue
+            result = await self._try_backend(backend, payload, stream, attempts)
+            if result is not None:
+                return result
+        status = 503 if skipped_open == len(tried) else 502
+        last = next((a["error"] for a in reversed(attempts) if a["error"]), "no backend available")
+        raise AllBackendsFailed(attempts, status, f"all backends failed; last error: {last}")
+
+    async def _try_backend(
+        self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]]
+    ) -> UpstreamResult | None:
+        breaker = self.breakers.get(backend.name)
+        content = self.upstream_payload(payload, backend, stream)
+        headers = {"content-type": "application/json"}
+        key = backend.api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        timeout = httpx.Timeout(backend.read_timeout_s, connect=backend.connect_timeout_s)
+        url = f"{backend.base_url}/chat/completions"
+        for i in range(backend.retries + 1):
+            if i:
+                await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
+            started = time.perf_counter()
+            outcome = await self._attempt(url, content, headers, timeout, stream)
+            elapsed = (time.perf_counter() - started) * 1000
+            status, error, result = outcome
+            attempt = {"backend": backend.name, "status": status, "error": error, "latency_ms": round(elapsed, 2)}
+            attempts.append(attempt)
+            if result is not None:
+                breaker.record_success()
+                result.backend, result.attempts = backend, attempts
+                return result
+            if status is not None and status not in RETRYABLE_STATUS:
+                # the client's mistake (or the backend's verdict on it): pass it through, no fallback
+                breaker.record_success()
+                return UpstreamResult(backend, status, attempts, body=error_body(status, error))
+            breaker.record_failure()
+            if not breaker.allow():
+                break
+        return None
+
+    async def _attempt(
+        self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout, stream: bool
+    ) -> tuple[int | None, str | None, UpstreamResult | None]:
+        """One HTTP exchange: (status, error text, result-if-usable)."""
+        request = self.client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            return None, _describe(exc), None
+        try:
+            if response.status_code >= 400 or not stream:
+                body = await response.aread()
+                await response.aclose()
+                if response.status_code >= 400:
+                    return response.status_code, _upstream_message(response.status_code, body), None
+                ctype = response.headers.get("content-type", "application/json")
+                return 200, None, UpstreamResult(
+                    None, response.status_code, [], body=body, content_type=ctype  # type: ignore[arg-type]
+                )
+            chunks = response.aiter_raw()
+            first = await chunks.__anext__()
+            first_at = time.perf_counter()
+        except StopAsyncIteration:
+            await response.aclose()
+            return None, "upstream closed the stream before sending anything", None
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            return None, _describe(exc), None
+        return 200, None, UpstreamResult(
+            None,  # type: ignore[arg-type]
+            200,
+            [],
+            content_type=response.headers.get("content-type", "text/event-stream"),
+            response=response,
+            stream=_prepend(first, chunks),
+            first_byte_at=first_at,
+        )
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    kind = type(exc).__name__
+    text = str(exc)
+    return f"{kind}: {text}" if text else kind
+
+
+def _upstream_message(status: int, body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+        msg = data.get("error", {}).get("message") if isinstance(data, dict) else None
+    except orjson.JSONDecodeError:
+        msg = None
+    return f"upstream HTTP {status}: {msg or body[:200].decode('utf-8', 'replace')}"
+
+
+def error_body(status: int, message: str | None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message or f"upstream HTTP {status}", "type": "upstream_error", "param": None,
+                   "code": str(status)}}
+    )

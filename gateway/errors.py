@@ -1,0 +1,90 @@
+"""OpenAI-style errors: ``{"error": {"message", "type", "param", "code"}}`` with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable_error",
+    504: "upstream_timeout_error",
+}
+
+
+class GatewayError(Exception):
+    """An error the client should see as OpenAI error JSON with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> Response:
+        headers = {**self.headers, **(extra_headers or {})}
+        return Response(
+            orjson.dumps(self.body()), status_code=self.status, media_type="application/json", headers=headers
+        )
+
+
+def error_response(status: int, message: str, **kwargs: Any) -> Response:
+    return GatewayError(status, message, **kwargs).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error FastAPI/Starlette can raise to OpenAI error JSON; never a traceback."""
+
+    async def gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return exc.response()
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        msg = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(exc.status_code, msg, headers=dict(exc.headers or {}))
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        param = ".".join(loc) or None
+        return error_response(400, f"{param or 'request'}: {first.get('msg', 'invalid request')}", param=param)
+
+    async def unexpected(_: Request, exc: Exception) -> Response:  # last resort: still OpenAI JSON
+        return error_response(500, f"internal error ({type(exc).__name__})", type="server_error")
+
+    app.add_exception_handler(GatewayError, gateway_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)

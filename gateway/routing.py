@@ -1,0 +1,199 @@
+"""Routing service: featurize a request once, ask the pool's router, let the shared objective rank.
+
+A pool's router lives in a :class:`PoolRuntime`. Swapping a runtime (hot reload of a new router
+version) is one dict assignment: requests already routed keep the runtime they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import GatewayError
+from gateway.pools import BackendConfig, PoolConfig, PoolFile
+from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
+from routers.baselines import CheapestRouter
+from routers.features import text_stats
+from routers.objective import ConstraintError, FlagError, Flags, decide, preset
+from routers.registry import make_router
+
+log = logging.getLogger("poolgate.routing")
+
+Embedder = Callable[[str], Awaitable[np.ndarray]]
+
+
+@dataclass
+class PoolRuntime:
+    """A pool ready to route: its backends, their cards, the loaded router and default flags."""
+
+    config: PoolConfig
+    backends: list[BackendConfig]
+    cards: list[ModelCard]
+    router: Router
+    router_version: str
+    base_flags: Flags
+    shadows: dict[str, Router] = field(default_factory=dict)
+
+
+@dataclass
+class RouteDecision:
+    """What routing decided for one request; ``candidates`` is what the log row stores."""
+
+    pool: str | None
+    router: str
+    router_version: str | None
+    ranking: list[BackendConfig]
+    candidates: list[dict[str, Any]]
+    flags: Flags | None
+    fallback: bool
+    router_error: str | None = None
+
+
+def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Router, str]:
+    """Instantiate (and load the artifact of) a pool's router; returns (router, version label)."""
+    if config.artifact is None:
+        return make_router(config.router, **config.router_params), "builtin"
+    path = config.artifact if config.artifact.is_absolute() or base_dir is None else base_dir / config.artifact
+    router = Router.load(path)
+    if router.name != config.router:
+        raise RouterError(
+            f"{path}: artifact holds router {router.name!r}, pool {config.name!r} wants {config.router!r}"
+        )
+    return router, path.stem
+
+
+def build_runtime(pool_file: PoolFile, config: PoolConfig, base_dir: Path | None = None) -> PoolRuntime:
+    backends = [pool_file.backend(m) for m in config.members]
+    router, version = load_router(config, base_dir)
+    base = preset(config.objective)
+    base_flags = Flags.from_mapping(config.flags, base) if config.flags else base
+    shadows = {name: make_router(name) for name in config.shadow_routers if name != config.router}
+    return PoolRuntime(config, backends, [b.card() for b in backends], router, version, base_flags, shadows)
+
+
+class RoutingService:
+    """Holds one :class:`PoolRuntime` per pool and turns a request into a ranked list of backends."""
+
+    def __init__(self, pool_file: PoolFile, embedder: Embedder | None = None, base_dir: Path | None = None):
+        self.pool_file = pool_file
+        self.embedder = embedder
+        self.base_dir = base_dir
+        self.runtimes: dict[str, PoolRuntime] = {}
+        self._backends = {b.name: b for b in pool_file.backends}
+
+    def load(self) -> None:
+        """Build every pool's runtime (raises :class:`RouterError` naming a bad artifact)."""
+        self.runtimes = {p.name: build_runtime(self.pool_file, p, self.base_dir) for p in self.pool_file.pools}
+
+    def swap_router(self, pool: str, router: Router, version: str) -> None:
+        """Serve ``router`` for ``pool`` from the next request on (in-flight requests keep the old one)."""
+        old = self.runtimes[pool]
+        self.runtimes[pool] = PoolRuntime(
+            old.config, old.backends, old.cards, router, version, old.base_flags, old.shadows
+        )
+
+    def model_names(self) -> tuple[list[str], list[str]]:
+        return list(self.runtimes), list(self._backends)
+
+    async def route(
+        self,
+        model: str,
+        prompt_text: str,
+        prompt_tokens: int,
+        required_capabilities: frozenset[str] = frozenset(),
+        request_flags: Mapping[str, Any] | None = None,
+        key_flags: Mapping[str, Any] | None = None,
+        router_override: str | None = None,
+    ) -> RouteDecision:
+        """Rank backends for one request. Flags: request > key > pool preset (each validated)."""
+        runtime = self.runtimes.get(model)
+        if runtime is None:
+            backend = self._backends.get(model)
+            if backend is None:
+                raise GatewayError(
+                    404, f"model {model!r} is neither a pool nor a backend; see GET /v1/models",
+                    param="model", code="model_not_found",
+                )
+            return RouteDecision(None, "direct", None, [backend], [{"backend": backend.name}], None, False)
+        flags = runtime.base_flags
+        try:
+            if key_flags:
+                flags = Flags.from_mapping(key_flags, flags)
+            if request_flags:
+                flags = Flags.from_mapping(request_flags, flags)
+        except FlagError as exc:
+            raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.param}", code="invalid_flag") from None
+        router, version = runtime.router, runtime.router_version
+        if router_override and router_override != router.name:
+            router, version = self._override(router_override), "builtin"
+        # a capability the request implies (tools, json, vision) filters only where the pool declares it at all
+        declared = frozenset().union(*(c.capabilities for c in runtime.cards))
+        required_capabilities = required_capabilities & declared
+        prediction, router_error = await self._predict(router, runtime, prompt_text, prompt_tokens)
+        name = router.name if router_error is None else f"{router.name}>cheapest"
+        try:
+            ranking, scores = decide(prediction, runtime.cards, flags, prompt_tokens, required_capabilities)
+        except ConstraintError as exc:
+            raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.constraint}", code="unsatisfiable") from None
+        candidates = [
+            {
+                "backend": card.name,
+                "quality": round(float(scores.quality[0, j]), 4),
+                "utility": round(float(scores.utility[0, j]), 4),
+                "expected_cost_usd": float(scores.expected_cost_usd[0, j]),
+                "feasible": bool(scores.feasible[0, j]),
+            }
+            for j, card in enumerate(runtime.cards)
+        ]
+        ordered = [runtime.backends[i] for i in ranking]
+        return RouteDecision(
+            runtime.config.name, name, version, ordered, candidates, flags, runtime.config.fallback, router_error
+        )
+
+    def _override(self, name: str) -> Router:
+        try:
+            router = make_router(name)
+        except RouterError as exc:
+            raise GatewayError(400, str(exc), param="poolgate.router", code="unknown_router") from None
+        if router.evaluation_only or type(router).fit is not Router.fit:
+            raise GatewayError(
+                400, f"router {name!r} needs a trained artifact; set it on a pool instead",
+                param="poolgate.router", code="router_not_servable",
+            )
+        return router
+
+    async def _predict(
+        self, router: Router, runtime: PoolRuntime, text: str, prompt_tokens: int
+    ) -> tuple[Prediction, str | None]:
+        """The router's prediction; on any router failure, the pool default (cheapest) and the reason."""
+        try:
+            embeddings = None
+            if router.requires_embeddings:
+                if self.embedder is None:
+                    raise RouterError("router needs embeddings but no featurizer is configured")
+                embeddings = (await self.embedder(text))[None, :]
+            features = QueryFeatures(
+                texts=[text],
+                stats=text_stats([text]),
+                prompt_tokens=np.asarray([prompt_tokens], dtype=np.float64),
+                embeddings=embeddings,
+            )
+            if router.requires_embeddings:  # model inference: keep it off the event loop
+                pred = await asyncio.to_thread(router.predict, features, runtime.cards)
+            else:
+                pred = router.predict(features, runtime.cards)
+            return pred, None
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("router %s failed for pool %s, using cheapest: %s", router.name, runtime.config.name, reason)
+            fallback = CheapestRouter().predict(
+                QueryFeatures([text], text_stats([text]), np.asarray([prompt_tokens], dtype=np.float64)),
+                runtime.cards,
+            )
+            return fallback, reason
