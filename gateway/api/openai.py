@@ -154,7 +154,9 @@ def _stream_response(
         )
         services.writer.submit(row)
 
-    estimate = next((c["expected_cost_usd"] for c in decision.candidates if c.get("backend") == backend.name), None)
+    estimate = next(
+        (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
+    )
     headers = _headers(row["id"], decision, backend.name, estimate)
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None

@@ -26,9 +26,23 @@ def _wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] 
     raise click.ClickException(f"{url} did not come up within {timeout_s:.0f}s")
 
 
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when the gateway dies, however the gateway dies
+    (uvicorn re-raises SIGTERM after shutdown, which skips our ``finally``)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the finally in serve() still stops it on a clean exit
+        pass
+
+
 def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
     """Start ``python -m gateway.replay`` on host:port and wait until it answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.replay", "--host", host, "--port", str(port)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.replay", "--host", host, "--port", str(port)], preexec_fn=_die_with_parent
+    )
     try:
         _wait_http(f"http://{host}:{port}/v1/models", proc=proc)
     except BaseException:
