@@ -17,6 +17,7 @@ ROUTERS: dict[str, str] = {
     "strongest": "routers.baselines:StrongestRouter",
     "best-single": "routers.baselines:BestSingleRouter",
     "oracle": "routers.baselines:OracleRouter",
+    "knn": "routers.knn:KNNRouter",
 }
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from routers.base import ModelCard
+from routers.base import ModelCard, QueryFeatures
 
 
 @dataclass
@@ -19,6 +19,9 @@ class RoutingDataset:
     ``cost_usd`` ``[n, m]`` (estimated where the source has no token counts; ``assumptions`` says how).
     ``cards[j]`` describes ``models[j]``. ``tasks[i]`` is the task family of query i when known.
     ``assumptions`` records prices and cost assumptions so that every report can print them.
+    ``features`` optionally holds the featurized queries (row i = query i); the evaluation harness
+    attaches them (:meth:`with_features`) before ``Router.fit`` so that routers which learn from
+    embeddings or text statistics never featurize on their own. ``None`` when nobody computed them.
     """
 
     name: str
@@ -31,6 +34,7 @@ class RoutingDataset:
     cards: list[ModelCard]
     tasks: list[str] | None = None
     assumptions: dict[str, Any] = field(default_factory=dict)
+    features: QueryFeatures | None = None
 
     def __post_init__(self) -> None:
         n, m = len(self.queries), len(self.models)
@@ -45,6 +49,8 @@ class RoutingDataset:
             raise ValueError(f"{self.name}: cards do not match models")
         if self.tasks is not None and len(self.tasks) != n:
             raise ValueError(f"{self.name}: {len(self.tasks)} tasks for {n} queries")
+        if self.features is not None and len(self.features) != n:
+            raise ValueError(f"{self.name}: features for {len(self.features)} queries, dataset has {n}")
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -68,6 +74,7 @@ class RoutingDataset:
             cards=list(self.cards),
             tasks=None if self.tasks is None else [self.tasks[i] for i in ix],
             assumptions=dict(self.assumptions),
+            features=None if self.features is None else self.features.subset(ix),
         )
 
     def select_models(self, names: Sequence[str]) -> RoutingDataset:
@@ -84,4 +91,9 @@ class RoutingDataset:
             cards=[self.cards[c] for c in cols],
             tasks=None if self.tasks is None else list(self.tasks),
             assumptions=dict(self.assumptions),
+            features=self.features,
         )
+
+    def with_features(self, features: QueryFeatures) -> RoutingDataset:
+        """This dataset with ``features`` attached (same arrays, not copied)."""
+        return replace(self, features=features)
