@@ -1,0 +1,133 @@
+"""ORM models of the log store: one ``requests`` row per gateway request, one ``feedback`` row per label.
+
+Types are chosen to behave the same on SQLite and PostgreSQL: ``JSON`` (``JSONB`` on PostgreSQL, so reports can
+query inside it), timezone-aware UTC datetimes (``UTCDateTime`` re-attaches UTC on SQLite, which stores naive
+strings), unbounded ``String``/``Text``. The schema itself is created only by Alembic (``migrations/versions``);
+these models must stay in step with it (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime, TypeDecorator
+
+#: Deterministic constraint/index names, so migrations can name them and downgrades can drop them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always stores UTC and always returns timezone-aware UTC datetimes.
+
+    Naive datetimes given to it are taken to be UTC already. SQLite keeps no offset, so values read back
+    from it are naive UTC strings; this type re-attaches ``UTC`` so both databases return the same thing.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        # SQLite's DATETIME string would silently drop the offset anyway; make the drop explicit.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def json_type(nullable: bool = False) -> JSON:
+    """Portable JSON column type: ``JSONB`` on PostgreSQL, JSON text elsewhere.
+
+    For nullable columns Python ``None`` becomes SQL ``NULL`` (not the JSON literal ``null``).
+    """
+    return JSON(none_as_null=nullable).with_variant(JSONB(none_as_null=nullable), "postgresql")  # type: ignore[return-value]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the log store; ``Base.metadata`` is Alembic's ``target_metadata``."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Request(Base):
+    """One routed request, successful or not: the decision, who answered, how long, how much.
+
+    JSON columns: ``candidates`` is a list of ``{"backend", "quality", "utility", "expected_cost_usd"}``,
+    ``attempts`` a list of ``{"backend", "status", "error", "latency_ms"}``, ``shadow`` other routers'
+    would-be choices, ``flags`` the objective flags the request used.
+    """
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # 32-char hex request id
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
+    pool: Mapped[str | None] = mapped_column(String, index=True)
+    model_requested: Mapped[str] = mapped_column(String)
+    router: Mapped[str | None] = mapped_column(String)
+    router_version: Mapped[str | None] = mapped_column(String)
+    key_id: Mapped[str | None] = mapped_column(String, index=True)
+    flags: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(json_type(), default=list)
+    backend: Mapped[str | None] = mapped_column(String)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(json_type(), default=list)
+    status: Mapped[str] = mapped_column(String)  # "ok" | "error"
+    http_status: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_prompts
+    response_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_responses
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+
+
+class Feedback(Base):
+    """A quality label for one request (``score`` in [0, 1]); relabeling updates the same row."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("score >= 0 AND score <= 1", name="score_range"),)
+
+    request_id: Mapped[str] = mapped_column(String(64), ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    labeler: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+#: Column names of ``requests``, in table order (the keys ``LogWriter.submit`` accepts).
+REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in Request.__table__.columns)

@@ -1,0 +1,176 @@
+"""Local, append-only disk spool for log rows the database could not take (DB down, queue full).
+
+Layout of ``spool_dir``: ``segment-<time_ns>-<pid>-<seq>.jsonl`` files, one JSON row per line, replayed oldest
+first and deleted once written; ``rejected.jsonl`` holds rows the database refused as invalid (kept for a human,
+never replayed).
+
+Bound: all ``*.jsonl`` files together stay under ``max_bytes``. When a row would cross the bound it is **dropped
+and counted** (``dropped``), and an ERROR is logged: the spool keeps the oldest rows and refuses new ones. Why
+oldest-first: the spool only fills during a long outage, and a contiguous record of the outage's start (when the
+interesting failures happened) is more useful for debugging and for billing reconciliation than a sliding window
+of its end; deleting old segments would also make replay progress impossible to reason about.
+
+One process per spool directory: give each gateway replica/worker its own ``spool_dir``. Appends are flushed to
+the OS on every call (they survive a crash of the process, not necessarily of the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.store.db import dumps_json, json_default
+
+log = logging.getLogger(__name__)
+
+SEGMENT_GLOB = "segment-*.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+#: Columns stored as datetimes; JSON has no datetime, so they are ISO strings on disk and parsed back.
+DATETIME_FIELDS = ("created_at",)
+
+
+def encode_row(row: dict[str, Any]) -> bytes:
+    """One spool line for ``row`` (datetimes as ISO 8601 with offset), newline-terminated.
+
+    A value JSON cannot encode is stored as its ``repr`` (logged): a changed value beats a lost row.
+    """
+    try:
+        text = dumps_json(row)
+    except (TypeError, ValueError) as exc:
+        log.warning("spooling log row %s with non-JSON values as text: %s", row.get("id"), exc)
+        text = json.dumps(row, default=_default_or_repr, ensure_ascii=False)
+    return (text + "\n").encode("utf-8")
+
+
+def _default_or_repr(obj: Any) -> Any:
+    try:
+        return json_default(obj)
+    except TypeError:
+        return repr(obj)
+
+
+def decode_row(line: bytes) -> dict[str, Any]:
+    """Inverse of ``encode_row``: datetime fields come back as timezone-aware datetimes."""
+    row: dict[str, Any] = json.loads(line)
+    for name in DATETIME_FIELDS:
+        if isinstance(row.get(name), str):
+            row[name] = datetime.fromisoformat(row[name])
+    return row
+
+
+def read_segment(path: Path) -> list[dict[str, Any]]:
+    """All rows of one segment. A torn or corrupt line (crash mid-write) is skipped with a warning."""
+    rows = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(decode_row(line))
+            except ValueError as exc:
+                log.warning("skipping unreadable line %d of spool segment %s: %s", number, path, exc)
+    return rows
+
+
+class Spool:
+    """Bounded append-only JSONL segments under ``directory`` (see the module docstring for the policy).
+
+    Not thread-safe: call ``append``/``seal``/``remove`` from one thread (the event loop). ``read_segment`` on a
+    sealed segment may run in a worker thread, as sealed segments never change.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int, segment_bytes: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        #: Rotate to a new segment past this size, so replay reads and deletes in bounded steps.
+        self.segment_bytes = segment_bytes or max(64 * 1024, min(8 * 1024 * 1024, max_bytes // 16))
+        self.dropped = 0
+        self._current: Path | None = None
+        self._seq = 0
+        self._size = sum(p.stat().st_size for p in self._all_files())
+
+    def _all_files(self) -> list[Path]:
+        return list(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes currently used by segments and rejected rows."""
+        return self._size
+
+    def has_rows(self) -> bool:
+        """True when at least one segment waits for replay."""
+        return self._current is not None or bool(self.segments())
+
+    def _new_segment(self) -> Path:
+        self._seq += 1
+        return self.directory / f"segment-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
+
+    def _write(self, path: Path, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
+        """Append the rows that fit under the bound to ``path``; returns (written, dropped)."""
+        chunks, written, dropped = [], 0, 0
+        budget = self.max_bytes - self._size
+        for row in rows:
+            try:
+                line = encode_row(row)
+            except ValueError as exc:  # e.g. a circular structure: nothing sensible to keep
+                log.error("LOG ROW LOST: cannot encode row %s for the spool: %s", row.get("id"), exc)
+                continue
+            if len(line) > budget:
+                dropped += 1
+                continue
+            budget -= len(line)
+            chunks.append(line)
+            written += 1
+        if chunks:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            data = b"".join(chunks)
+            with path.open("ab") as handle:
+                handle.write(data)
+            self._size += len(data)
+        if dropped:
+            self.dropped += dropped
+            log.error(
+                "LOG ROWS LOST: spool %s is full (%d of %d bytes); dropped %d rows (%d dropped in total). "
+                "The database has been unreachable for long; raise spool_max_bytes or restore the database.",
+                self.directory,
+                self._size,
+                self.max_bytes,
+                dropped,
+                self.dropped,
+            )
+        return written, dropped
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Append rows to the open segment (rotating when it is full); returns how many were kept."""
+        if self._current is None or not self._current.exists() or self._current.stat().st_size >= self.segment_bytes:
+            self._current = self._new_segment()
+        return self._write(self._current, rows)[0]
+
+    def reject(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Keep rows the database refused as invalid in ``rejected.jsonl`` (never replayed)."""
+        return self._write(self.directory / REJECTED_FILE, rows)[0]
+
+    def seal(self) -> None:
+        """Close the open segment: later appends start a new one, so this one may be replayed and deleted."""
+        self._current = None
+
+    def segments(self) -> list[Path]:
+        """Sealed segments waiting for replay, oldest first (the open segment is excluded)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob(SEGMENT_GLOB) if p != self._current)
+
+    def remove(self, path: Path) -> None:
+        """Delete a replayed segment and release its bytes from the bound."""
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self._size = max(0, self._size - size)

@@ -1,0 +1,262 @@
+"""``LogWriter``: request rows go to the database in batches, off the request path, and are never lost silently.
+
+Path of a row: ``submit`` (sync, O(1), never raises) -> bounded in-memory queue -> background task -> one
+``INSERT ... ON CONFLICT (id) DO NOTHING`` per batch. When the queue is full the row goes to the disk spool
+instead; when the database is unreachable the whole batch goes to the spool, and the writer stops trying the
+database for ``retry_interval_s`` (batches go straight to the spool meanwhile). The spool is replayed at start and
+then every ``retry_interval_s`` while it holds rows. Inserts ignore ids already present, so a replay that is
+interrupted (crash between insert and segment delete) and repeated writes each row exactly once.
+
+A row the database refuses as invalid (integrity/data error, unserializable value) must not block the rows
+around it: the batch is retried row by row and the offending rows are kept in the spool's ``rejected.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Insert, insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.settings import Settings
+from gateway.store.models import REQUEST_COLUMNS, Request
+from gateway.store.spool import Spool, read_segment
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+_COLUMN_SET = frozenset(REQUEST_COLUMNS)
+
+#: Values for columns a row leaves out (non-nullable ones need one; nullable ones become NULL).
+ROW_DEFAULTS: dict[str, Any] = {
+    "model_requested": "",
+    "candidates": [],
+    "attempts": [],
+    "status": "ok",
+    "http_status": 200,
+    "stream": False,
+    "latency_ms": 0.0,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "cost_usd": 0.0,
+}
+
+
+def insert_ignoring_duplicates(dialect_name: str) -> Insert:
+    """``INSERT INTO requests`` that skips rows whose id is already stored (SQLite and PostgreSQL)."""
+    if dialect_name == "sqlite":
+        return sqlite_insert(Request).on_conflict_do_nothing(index_elements=["id"])
+    if dialect_name == "postgresql":
+        return postgresql_insert(Request).on_conflict_do_nothing(index_elements=["id"])
+    log.warning("no conflict-ignoring INSERT for %s: resubmitted request ids will fail as duplicates", dialect_name)
+    return insert(Request)
+
+
+def is_row_fault(exc: BaseException) -> bool:
+    """True when the rows themselves caused ``exc`` (retrying them cannot help); False for outages and the like.
+
+    A missing table (not migrated yet) or a lost connection is not the rows' fault: those rows are spooled.
+    """
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    # Bind-parameter processing (e.g. a value JSON cannot encode) fails before the database is involved.
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"created_at must be a datetime or ISO string, not {type(value).__name__}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class LogWriter:
+    """Batches request rows into the ``requests`` table; spools them to disk when it cannot write.
+
+    Use: ``await start()`` once, ``submit(row)`` per request, ``await stop()`` on shutdown (writes or spools
+    everything still queued). The rows' keys are ``Request`` column names; see ``prepare_row``.
+    """
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, *, retry_interval_s: float = 5.0) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._retry_interval_s = retry_interval_s
+        self._queue: asyncio.Queue[Row] = asyncio.Queue(maxsize=max(1, settings.log_queue_size))
+        self._batch_size = max(1, settings.log_batch_size)
+        self._spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        self._statement = insert_ignoring_duplicates(engine.dialect.name)
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._retry_at = 0.0  # monotonic time before which the database is presumed down
+        self.rejected_rows = 0
+        self._warned_unknown: set[str] = set()
+
+    # -- request path ---------------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting in memory for the next batch."""
+        return self._queue.qsize()
+
+    @property
+    def spool(self) -> Spool:
+        """The disk spool (``size_bytes``, ``dropped`` and ``has_rows()`` are useful for metrics)."""
+        return self._spool
+
+    def prepare_row(self, row: Row) -> Row:
+        """A complete, detached copy of ``row`` ready for insert.
+
+        Unknown keys are dropped (logged), missing columns get ``ROW_DEFAULTS`` or NULL, ``created_at``
+        defaults to now (UTC), a missing ``id`` gets a fresh one (logged), and ``prompt_text``/``response_text``
+        are blanked unless ``store_prompts``/``store_responses`` is on.
+        """
+        unknown = row.keys() - _COLUMN_SET
+        if unknown - self._warned_unknown:  # once per key, not once per request
+            self._warned_unknown |= unknown
+            log.warning("log rows have unknown columns %s; they are not stored", sorted(unknown))
+        clean = {name: row.get(name, ROW_DEFAULTS.get(name)) for name in REQUEST_COLUMNS}
+        if not clean["id"]:
+            clean["id"] = uuid.uuid4().hex
+            log.warning("log row without id; stored as %s", clean["id"])
+        clean["created_at"] = _as_utc(clean["created_at"]) if clean["created_at"] else datetime.now(UTC)
+        if not self._settings.store_prompts:
+            clean["prompt_text"] = None
+        if not self._settings.store_responses:
+            clean["response_text"] = None
+        return clean
+
+    def submit(self, row: Row) -> None:
+        """Queue one request row for writing. Never blocks on I/O to the database and never raises.
+
+        The caller must not mutate nested values (lists/dicts) of ``row`` afterwards: only the top level is copied.
+        """
+        try:
+            clean = self.prepare_row(row)
+            if self._closed:
+                self._spool.append([clean])  # after stop(): kept for replay by the next process
+                return
+            try:
+                self._queue.put_nowait(clean)
+            except asyncio.QueueFull:
+                self._spool.append([clean])
+                return
+            if self._queue.qsize() >= self._batch_size:
+                self._wake.set()
+        except Exception:  # the request path must survive any logging failure
+            log.exception("could not log request row %r", row.get("id") if isinstance(row, dict) else row)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background task; it replays any spool left by an earlier run right away."""
+        if self._task is None or self._task.done():
+            self._closed = False
+            self._retry_at = 0.0
+            self._task = asyncio.create_task(self._run(), name="poolgate-log-writer")
+            self._wake.set()
+
+    async def stop(self) -> None:
+        """Write (or, if the database is down, spool) every queued row, then end the background task."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            self._wake.set()
+            await task
+        await self._cycle(force=False, replay=False)
+
+    async def flush(self) -> None:
+        """Write every queued row now and replay the spool, ignoring the retry timer (for tests and tools)."""
+        await self._cycle(force=True, replay=True)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):  # the flush interval elapsed: write what is queued
+                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.log_flush_interval_s)
+            self._wake.clear()
+            if self._closed:
+                return  # stop() does the final cycle
+            try:
+                await self._cycle(force=False, replay=True)
+            except Exception:  # keep the writer alive whatever happens; rows stay queued or spooled
+                log.exception("log writer cycle failed")
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _db_presumed_down(self) -> bool:
+        return time.monotonic() < self._retry_at
+
+    def _mark_down(self) -> None:
+        self._retry_at = time.monotonic() + self._retry_interval_s
+
+    async def _cycle(self, *, force: bool, replay: bool) -> None:
+        async with self._lock:
+            while not self._queue.empty():
+                batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
+                await self._write_or_spool(batch, try_db=force or not self._db_presumed_down())
+            if replay and (force or not self._db_presumed_down()) and self._spool.has_rows():
+                await self._replay()
+
+    async def _write_or_spool(self, batch: list[Row], *, try_db: bool) -> None:
+        unwritten = await self._insert(batch) if try_db else batch
+        if unwritten:
+            self._spool.append(unwritten)
+
+    async def _replay(self) -> None:
+        """Write sealed spool segments oldest first, deleting each once all its rows are in the database."""
+        self._spool.seal()
+        for segment in self._spool.segments():
+            rows = await asyncio.to_thread(read_segment, segment)
+            for start in range(0, len(rows), self._batch_size):
+                if await self._insert(rows[start : start + self._batch_size]):
+                    return  # database down again: keep the segment; rows already written are skipped next time
+            self._spool.remove(segment)
+            log.info("replayed %d spooled log rows from %s", len(rows), segment.name)
+
+    async def _insert(self, rows: Sequence[Row]) -> list[Row]:
+        """Insert ``rows``; returns the rows left unwritten because the database is unavailable."""
+        try:
+            await self._execute(rows)
+            return []
+        except Exception as exc:
+            if not is_row_fault(exc):
+                self._mark_down()
+                log.warning("log store unavailable, spooling %d rows: %s", len(rows), _first_line(exc))
+                return list(rows)
+        return await self._insert_one_by_one(rows)
+
+    async def _insert_one_by_one(self, rows: Sequence[Row]) -> list[Row]:
+        for index, row in enumerate(rows):
+            try:
+                await self._execute([row])
+            except Exception as exc:
+                if not is_row_fault(exc):
+                    self._mark_down()
+                    return list(rows[index:])
+                self.rejected_rows += 1
+                self._spool.reject([row])
+                log.error(
+                    "log row %s rejected by the database, kept in rejected.jsonl: %s", row.get("id"), _first_line(exc)
+                )
+        return []
+
+    async def _execute(self, rows: Sequence[Row]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(self._statement, list(rows))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
