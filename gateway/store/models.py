@@ -131,3 +131,29 @@ class Feedback(Base):
 
 #: Column names of ``requests``, in table order (the keys ``LogWriter.submit`` accepts).
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in Request.__table__.columns)
+
+
+class ApiKey(Base):
+    """A tenant's API key: limits, allowed pools and default routing flags (migration ``0002``).
+
+    Only ``key_hash`` (SHA-256 hex of the secret) is stored; ``key_prefix`` (the secret's first characters) lets
+    an operator recognise a key in listings. ``pools`` None means every pool; ``revoked_at`` set means revoked.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("budget_period IN ('day', 'week', 'month', 'total')", name="budget_period"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # "key_" + 12 hex chars
+    name: Mapped[str] = mapped_column(String, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    budget_usd: Mapped[float | None] = mapped_column(Float)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month")
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    pools: Mapped[list[str] | None] = mapped_column(json_type(nullable=True))
+    default_flags: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
