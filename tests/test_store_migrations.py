@@ -19,6 +19,7 @@ from sqlalchemy import insert, inspect, make_url, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.store import Feedback, Request, StoreError, current_revision, downgrade, make_engine, ping, upgrade
+from gateway.store.db import head_revision
 
 PG_SKIP_REASON = (
     "POOLGATE_TEST_POSTGRES_URL is not set (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test): "
@@ -82,7 +83,7 @@ async def test_upgrade_head_creates_tables_and_downgrade_base_drops_them(db_url:
     schema = await _schema(db_url)
     assert schema["requests"] == ["ix_requests_created_at", "ix_requests_key_id", "ix_requests_pool"]
     assert "feedback" in schema
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == head_revision()
 
     downgrade(db_url, "base")
     schema = await _schema(db_url)
@@ -210,6 +211,14 @@ def test_upgrade_of_unusable_url_raises_one_line_store_error(url: str, expected:
     with pytest.raises(StoreError) as info:
         upgrade(url)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_first_revision_is_0001_and_head_is_reachable_from_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/steps.db"
+    upgrade(url, "0001")
+    assert current_revision(url) == "0001"
+    upgrade(url)
+    assert current_revision(url) == head_revision()
 
 
 def test_unknown_revision_is_a_store_error(tmp_path: Path) -> None:

@@ -184,6 +184,15 @@ def alembic_config(url: str) -> Any:
     return config
 
 
+def head_revision() -> str:
+    """The newest revision in the packaged migrations (what ``upgrade(url)`` migrates to)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None, "the migrations package has no revisions"
+    return head
+
+
 def _off_the_loop(fn: Callable[[], T]) -> T:
     """Run ``fn`` here, or in a worker thread when this thread runs an event loop (Alembic's async env.py
     calls ``asyncio.run``, which cannot nest). Blocks the caller either way; from async code prefer
