@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import make_url, text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.servers import FakeBackend, ServerThread
+
+PG_SKIP_REASON = (
+    "POOLGATE_TEST_POSTGRES_URL is not set (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test): "
+    "PostgreSQL variant of the log store tests skipped"
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,3 +82,39 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
             return server
 
         yield start
+
+
+def _admin(base_url: str, statement: str) -> None:
+    async def run() -> None:
+        admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with admin.connect() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await admin.dispose()
+
+    # a thread of its own, so fixtures of async tests can call it too
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database (dropped after the test)."""
+    base = os.environ.get("POOLGATE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip(PG_SKIP_REASON)
+    name = f"poolgate_store_{uuid.uuid4().hex[:12]}"
+    _admin(base, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, unmigrated database: a SQLite file under tmp_path, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/logs/store.db"
+    return str(request.getfixturevalue("pg_database"))

@@ -17,7 +17,6 @@ import orjson
 import pytest
 
 import gateway.replay
-
 from tests.dbutil import wait_rows
 from tests.servers import free_port
 
@@ -59,9 +58,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
 def test_sync_client_gets_recorded_real_answer_from_pool_auto(demo):
     url, _ = demo
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
-    raw = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": QUESTION}])
+    messages = [{"role": "user", "content": QUESTION}]
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages)
     answer = raw.parse()
-    # the demo pool routes with `cheapest`: Mixtral's recorded GSM8K answer, which ends with its final number
+    # the demo pool routes with `cheapest`: Mixtral's recorded answer to this very prompt
     assert raw.headers["x-poolgate-backend"] == "mixtral-8x7b"
     assert answer.choices[0].message.content == RECORD["answers"]["mixtral-8x7b"]
     assert answer.usage is not None and answer.usage.completion_tokens > 10

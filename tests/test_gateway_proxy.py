@@ -191,3 +191,25 @@ def test_models_lists_pools_and_backends(fake_backends, gateway):
     assert ids == {"auto", "cheap", "strong"}
     assert httpx.get(f"{gw.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{gw.url}/health/ready").status_code == 200
+
+
+def test_n_mixed_requests_leave_exactly_n_rows_with_tokens_and_cost(fake_backends, gateway, db_url):
+    """On SQLite and on the real PostgreSQL: successes, upstream failures and unknown models, one row each."""
+    _, cs = fake_backends("cheap")
+    _, ss = fake_backends("strong", "500")
+    gw = gateway(two_backend_pool(cs.url, ss.url), database_url=db_url)
+    client = httpx.Client(base_url=gw.url, timeout=10)
+    msgs = [{"role": "user", "content": "q"}]
+    statuses = []
+    for i in range(12):
+        model = ["auto", "strong", "nope"][i % 3]
+        body = {"model": model, "messages": msgs, "stream": i % 2 == 0}
+        statuses.append(client.post("/v1/chat/completions", json=body).status_code)
+    assert statuses.count(200) == 4 and statuses.count(404) == 4
+    assert statuses.count(502) + statuses.count(503) == 4  # 503 once the failing backend's breaker is open
+    rows = wait_rows(db_url, 12)
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 4
+    assert all(r["prompt_tokens"] == 7 and r["completion_tokens"] == 3 and r["cost_usd"] > 0 for r in ok)
+    assert sorted(r["http_status"] for r in rows if r["status"] == "error") == sorted(s for s in statuses if s != 200)

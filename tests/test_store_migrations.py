@@ -1,65 +1,23 @@
 """Alembic migrations, engines and pings of the log store, on SQLite and (when configured) PostgreSQL.
 
-The ``db_url`` fixture here is also used by tests/test_store_writer.py: each PostgreSQL test gets its own
+The ``db_url`` fixture (tests/conftest.py) gives each PostgreSQL test its own
 freshly created database, dropped afterwards, so the tests can re-run and run beside other suites.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, inspect, make_url, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import insert, inspect, select, text
 
 from gateway.store import Feedback, Request, StoreError, current_revision, downgrade, make_engine, ping, upgrade
 from gateway.store.db import head_revision
 
-PG_SKIP_REASON = (
-    "POOLGATE_TEST_POSTGRES_URL is not set (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test): "
-    "PostgreSQL variant of the log store tests skipped"
-)
 DEAD_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"  # port 1: connection refused at once
-
-
-def _admin(base_url: str, statement: str) -> None:
-    async def run() -> None:
-        admin = create_async_engine(base_url, isolation_level="AUTOCOMMIT")
-        try:
-            async with admin.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await admin.dispose()
-
-    asyncio.run(run())
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    """URL of a new, empty PostgreSQL database (dropped after the test)."""
-    base = os.environ.get("POOLGATE_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip(PG_SKIP_REASON)
-    name = f"poolgate_store_{uuid.uuid4().hex[:12]}"
-    _admin(base, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty, unmigrated database: a SQLite file under tmp_path, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/logs/store.db"
-    return str(request.getfixturevalue("pg_database"))
 
 
 async def _schema(url: str) -> dict[str, Any]:

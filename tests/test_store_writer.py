@@ -16,9 +16,6 @@ from gateway.store.spool import Spool, decode_row, encode_row, read_segment
 from tests import test_store_migrations
 
 DEAD_PG_URL = test_store_migrations.DEAD_PG_URL
-# Shared fixtures: an unmigrated SQLite file, and a fresh PostgreSQL database when one is configured.
-db_url = test_store_migrations.db_url
-pg_database = test_store_migrations.pg_database
 
 
 def make_row(i: int, **overrides: Any) -> dict[str, Any]:
