@@ -22,6 +22,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -157,3 +158,37 @@ class ApiKey(Base):
     default_flags: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RouterVersion(Base):
+    """One trained router artifact of a pool (migration ``0003``); ``gateway.artifacts`` owns the rows.
+
+    ``version`` is ``v1``, ``v2``, ... per pool. ``status``: ``candidate`` (trained, not served), ``live`` (at most
+    one per pool: what every gateway serves), ``retired`` (was live, superseded by a promotion) or ``rolled_back``
+    (was live, taken down by a rollback). ``path`` is the artifact file, ``sha256`` its digest (a changed or
+    truncated file is refused). ``metrics`` holds the held-out evaluation; ``data_since``/``data_until`` the log
+    window it learned from and ``datasets`` any offline data sets mixed in.
+    """
+
+    __tablename__ = "router_versions"
+    __table_args__ = (
+        CheckConstraint("status IN ('candidate', 'live', 'retired', 'rolled_back')", name="status"),
+        UniqueConstraint("pool", "version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool: Mapped[str] = mapped_column(String, index=True)
+    router: Mapped[str] = mapped_column(String)
+    version: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    metrics: Mapped[dict[str, Any]] = mapped_column(json_type(), default=dict)
+    datasets: Mapped[list[str] | None] = mapped_column(json_type(nullable=True))
+    data_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    data_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    n_rows: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    note: Mapped[str | None] = mapped_column(Text)
