@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "serve": "gateway.commands.serve:serve",
     "pools": "gateway.commands.pools:pools",
     "replay": "gateway.commands.replay:replay",
+    "evaluate": "gateway.commands.evaluate:evaluate",
 }
 
 

