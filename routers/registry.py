@@ -18,6 +18,7 @@ ROUTERS: dict[str, str] = {
     "best-single": "routers.baselines:BestSingleRouter",
     "oracle": "routers.baselines:OracleRouter",
     "knn": "routers.knn:KNNRouter",
+    "complexity": "routers.complexity:ComplexityRouter",
 }
 
 

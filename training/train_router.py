@@ -1,0 +1,107 @@
+"""Fit a registered router on a named data set and save it as one artifact file (offline training).
+
+The generic path behind ``poolgate train-offline``: load the data set, featurize its queries once (embeddings only
+when the router asks for them, from the shared on-disk cache), ``fit``, ``save``. Every failure is a
+:class:`~routers.base.RouterError` (or :class:`~training.loaders.DatasetError`) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routers.base import Router, RouterError
+from routers.registry import get_router_class
+from training.dataset import RoutingDataset
+
+log = logging.getLogger("poolgate.training")
+
+
+@dataclass
+class TrainResult:
+    """A fitted router and what it was fitted on. ``summary`` is the router's ``describe()`` when it has one."""
+
+    router: Router
+    dataset: str
+    rows: int
+    models: list[str]
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def build_router(name: str, params: Mapping[str, Any] | None = None, seed: int | None = None) -> Router:
+    """Instantiate router ``name``; ``seed`` is passed when its constructor takes one. Unknown params: RouterError."""
+    cls = get_router_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    kwargs = dict(params or {})
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise RouterError(f"router {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(accepted) or '(none)'}")
+    if seed is not None and "seed" in accepted:
+        kwargs.setdefault("seed", seed)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RouterError(f"router {name!r}: bad parameters ({exc})") from None
+
+
+def attach_features(dataset: RoutingDataset, embeddings: bool, cache_dir: Path | None = None) -> RoutingDataset:
+    """``dataset`` with its featurized queries attached (embeddings from the cache, computed when missing)."""
+    if dataset.features is not None and (dataset.features.embeddings is not None or not embeddings):
+        return dataset
+    from training.features import Featurizer
+
+    return dataset.with_features(Featurizer(cache_dir=cache_dir).featurize_dataset(dataset, embeddings=embeddings))
+
+
+def train_router(
+    router: str,
+    dataset: str | RoutingDataset,
+    *,
+    params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+) -> TrainResult:
+    """Fit router ``router`` on all rows of ``dataset`` (a name for :func:`training.loaders.load_dataset`, or data).
+
+    ``limit`` keeps the loader's fixed random sample of that many rows (names only).
+    """
+    model = build_router(router, params, seed)
+    if model.evaluation_only:
+        raise RouterError(f"router {router!r} is for evaluation only; it cannot be trained for serving")
+    if isinstance(dataset, str):
+        from training.loaders import load_dataset
+
+        data = load_dataset(dataset, limit=limit)
+    else:
+        data = dataset
+    data = attach_features(data, model.requires_embeddings, cache_dir)
+    start = time.perf_counter()
+    model.fit(data)
+    seconds = time.perf_counter() - start
+    describe = getattr(model, "describe", None)
+    summary = describe() if callable(describe) else {}
+    log.info("trained %s on %s (%d rows) in %.2fs", router, data.name, len(data), seconds)
+    return TrainResult(model, data.name, len(data), list(data.models), seconds, summary)
+
+
+def default_artifact_path(router: str, dataset: str) -> Path:
+    """``.poolgate/artifacts/<router>-<dataset>.router`` under the working directory."""
+    return Path(".poolgate") / "artifacts" / f"{router}-{dataset}.router"
+
+
+def save_result(result: TrainResult, path: Path) -> TrainResult:
+    """Write the artifact (atomically, via :meth:`Router.save`) and record where."""
+    try:
+        result.path = result.router.save(path).resolve()
+    except OSError as exc:
+        raise RouterError(f"{path}: cannot write artifact ({exc.strerror or exc})") from None
+    return result
