@@ -21,6 +21,7 @@ from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.routing import Embedder, RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
+from gateway.upstream import AiohttpTransport
 
 log = logging.getLogger("poolgate")
 
@@ -61,7 +62,8 @@ def create_app(
         needs = any(rt.router.requires_embeddings for rt in routing.runtimes.values())
         routing.embedder = make_embedder(settings, pool_file, needs)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        client = httpx.AsyncClient(transport=transport, limits=limits, timeout=httpx.Timeout(120.0, connect=5.0))
+        upstream = transport or AiohttpTransport(max_connections=1000)  # httpcore's pool costs ~1 ms/request
+        client = httpx.AsyncClient(transport=upstream, limits=limits, timeout=httpx.Timeout(120.0, connect=5.0))
         breakers = BreakerRegistry(pool_file.breaker.failure_threshold, pool_file.breaker.reset_after_s)
         engine = make_engine(settings.database_url)
         writer = LogWriter(engine, settings)

@@ -30,6 +30,8 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The process's services. Async on purpose: FastAPI runs a sync dependency in a worker thread, a thread
+    hop per request."""
     services: Services = request.app.state.services
     return services
