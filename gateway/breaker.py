@@ -2,7 +2,8 @@
 
 While open, the backend is skipped (the dispatcher falls back down the ranking). After
 ``reset_after_s`` one request is let through as a probe (half-open): success closes the breaker,
-failure opens it again for another ``reset_after_s``.
+failure opens it again for another ``reset_after_s``. A backend that says how long to wait (Retry-After)
+is held open for that long instead (``hold_off``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at = None
         self.probing = False
+
+    def hold_off(self, seconds: float) -> None:
+        """The backend asked for a pause (429/503 with Retry-After): stay open ``seconds``, then probe as usual."""
+        self.opened_at = self.clock() + seconds - self.reset_after_s
+        self.probing = False
+
+    def open_for_s(self) -> float:
+        """Seconds until this breaker lets a probe through (0 when it is not open)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.opened_at + self.reset_after_s - self.clock())
 
     def record_failure(self) -> None:
         self.failures += 1

@@ -6,11 +6,16 @@ backend only while nothing has reached the client: a non-streaming answer is buf
 stream, the first body chunk is read before the backend is committed to, so a backend that stalls
 before its first byte still falls back. Other 4xx answers are the client's fault and are returned
 as they are, without fallback.
+
+A 429 or 503 with ``Retry-After`` is obeyed: that backend is not retried within the request, its breaker
+holds it off for the time asked (at most ``RETRY_AFTER_CAP_S``), and the request falls back at once. When
+every backend that answered said 429, the client gets 429 (with the shortest Retry-After) instead of 502.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +29,8 @@ from gateway.pools import BackendConfig
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
+#: A backend's Retry-After is obeyed up to this long (a bogus header must not bench a backend for hours).
+RETRY_AFTER_CAP_S = 300.0
 
 
 @dataclass
@@ -47,6 +54,7 @@ class AllBackendsFailed(Exception):
     attempts: list[dict[str, Any]] = field(default_factory=list)
     status: int = 502
     message: str = "all backends failed"
+    retry_after_s: float | None = None  # set when the client should wait (backends rate-limited or held off)
 
 
 class Dispatcher:
@@ -80,9 +88,22 @@ class Dispatcher:
             result = await self._try_backend(backend, payload, stream, attempts)
             if result is not None:
                 return result
-        status = 503 if skipped_open == len(tried) else 502
         last = next((a["error"] for a in reversed(attempts) if a["error"]), "no backend available")
-        raise AllBackendsFailed(attempts, status, f"all backends failed; last error: {last}")
+        status, retry_after = self._verdict(tried, attempts, skipped_open)
+        raise AllBackendsFailed(attempts, status, f"all backends failed; last error: {last}", retry_after)
+
+    def _verdict(
+        self, tried: list[BackendConfig], attempts: list[dict[str, Any]], skipped_open: int
+    ) -> tuple[int, float | None]:
+        """Status for the client when every backend failed, and how long it should wait (Retry-After)."""
+        statuses = [a["status"] for a in attempts if a["status"] is not None]
+        waits = [w for w in (self.breakers.get(b.name).open_for_s() for b in tried) if w > 0]
+        retry_after = min(waits) if waits else None
+        if statuses and all(s == 429 for s in statuses):
+            return 429, retry_after
+        if skipped_open == len(tried):
+            return 503, retry_after
+        return 502, None
 
     async def _try_backend(
         self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]]
@@ -101,7 +122,7 @@ class Dispatcher:
             started = time.perf_counter()
             outcome = await self._attempt(url, content, headers, timeout, stream)
             elapsed = (time.perf_counter() - started) * 1000
-            status, error, result = outcome
+            status, error, result, retry_after = outcome
             attempt = {"backend": backend.name, "status": status, "error": error, "latency_ms": round(elapsed, 2)}
             attempts.append(attempt)
             if result is not None:
@@ -112,6 +133,9 @@ class Dispatcher:
                 # the client's mistake (or the backend's verdict on it): pass it through, no fallback
                 breaker.record_success()
                 return UpstreamResult(backend, status, attempts, body=error_body(status, error))
+            if retry_after is not None and status in (429, 503):
+                breaker.hold_off(min(retry_after, RETRY_AFTER_CAP_S))  # told when to come back: not before
+                break
             breaker.record_failure()
             if not breaker.allow():
                 break
@@ -119,32 +143,33 @@ class Dispatcher:
 
     async def _attempt(
         self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout, stream: bool
-    ) -> tuple[int | None, str | None, UpstreamResult | None]:
-        """One HTTP exchange: (status, error text, result-if-usable)."""
+    ) -> tuple[int | None, str | None, UpstreamResult | None, float | None]:
+        """One HTTP exchange: (status, error text, result-if-usable, Retry-After seconds if the backend sent it)."""
         request = self.client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            return None, _describe(exc), None
+            return None, _describe(exc), None, None
         try:
             if response.status_code >= 400 or not stream:
                 body = await response.aread()
                 await response.aclose()
                 if response.status_code >= 400:
-                    return response.status_code, _upstream_message(response.status_code, body), None
+                    wait = parse_retry_after(response.headers.get("retry-after"))
+                    return response.status_code, _upstream_message(response.status_code, body), None, wait
                 ctype = response.headers.get("content-type", "application/json")
                 return 200, None, UpstreamResult(
                     None, response.status_code, [], body=body, content_type=ctype  # type: ignore[arg-type]
-                )
+                ), None
             chunks = response.aiter_raw()
             first = await chunks.__anext__()
             first_at = time.perf_counter()
         except StopAsyncIteration:
             await response.aclose()
-            return None, "upstream closed the stream before sending anything", None
+            return None, "upstream closed the stream before sending anything", None, None
         except httpx.HTTPError as exc:
             await response.aclose()
-            return None, _describe(exc), None
+            return None, _describe(exc), None, None
         return 200, None, UpstreamResult(
             None,  # type: ignore[arg-type]
             200,
@@ -153,13 +178,28 @@ class Dispatcher:
             response=response,
             stream=_prepend(first, chunks),
             first_byte_at=first_at,
-        )
+        ), None
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield first
     async for chunk in rest:
         yield chunk
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None when absent, unparsable or not > 0."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return seconds if seconds > 0 else None
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,10 @@ class Settings(BaseSettings):
     log_flush_interval_s: float = 0.5
     spool_dir: Path = Path(".poolgate/spool")
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, description="local spool bound when the DB is down")
+    spool_full_policy: Literal["drop", "refuse"] = Field(
+        default="drop", description="spool full: 'drop' new log rows (counted) or 'refuse' requests with 503")
+    log_write_timeout_s: float = Field(
+        default=10.0, gt=0, description="a log insert slower than this counts as the database down (rows spooled)")
     store_prompts: bool = Field(default=False, description="store the last user message text (needed by train)")
     store_responses: bool = Field(default=False, description="store the answer text")
 

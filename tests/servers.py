@@ -61,30 +61,42 @@ def completion(model: str, content: str, prompt_tokens: int = 7, completion_toke
 
 class FakeBackend:
     """An OpenAI-compatible backend whose behaviour a test sets: ``mode`` is one of
-    ok, 500, 429, 400, hang, stall (headers then no body), drop (stream dies after two chunks), reset.
-    Every received request body is kept in ``requests``."""
+    ok, 500, 503, 429, 400, 401, hang, stall (headers then no body), drop (stream dies after two chunks), reset,
+    stall_mid (two chunks, then silence), truncate (two chunks, then a clean end without [DONE]),
+    empty (200 stream with no body at all). ``retry_after`` adds that Retry-After header to 429/503 answers;
+    a 401 echoes the Authorization header it got (as careless providers do), to test that secrets are scrubbed.
+    Every received request body is kept in ``requests``, its headers in ``headers``."""
 
-    def __init__(self, name: str, mode: str = "ok", delay_s: float = 0.0, usage: bool = True) -> None:
+    def __init__(self, name: str, mode: str = "ok", delay_s: float = 0.0, usage: bool = True,
+                 retry_after: str | None = None) -> None:
         self.name = name
         self.mode = mode
         self.delay_s = delay_s
         self.usage = usage
+        self.retry_after = retry_after
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
         mode = self.mode
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        if mode in ("500", "429", "400"):
-            err = {"error": {"message": f"fake {mode}", "type": "x", "param": None, "code": None}}
-            return Response(orjson.dumps(err), status_code=int(mode), media_type="application/json")
+        if mode in ("500", "503", "429", "400", "401"):
+            message = f"fake {mode}"
+            if mode == "401":
+                message = f"invalid key {request.headers.get('authorization')!r}"
+            err = {"error": {"message": message, "type": "x", "param": None, "code": None}}
+            headers = {"retry-after": self.retry_after} if self.retry_after and mode in ("429", "503") else None
+            return Response(orjson.dumps(err), status_code=int(mode), media_type="application/json", headers=headers)
         if mode == "hang":
             await asyncio.sleep(3600)
         if mode == "reset":
-            raise ConnectionResetError("fake reset")  # uvicorn drops the connection without a response
+            # uvicorn turns this into a 500; for a real TCP reset use tests.tcpproxy.TcpProxy.reset_after_request
+            raise ConnectionResetError("fake reset")
         text = f"answer from {self.name}"
         if not body.get("stream"):
             return Response(orjson.dumps(completion(body["model"], text)), media_type="application/json")
@@ -93,6 +105,8 @@ class FakeBackend:
     async def _stream(self, body: dict[str, Any], text: str, mode: str) -> Any:
         if mode == "stall":
             await asyncio.sleep(3600)
+        if mode == "empty":
+            return
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
         words = text.split(" ")
         for i, word in enumerate(words):
@@ -100,6 +114,10 @@ class FakeBackend:
             yield b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "delta": delta}]}) + b"\n\n"
             if mode == "drop" and i == 1:
                 raise ConnectionResetError("fake drop mid-stream")
+            if mode == "stall_mid" and i == 1:
+                await asyncio.sleep(3600)
+            if mode == "truncate" and i == 1:
+                return
         yield b"data: " + orjson.dumps({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) \
             + b"\n\n"
         if self.usage and (body.get("stream_options") or {}).get("include_usage"):

@@ -25,8 +25,10 @@ SAMPLE = Path(gateway.replay.__file__).parent / "sample" / "gsm8k_sample.jsonl"
 ALIASES = {"gpt-4-1106": "gpt-4-1106-preview", "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1"}
 POOL = """
 backends:
-  - {{name: mixtral-8x7b, base_url: "{replay}/mixtral-8x7b/v1", model: mixtral-8x7b, input_price: 0.6, output_price: 0.6}}
-  - {{name: gpt-4-1106, base_url: "{replay}/gpt-4-1106/v1", model: gpt-4-1106, input_price: 10.0, output_price: 30.0}}
+  - {{name: mixtral-8x7b, base_url: "{replay}/mixtral-8x7b/v1", model: mixtral-8x7b,
+     input_price: 0.6, output_price: 0.6}}
+  - {{name: gpt-4-1106, base_url: "{replay}/gpt-4-1106/v1", model: gpt-4-1106,
+     input_price: 10.0, output_price: 30.0}}
 pools:
   - {{name: auto, members: [mixtral-8x7b, gpt-4-1106], router: complexity, artifact: "{artifact}",
      objective: quality-first}}
@@ -79,7 +81,8 @@ def test_pool_auto_routes_real_requests_with_the_trained_complexity_router(
     prompts = [orjson.loads(line)["prompt"] for line in SAMPLE.read_text().splitlines()[:40]]
     expected = _expected_choices(artifact, pool_yaml, prompts)
     # two prompts the classifier sends to each backend
-    picked = [i for name in ("mixtral-8x7b", "gpt-4-1106") for i in [j for j, e in enumerate(expected) if e == name][:2]]
+    picked = [i for name in ("mixtral-8x7b", "gpt-4-1106")
+              for i in [j for j, e in enumerate(expected) if e == name][:2]]
     assert len(picked) == 4, f"the classifier sent all 40 sample prompts to one backend: {set(expected)}"
 
     server = gateway(pool_yaml)

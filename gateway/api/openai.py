@@ -71,6 +71,9 @@ def _decision_fields(decision: RouteDecision) -> dict[str, Any]:
 async def chat_completions(request: Request, services: Services = Depends(get_services)) -> Response:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
+    if services.writer.refusing:  # spool_full_policy=refuse: serve nothing that cannot be logged
+        raise GatewayError(503, "the request log is down and its local spool is full; try again later",
+                           code="log_store_unavailable", headers={"retry-after": "5"})
     body = await read_json_body(request, services.settings.max_body_bytes)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
     row = _base_row(request_id, chat, services)
@@ -90,7 +93,8 @@ async def chat_completions(request: Request, services: Services = Depends(get_se
         row["attempts"] = exc.attempts
         row["backend"] = exc.attempts[-1]["backend"] if exc.attempts else None
         _finish_error(services, row, started, exc.status, "upstream_error", exc.message)
-        err = GatewayError(exc.status, exc.message, code="all_backends_failed")
+        wait = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
+        err = GatewayError(exc.status, exc.message, code="all_backends_failed", headers=wait)
         return err.response(_headers(request_id, decision, row["backend"], None))
     row["backend"] = result.backend.name
     row["attempts"] = result.attempts

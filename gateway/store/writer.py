@@ -9,6 +9,14 @@ interrupted (crash between insert and segment delete) and repeated writes each r
 
 A row the database refuses as invalid (integrity/data error, unserializable value) must not block the rows
 around it: the batch is retried row by row and the offending rows are kept in the spool's ``rejected.jsonl``.
+
+Every database write is bounded by ``log_write_timeout_s``: a database that stops answering without closing the
+connection (a network partition) counts as down, so its rows reach the spool instead of waiting in memory, and
+shutdown never hangs on it. A timed-out insert that did commit is harmless: its replay is ignored as a duplicate.
+
+When the spool is full, ``spool_full_policy`` decides: ``drop`` (default) keeps serving and drops new rows (counted,
+logged as ERROR); ``refuse`` makes ``refusing`` true while the database is down and the spool is nearly full, and the
+chat route then answers 503 rather than serve a request it cannot log.
 """
 
 from __future__ import annotations
@@ -101,6 +109,10 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._retry_at = 0.0  # monotonic time before which the database is presumed down
+        self._db_up = True  # did the last write attempt reach the database?
+        self._write_timeout_s = settings.log_write_timeout_s
+        # "refuse" starts this far below the bound, so the rows of requests already admitted still fit
+        self._refuse_margin = min(1024 * 1024, max(8 * 1024, settings.spool_max_bytes // 20))
         self.rejected_rows = 0
         self._warned_unknown: set[str] = set()
 
@@ -110,6 +122,15 @@ class LogWriter:
     def queue_depth(self) -> int:
         """Rows waiting in memory for the next batch."""
         return self._queue.qsize()
+
+    @property
+    def refusing(self) -> bool:
+        """True when new requests should be refused: policy ``refuse``, database down, spool (nearly) full."""
+        return (
+            self._settings.spool_full_policy == "refuse"
+            and not self._db_up
+            and self._spool.max_bytes - self._spool.size_bytes < self._refuse_margin
+        )
 
     @property
     def spool(self) -> Spool:
@@ -199,6 +220,7 @@ class LogWriter:
         return time.monotonic() < self._retry_at
 
     def _mark_down(self) -> None:
+        self._db_up = False
         self._retry_at = time.monotonic() + self._retry_interval_s
 
     async def _cycle(self, *, force: bool, replay: bool) -> None:
@@ -253,8 +275,10 @@ class LogWriter:
         return []
 
     async def _execute(self, rows: Sequence[Row]) -> None:
-        async with self._engine.begin() as conn:
+        # TimeoutError is not a row fault: the rows are spooled and the database presumed down
+        async with asyncio.timeout(self._write_timeout_s), self._engine.begin() as conn:
             await conn.execute(self._statement, list(rows))
+        self._db_up = True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,210 @@
+"""No lost log rows: the real PostgreSQL goes away during load (through a TCP proxy the test cuts, so the
+machine's PostgreSQL service keeps running for everyone else), requests keep being served, rows wait in the
+local disk spool and reach the database exactly once when it returns, across gateway restarts too.
+
+Every test counts: N answered requests -> N rows, and the set of row ids equals the set of
+``x-poolgate-request-id`` headers the clients received (none lost, none doubled, none invented).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import make_url
+
+from tests.conftest import backend_yaml
+from tests.dbutil import fetch_rows, wait_rows
+from tests.procs import GatewayProcess
+from tests.servers import ServerThread, free_port
+from tests.tcpproxy import TcpProxy
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "what is 2+2?"}]}
+
+
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[tuple[str, TcpProxy, str]]:
+    """(direct URL, proxy, URL through the proxy) of a fresh, migrated PostgreSQL database."""
+    from gateway.store import upgrade
+
+    upgrade(pg_database)
+    url = make_url(pg_database)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        yield pg_database, proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
+
+
+def pool_yaml(backend_url: str) -> str:
+    return f"backends:\n{backend_yaml('cheap', backend_url)}\npools:\n  - name: auto\n    members: [cheap]\n"
+
+
+def spooled_rows(spool_dir: Path) -> list[dict[str, Any]]:
+    """Rows waiting in the spool's segments (what a restart would replay)."""
+    rows = []
+    for segment in sorted(spool_dir.glob("segment-*.jsonl")):
+        rows += [json.loads(line) for line in segment.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.05)
+
+
+def writer_of(gw: ServerThread) -> Any:
+    return gw.server.config.app.state.services.writer
+
+
+def send(client: httpx.Client, n: int, stream_every: int = 2) -> list[str]:
+    """``n`` requests, every ``stream_every``-th streamed; all must succeed; returns their request ids."""
+    ids = []
+    for i in range(n):
+        r = client.post("/v1/chat/completions", json={**BODY, "stream": i % stream_every == 0})
+        assert r.status_code == 200, r.text
+        ids.append(r.headers["x-poolgate-request-id"])
+    return ids
+
+
+async def test_database_cut_during_concurrent_load_loses_and_doubles_no_row(fake_backends, gateway, pg, tmp_path):
+    direct, proxy, via_proxy = pg
+    _, cs = fake_backends("cheap")
+    gw = gateway(pool_yaml(cs.url), database_url=via_proxy, log_write_timeout_s=2.0)
+    spool = gw.settings.spool_dir
+    ids: list[str] = []
+    seen_spooled: list[int] = []
+
+    async def worker(client: httpx.AsyncClient, k: int) -> None:
+        while len(ids) < 300:
+            r = await client.post("/v1/chat/completions", json={**BODY, "stream": k % 2 == 0})
+            assert r.status_code == 200, r.text
+            ids.append(r.headers["x-poolgate-request-id"])
+
+    async def outage() -> None:
+        while len(ids) < 100:
+            await asyncio.sleep(0.01)
+        proxy.cut()
+        while len(ids) < 200 or not spooled_rows(spool):
+            await asyncio.sleep(0.01)
+        seen_spooled.append(len(spooled_rows(spool)))
+        proxy.restore()
+
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+        await asyncio.gather(outage(), *(worker(client, k) for k in range(16)))
+    assert seen_spooled and seen_spooled[0] > 0  # the outage really sent rows to the spool
+    rows = wait_rows(direct, len(ids), timeout_s=30)
+    assert len(ids) >= 300 and len(set(ids)) == len(ids)
+    assert sorted(r["id"] for r in rows) == sorted(ids)  # N answers -> N rows, none lost, none doubled
+    wait_until(lambda: not spooled_rows(spool), 10, "the spool to drain")
+
+
+def test_silent_database_costs_no_latency_spools_within_the_write_timeout_and_never_hangs_shutdown(
+    fake_backends, pg, tmp_path
+):
+    """A network partition (the database accepts nothing and closes nothing): requests stay fast, rows reach
+    the spool within ``log_write_timeout_s``, graceful shutdown finishes, and a restarted gateway writes them."""
+    from gateway.app import create_app
+    from gateway.pools import parse_pool_file
+    from gateway.settings import Settings
+
+    direct, proxy, via_proxy = pg
+    _, cs = fake_backends("cheap")
+    settings = Settings(database_url=via_proxy, spool_dir=tmp_path / "spool", log_flush_interval_s=0.05,
+                        log_write_timeout_s=1.5)
+    first = ServerThread(create_app(settings, parse_pool_file(pool_yaml(cs.url)))).__enter__()
+    client = httpx.Client(base_url=first.url, timeout=30)
+    ids = send(client, 10)
+    wait_rows(direct, 10)
+    proxy.blackhole()
+    started = time.monotonic()
+    ids += send(client, 40)
+    assert time.monotonic() - started < 10  # the log store's silence never reaches the request path
+    wait_until(lambda: len(spooled_rows(settings.spool_dir)) >= 1, 1.5 + 5, "rows to reach the spool")
+    started = time.monotonic()
+    first.__exit__(None, None, None)
+    assert not first.thread.is_alive() and time.monotonic() - started < 10
+    assert len(spooled_rows(settings.spool_dir)) + len(fetch_rows(direct)) >= 50
+    proxy.restore()
+    with ServerThread(create_app(settings, parse_pool_file(pool_yaml(cs.url)))) as second:
+        ids += send(httpx.Client(base_url=second.url, timeout=30), 5)
+        rows = wait_rows(direct, 55, timeout_s=30)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_gateway_restart_while_rows_are_spooled_writes_each_row_once(fake_backends, pg, tmp_path, stop):
+    """A gateway pointed at a dead database port serves 40 requests; it is stopped (SIGTERM: it spools what it
+    still holds; SIGKILL: after the rows reached the spool) and started again against the live database."""
+    direct, _, _ = pg
+    _, cs = fake_backends("cheap")
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(pool_yaml(cs.url))
+    spool = tmp_path / "spool"
+    dead = make_url(direct).set(port=free_port()).render_as_string(hide_password=False)
+    first = GatewayProcess(pool_file, tmp_path, database_url=dead, spool_dir=spool).start()
+    ids = send(httpx.Client(base_url=first.url, timeout=30), 40)
+    if stop == "sigkill":  # only rows on disk survive SIGKILL: wait until the writer has spooled all of them
+        wait_until(lambda: len(spooled_rows(spool)) == 40, 15, "40 spooled rows")
+        first.kill()
+    else:
+        assert first.terminate() in (0, -15)  # uvicorn re-raises SIGTERM after a clean shutdown
+    assert sorted(r["id"] for r in spooled_rows(spool)) == sorted(ids)
+    assert fetch_rows(direct) == []
+    with GatewayProcess(pool_file, tmp_path, database_url=direct, spool_dir=spool) as second:
+        ids += send(httpx.Client(base_url=second.url, timeout=30), 10)
+        rows = wait_rows(direct, 50, timeout_s=30)
+        time.sleep(0.5)  # a replay repeated by mistake would show up as extra rows by now
+        rows = fetch_rows(direct)
+    assert len(rows) == 50 and sorted(r["id"] for r in rows) == sorted(ids)
+    assert spooled_rows(spool) == []
+
+
+def test_full_spool_with_drop_policy_keeps_serving_and_counts_what_it_dropped(fake_backends, gateway, pg):
+    direct, proxy, via_proxy = pg
+    _, cs = fake_backends("cheap")
+    gw = gateway(pool_yaml(cs.url), database_url=via_proxy, spool_max_bytes=16_384, spool_full_policy="drop")
+    client = httpx.Client(base_url=gw.url, timeout=30)
+    proxy.cut()
+    ids = send(client, 60, stream_every=3)  # every request is served although its row may not be kept
+    writer = writer_of(gw)
+    wait_until(lambda: writer.queue_depth == 0 and writer.spool.size_bytes > 0, 10, "the queue to reach the spool")
+    assert writer.spool.size_bytes <= 16_384
+    kept = len(spooled_rows(gw.settings.spool_dir))
+    assert writer.spool.dropped == 60 - kept and 0 < kept < 60
+    proxy.restore()
+    rows = wait_rows(direct, kept, timeout_s=30)
+    assert len(rows) == kept and {r["id"] for r in rows} <= set(ids)
+    assert sorted(r["id"] for r in rows) == sorted(ids[:kept])  # the oldest rows are the ones kept
+
+
+def test_full_spool_with_refuse_policy_answers_503_and_never_serves_an_unlogged_request(fake_backends, gateway, pg):
+    direct, proxy, via_proxy = pg
+    _, cs = fake_backends("cheap")
+    gw = gateway(pool_yaml(cs.url), database_url=via_proxy, spool_max_bytes=16_384, spool_full_policy="refuse")
+    client = httpx.Client(base_url=gw.url, timeout=30)
+    proxy.cut()
+    served: list[str] = []
+    refused = 0
+    for i in range(60):
+        r = client.post("/v1/chat/completions", json={**BODY, "stream": i % 3 == 0})
+        if r.status_code == 200:
+            served.append(r.headers["x-poolgate-request-id"])
+        else:
+            assert r.status_code == 503 and r.json()["error"]["code"] == "log_store_unavailable"
+            assert r.headers["retry-after"] == "5"
+            refused += 1
+        time.sleep(0.06)  # one flush interval: each row reaches the spool before the next request
+    assert served and refused and len(served) + refused == 60
+    assert client.get("/health/ready").status_code == 503
+    assert writer_of(gw).spool.dropped == 0  # refusing, not dropping
+    proxy.restore()
+    rows = wait_rows(direct, len(served), timeout_s=30)
+    assert sorted(r["id"] for r in rows) == sorted(served)  # every answered request has its row
+    wait_until(lambda: not writer_of(gw).refusing, 10, "the spool to drain")
+    assert client.post("/v1/chat/completions", json=BODY).status_code == 200
