@@ -168,7 +168,9 @@ def _routellm_frame(
     return [r for _, r in numbered], quality
 
 
-def load_routellm_gsm8k(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> RoutingDataset:
+def load_routellm_gsm8k(
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+) -> RoutingDataset:
     """GSM8K: quality = answer correct; tokens counted from the prompt and each model's real answer."""
     folder = data_dir / "routellm" / "gsm8k"
     path = folder / "gsm8k_responses.csv"
@@ -182,15 +184,20 @@ def load_routellm_gsm8k(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> 
     drop = _contaminated(folder / "contaminated_prompts.jsonl") if cfg.get("gsm8k", {}).get(
         "drop_contaminated", True) else set()
     kept, quality = _routellm_frame(rows, models, path, drop)
+    n_kept = len(kept)
+    idx = _sample(len(kept), limit)
+    kept, quality = [kept[i] for i in idx], quality[idx]
     cards = _routellm_cards(models, cfg, cfg_path, path)
     queries = [r["prompt"] for r in kept]
     completion = np.stack([count_tokens([r[f"{m}_response"] or "" for r in kept]) for m in models], axis=1)
     return _assemble("routellm-gsm8k", queries, cards, quality, count_tokens(queries),
                      completion.reshape(len(kept), len(models)), ["gsm8k"] * len(kept),
-                     _routellm_assumptions(cfg, cfg_path, cards, "gsm8k", len(rows), len(kept)))
+                     _routellm_assumptions(cfg, cfg_path, cards, "gsm8k", len(rows), n_kept))
 
 
-def load_routellm_mmlu(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> RoutingDataset:
+def load_routellm_mmlu(
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+) -> RoutingDataset:
     """MMLU: 57 subject files; task = subject; output tokens assumed (config); contaminated rows dropped."""
     folder = data_dir / "routellm" / "mmlu"
     files = sorted((folder / "responses").glob("mmlu_*.csv"))
@@ -217,12 +224,15 @@ def load_routellm_mmlu(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> R
         tasks += [path.stem.removeprefix("mmlu_")] * len(kept)
         blocks.append(quality)
     assert models is not None
+    n_kept = len(queries)
+    idx = _sample(n_kept, limit)
+    queries, tasks, quality = [queries[i] for i in idx], [tasks[i] for i in idx], np.concatenate(blocks)[idx]
     cards = _routellm_cards(models, cfg, cfg_path, files[0])
     out_tok = float(mcfg.get("output_tokens_assumed", 1))
     prompt = count_tokens(queries) + float(mcfg.get("extra_prompt_tokens_assumed", 0))
     completion = np.full((len(queries), len(models)), out_tok)
-    return _assemble("routellm-mmlu", queries, cards, np.concatenate(blocks), prompt, completion, tasks,
-                     _routellm_assumptions(cfg, cfg_path, cards, "mmlu", total, len(queries)))
+    return _assemble("routellm-mmlu", queries, cards, quality, prompt, completion, tasks,
+                     _routellm_assumptions(cfg, cfg_path, cards, "mmlu", total, n_kept))
 
 
 def _routellm_assumptions(
@@ -239,7 +249,9 @@ def _routellm_assumptions(
 
 
 # -- LLMRouter -----------------------------------------------------------------------------------
-def load_llmrouter(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> RoutingDataset:
+def load_llmrouter(
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+) -> RoutingDataset:
     """Nine scored models, fourteen tasks; cost = price x (query tokens + assumed output length)."""
     folder = data_dir / "llmrouter"
     llms_path = folder / "llms.json"
@@ -273,6 +285,8 @@ def load_llmrouter(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> Routi
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
                 raise DatasetError(f"{path}:{i + 1}: scores.{m}: expected a number in [0, 1], got {v!r}")
             quality[i, j] = float(v)
+    idx = _sample(len(queries), limit)
+    queries, tasks, quality = [queries[i] for i in idx], [tasks[i] for i in idx], quality[idx]
     dates = cfg.get("release_dates") or {}
     cards = []
     for m in models:
@@ -315,7 +329,9 @@ def _parse_size(value: Any) -> float | None:
 
 
 # -- EllieSQL ------------------------------------------------------------------------------------
-def load_elliesql(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> RoutingDataset:
+def load_elliesql(
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+) -> RoutingDataset:
     """Three pipeline tiers; quality from the cheapest-solving-tier label; cost from the config assumption."""
     path = data_dir / "elliesql" / "bird_dev_tiers.jsonl"
     tiers = _need(cfg, "tiers", str(cfg_path))
@@ -342,7 +358,8 @@ def load_elliesql(data_dir: Path, cfg: dict[str, Any], cfg_path: Path) -> Routin
         queries.append(text)
         tasks.append(str(_need(obj, task_field, where)))
         row_labels.append(label)
-    lab = np.asarray(row_labels)
+    idx = _sample(len(queries), limit)
+    queries, tasks, lab = [queries[i] for i in idx], [tasks[i] for i in idx], np.asarray(row_labels)[idx]
     # tier t solves the question when it is at least as strong as the cheapest solving tier (label 4: none)
     quality = ((labels[None, :] >= lab[:, None]) & (lab[:, None] <= len(tiers))).astype(np.float64)
     prompt = count_tokens(queries)
@@ -389,7 +406,16 @@ def _assemble(
     )
 
 
-_LOADERS: dict[str, Callable[[Path, dict[str, Any], Path], RoutingDataset]] = {
+def _sample(n: int, limit: int | None) -> np.ndarray:
+    """Row indices to keep: all ``n``, or a fixed random sample (seed :data:`LIMIT_SEED`) of ``limit``, sorted.
+
+    Sampling happens before tokenizing, so a small slice of a big data set loads fast."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(LIMIT_SEED).choice(n, size=limit, replace=False))
+
+
+_LOADERS: dict[str, Callable[[Path, dict[str, Any], Path, int | None], RoutingDataset]] = {
     "routellm-gsm8k": load_routellm_gsm8k,
     "routellm-mmlu": load_routellm_mmlu,
     "llmrouter": load_llmrouter,
@@ -411,11 +437,9 @@ def load_dataset(
         raise DatasetError(f"limit must be >= 1, got {limit}")
     cfg_path = config or CONFIG_DIR / _CONFIG_FILE[name]
     cfg = load_config(cfg_path)
-    ds = _LOADERS[name](Path(data_dir) if data_dir is not None else default_data_dir(), cfg, cfg_path)
+    ds = _LOADERS[name](Path(data_dir) if data_dir is not None else default_data_dir(), cfg, cfg_path, limit)
     if len(ds) == 0:
         raise DatasetError(f"dataset {name!r}: no rows left to evaluate")
-    if limit is not None and limit < len(ds):
-        keep = np.sort(np.random.default_rng(LIMIT_SEED).choice(len(ds), size=limit, replace=False))
-        ds = ds.subset(keep)
+    if limit is not None and limit == len(ds):
         ds.assumptions["limit"] = f"a fixed random sample (seed {LIMIT_SEED}) of {limit} rows"
     return ds
