@@ -11,6 +11,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from gateway.store.db import make_engine, parse_url
@@ -51,9 +52,17 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+#: pg_advisory_xact_lock key serializing concurrent upgrades (replicas or init containers starting together).
+MIGRATION_LOCK_KEY = 0x706F6F6C67617465  # "poolgate"
+
+
 def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Held until this transaction commits; a second upgrader waits here, then finds the schema at head
+            # and does nothing (without it, both run CREATE TABLE and one fails on a duplicate type).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
