@@ -11,12 +11,17 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
+from gateway.auth import KeyStore
 from gateway.breaker import BreakerRegistry
 from gateway.deps import Services
 from gateway.dispatch import Dispatcher
 from gateway.embedding import EmbeddingBatcher
 from gateway.errors import install_error_handlers
+from gateway.limits import make_limiter
+from gateway.limits.tenancy import Tenancy
+from gateway.metrics import Metrics
+from gateway.metrics import router as metrics_router
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.routing import Embedder, RoutingService
 from gateway.settings import Settings
@@ -68,13 +73,19 @@ def create_app(
         engine = make_engine(settings.database_url)
         writer = LogWriter(engine, settings)
         await writer.start()
+        metrics = Metrics()
+        metrics.bind(breaker_states=breakers.states, backends=[b.name for b in pool_file.backends],
+                     queue_depth=lambda: writer.queue_depth, spool_bytes=lambda: writer.spool.size_bytes)
+        keys = KeyStore(engine, settings.key_cache_ttl_s)
+        tenancy = Tenancy(settings, pool_file, keys, make_limiter(settings), metrics, writer)
         app.state.services = Services(
             settings=settings, pool_file=pool_file, routing=routing, client=client, breakers=breakers,
-            dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer,
+            dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer, metrics=metrics, tenancy=tenancy,
         )
         try:
             yield
         finally:
+            await tenancy.close()
             await writer.stop()
             await client.aclose()
             await engine.dispose()
@@ -89,4 +100,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(metrics_router)
     return app

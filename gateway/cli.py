@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "serve": "gateway.commands.serve:serve",
     "pools": "gateway.commands.pools:pools",
     "replay": "gateway.commands.replay:replay",
+    "keys": "gateway.commands.keys:keys",
     "train-offline": "gateway.commands.train_offline:train_offline",
     "evaluate": "gateway.commands.evaluate:evaluate",
 }

@@ -11,6 +11,8 @@ from starlette.requests import Request
 
 from gateway.breaker import BreakerRegistry
 from gateway.dispatch import Dispatcher
+from gateway.limits.tenancy import Tenancy
+from gateway.metrics import Metrics
 from gateway.pools import PoolFile
 from gateway.routing import RoutingService
 from gateway.settings import Settings
@@ -27,6 +29,8 @@ class Services:
     dispatcher: Dispatcher
     engine: AsyncEngine
     writer: LogWriter
+    metrics: Metrics
+    tenancy: Tenancy
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -110,8 +110,10 @@ class RoutingService:
         request_flags: Mapping[str, Any] | None = None,
         key_flags: Mapping[str, Any] | None = None,
         router_override: str | None = None,
+        adjust_flags: Callable[[Flags], Flags] | None = None,
     ) -> RouteDecision:
-        """Rank backends for one request. Flags: request > key > pool preset (each validated)."""
+        """Rank backends for one request. Flags: request > key > pool preset (each validated); then
+        ``adjust_flags`` (the key's budget pressure on the cost weight), which the request cannot override."""
         runtime = self.runtimes.get(model)
         if runtime is None:
             backend = self._backends.get(model)
@@ -129,6 +131,8 @@ class RoutingService:
                 flags = Flags.from_mapping(request_flags, flags)
         except FlagError as exc:
             raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.param}", code="invalid_flag") from None
+        if adjust_flags is not None:
+            flags = adjust_flags(flags)
         router, version = runtime.router, runtime.router_version
         if router_override and router_override != router.name:
             router, version = self._override(router_override), "builtin"

@@ -50,6 +50,19 @@ class Settings(BaseSettings):
     replay_data: Path | None = Field(default=None, description="a GSM8K responses CSV; unset = packaged sample")
 
     # -- tenancy -----------------------------------------------------------------------------------
-    auth_enabled: bool = False
-    master_key: str | None = None
-    redis_url: str | None = None
+    auth_enabled: bool = Field(default=False, description="require API keys (off only for the local demo)")
+    master_key: str | None = Field(default=None, description="admin API key; also accepted on /v1 with no limits")
+    redis_url: str | None = Field(default=None, description="shared limits across replicas; unset = in-process")
+    redis_key_prefix: str = Field(default="poolgate:", description="prefix of every Redis key the gateway writes")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="connect/read timeout of a limit check")
+    redis_retry_s: float = Field(default=1.0, gt=0, description="after a Redis failure, skip Redis this long")
+    redis_failure_rpm: Literal["open", "closed"] = Field(
+        default="open", description="Redis unreachable: 'open' lets requests past rpm, 'closed' refuses with 503")
+    redis_failure_tpm: Literal["open", "closed"] = Field(default="open", description="as redis_failure_rpm, for tpm")
+    redis_failure_budget: Literal["open", "closed"] = Field(
+        default="closed", description="as redis_failure_rpm, for budgets (closed: never spend unchecked)")
+    key_cache_ttl_s: float = Field(default=10.0, ge=0, description="API key lookups are cached this long")
+    budget_pressure_start: float = Field(
+        default=0.5, ge=0, le=1, description="share of a key's budget spent before its cost weight starts to rise")
+    budget_max_cost_weight: float = Field(
+        default=2.0, ge=0, description="cost weight a key's requests reach as its budget runs out")

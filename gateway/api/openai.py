@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
+from gateway.auth import KeyRecord, authenticate
 from gateway.deps import Services, get_services
 from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
@@ -68,7 +69,9 @@ def _decision_fields(decision: RouteDecision) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_OPENAPI)
-async def chat_completions(request: Request, services: Services = Depends(get_services)) -> Response:
+async def chat_completions(
+    request: Request, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
+) -> Response:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     if services.writer.refusing:  # spool_full_policy=refuse: serve nothing that cannot be logged
@@ -80,9 +83,11 @@ async def chat_completions(request: Request, services: Services = Depends(get_se
     prompt_tokens = chat.prompt_tokens()
     decision: RouteDecision | None = None
     try:
+        admitted = await services.tenancy.admit(key, chat.model, chat.payload, prompt_tokens, row)
         decision = await services.routing.route(
             chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
             request_flags=chat.request_flags, router_override=chat.router_override,
+            key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
         )
         row.update(_decision_fields(decision))
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
@@ -106,7 +111,7 @@ async def chat_completions(request: Request, services: Services = Depends(get_se
 def _finish_error(services: Services, row: dict[str, Any], started: float, status: int, etype: str, msg: str) -> None:
     row.update(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
                latency_ms=(time.perf_counter() - started) * 1000)
-    services.writer.submit(row)
+    services.tenancy.finish(row)
 
 
 def _plain_response(
@@ -133,7 +138,7 @@ def _plain_response(
         error_type=None if ok else "upstream_error",
         error_message=None if ok else result.body[:2000].decode("utf-8", "replace"),
     )
-    services.writer.submit(row)
+    services.tenancy.finish(row)
     return Response(result.body, status_code=result.status, media_type="application/json",
                     headers=_headers(row["id"], decision, result.backend.name, cost))
 
@@ -156,7 +161,7 @@ def _stream_response(
             error_message=out.error,
             response_text=out.text() if services.settings.store_responses else None,
         )
-        services.writer.submit(row)
+        services.tenancy.finish(row)
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
@@ -169,7 +174,9 @@ def _stream_response(
 
 
 @router.get("/v1/models")
-async def list_models(services: Services = Depends(get_services)) -> Response:
+async def list_models(
+    services: Services = Depends(get_services), _key: KeyRecord | None = Depends(authenticate)
+) -> Response:
     data = []
     for name, rt in services.routing.runtimes.items():
         data.append({"id": name, "object": "model", "created": 0, "owned_by": "poolgate",

@@ -9,7 +9,7 @@ import click
 
 @click.group()
 def pools() -> None:
-    """Pool files: validate."""
+    """Pool files: validate them; check that their backends answer."""
 
 
 @pools.command("validate")
@@ -26,3 +26,45 @@ def validate(file: Path) -> None:
     click.echo(f"{file}: ok — {len(pf.backends)} backends, {len(pf.pools)} pools")
     for p in pf.pools:
         click.echo(f"  pool {p.name}: {', '.join(p.members)} (router {p.router}, objective {p.objective})")
+
+
+@pools.command("check")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the probe results as JSON")
+def check(file: Path | None, as_json: bool) -> None:
+    """Probe every backend of FILE (default: POOLGATE_POOL_FILE, else the demo pool); exit 1 if any is down.
+
+    Each backend gets ``GET <base_url>/models``, or a 1-token chat completion where that route is missing.
+    """
+    import asyncio
+    import json
+
+    import httpx
+
+    from gateway.api.admin import probe_all
+    from gateway.pools import DEMO_POOL_PATH, PoolFileError, load_pool_file
+    from gateway.settings import Settings
+
+    path = file or Settings().pool_file or DEMO_POOL_PATH
+    try:
+        pf = load_pool_file(path)
+    except PoolFileError as exc:
+        click.echo(f"invalid pool file:\n{exc}", err=True)
+        raise SystemExit(2) from None
+
+    async def probe() -> list[dict[str, object]]:
+        async with httpx.AsyncClient() as client:
+            return await probe_all(pf, client)
+
+    results = asyncio.run(probe())
+    if as_json:
+        click.echo(json.dumps(results))
+    else:
+        for r in results:
+            state = "ok  " if r["ok"] else "DOWN"
+            detail = f"HTTP {r['status']}" if r["status"] is not None else ""
+            if r["error"]:
+                detail = f"{detail} {r['error']}".strip()
+            click.echo(f"{state} {r['backend']:<24} {r['latency_ms']:>8.1f} ms  via {r['probe']:<6} {detail}")
+    if not all(r["ok"] for r in results):
+        raise SystemExit(1)

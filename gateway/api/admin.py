@@ -1,0 +1,208 @@
+"""Admin API (master key only): API keys, pools and their health, router versions, usage reports, as JSON.
+
+``GET/POST /admin/keys``, ``GET /admin/keys/{id}`` (with live usage), ``POST /admin/keys/{id}/revoke``,
+``GET /admin/pools``, ``GET /admin/pools/health`` (probes every backend now), ``GET /admin/routers``,
+``GET /admin/limits``, ``GET /admin/report?since=&until=&key_id=``.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import case, func, select
+from starlette.responses import JSONResponse
+
+from gateway.auth import KeyParamError, KeyRecord, require_master
+from gateway.deps import Services, get_services
+from gateway.errors import GatewayError
+from gateway.limits.base import KeyUsage, from_nano
+from gateway.pools import BackendConfig, PoolFile
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
+
+
+class NewKey(BaseModel):
+    """Body of ``POST /admin/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    budget_usd: float | None = Field(default=None, ge=0)
+    period: str = "month"
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    pools: list[str] | None = None
+    default_flags: dict[str, Any] | None = None
+
+
+@router.get("/keys")
+async def list_keys(include_revoked: bool = True, services: Services = Depends(get_services)) -> JSONResponse:
+    keys = await services.tenancy.keys.list(include_revoked=include_revoked)
+    return JSONResponse({"object": "list", "data": [k.as_dict() for k in keys]})
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: NewKey, services: Services = Depends(get_services)) -> JSONResponse:
+    """Create a key; the response holds its secret, which is not stored and cannot be shown again."""
+    known = {p.name for p in services.pool_file.pools}
+    unknown = sorted(set(body.pools or ()) - known)
+    if unknown:
+        raise GatewayError(400, f"unknown pool(s) {unknown}; known: {sorted(known)}", param="pools")
+    try:
+        record, secret = await services.tenancy.keys.create(
+            body.name, budget_usd=body.budget_usd, period=body.period, rpm=body.rpm, tpm=body.tpm,
+            pools=body.pools, default_flags=body.default_flags,
+        )
+    except KeyParamError as exc:
+        raise GatewayError(400, str(exc)) from None
+    return JSONResponse({**record.as_dict(), "secret": secret}, status_code=201)
+
+
+async def _key_or_404(services: Services, key_id: str) -> KeyRecord:
+    record = await services.tenancy.keys.get(key_id)
+    if record is None:
+        raise GatewayError(404, f"no API key {key_id!r}", param="key_id", code="key_not_found")
+    return record
+
+
+def usage_dict(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
+    spent, reserved = from_nano(usage.spent_nano), from_nano(usage.reserved_nano)
+    left = None if record.budget_usd is None else max(0.0, record.budget_usd - spent - reserved)
+    return {"requests_in_window": usage.requests_in_window, "tokens_in_window": usage.tokens_in_window,
+            "period": usage.period_id, "spent_usd": spent, "reserved_usd": reserved, "budget_left_usd": left}
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    """A key and its usage now (sliding-window counts, spend in the current budget period)."""
+    record = await _key_or_404(services, key_id)
+    try:
+        usage: dict[str, Any] | None = usage_dict(record, await services.tenancy.limiter.usage(record.limits()))
+        error = None
+    except Exception as exc:  # the limit store is down: the key itself is still worth showing
+        usage, error = None, f"{type(exc).__name__}: {exc}"
+    return JSONResponse({**record.as_dict(), "usage": usage, "usage_error": error})
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+    """Revoke a key: every replica refuses it from its next request (Redis marker; else ``key_cache_ttl_s``)."""
+    await _key_or_404(services, key_id)
+    record = await services.tenancy.keys.revoke(key_id)
+    try:
+        await services.tenancy.limiter.mark_revoked(key_id)
+        propagated = True
+    except Exception:  # stored as revoked anyway; other replicas see it when their cache expires
+        propagated = False
+    assert record is not None
+    return JSONResponse({**record.as_dict(), "revocation_propagated": propagated})
+
+
+@router.get("/pools")
+async def list_pools(services: Services = Depends(get_services)) -> JSONResponse:
+    states = services.breakers.states()
+    data = []
+    for name, rt in services.routing.runtimes.items():
+        data.append({
+            "name": name, "router": rt.router.name, "router_version": rt.router_version,
+            "objective": rt.config.objective, "fallback": rt.config.fallback,
+            "backends": [{"name": b.name, "model": b.model, "base_url": b.base_url, "input_price": b.input_price,
+                          "output_price": b.output_price, "breaker": states.get(b.name, "closed")}
+                         for b in rt.backends],
+        })
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/pools/health")
+async def pools_health(services: Services = Depends(get_services)) -> JSONResponse:
+    """Probe every backend now (``GET /models``, or a 1-token chat completion where that is missing)."""
+    results = await probe_all(services.pool_file, services.client)
+    healthy = all(r["ok"] for r in results)
+    return JSONResponse({"healthy": healthy, "backends": results}, status_code=200 if healthy else 503)
+
+
+@router.get("/routers")
+async def routers(services: Services = Depends(get_services)) -> JSONResponse:
+    data = [{"pool": name, "router": rt.router.name, "version": rt.router_version,
+             "artifact": str(rt.config.artifact) if rt.config.artifact else None,
+             "shadow_routers": sorted(rt.shadows)} for name, rt in services.routing.runtimes.items()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/limits")
+async def limits_status(services: Services = Depends(get_services)) -> JSONResponse:
+    limiter = services.tenancy.limiter
+    available = await limiter.ping()
+    return JSONResponse({"store": limiter.name, "available": available, "last_error": limiter.last_error or None,
+                         "policy": {"rpm": services.settings.redis_failure_rpm,
+                                    "tpm": services.settings.redis_failure_tpm,
+                                    "budget": services.settings.redis_failure_budget}})
+
+
+@router.get("/report")
+async def report(
+    since: datetime | None = Query(default=None), until: datetime | None = Query(default=None),
+    key_id: str | None = None, services: Services = Depends(get_services),
+) -> JSONResponse:
+    """Totals of the request log per (key, pool, backend): requests, errors, tokens, cost, mean latency."""
+    from gateway.store.models import Request as Row
+
+    cols = (Row.key_id, Row.pool, Row.backend)
+    query = select(
+        *cols, func.count().label("requests"),
+        func.sum(case((Row.status == "ok", 0), else_=1)).label("errors"),
+        func.sum(Row.prompt_tokens).label("prompt_tokens"), func.sum(Row.completion_tokens).label("completion_tokens"),
+        func.sum(Row.cost_usd).label("cost_usd"), func.avg(Row.latency_ms).label("mean_latency_ms"),
+    ).group_by(*cols).order_by(*cols)
+    if since is not None:
+        query = query.where(Row.created_at >= since)
+    if until is not None:
+        query = query.where(Row.created_at < until)
+    if key_id is not None:
+        query = query.where(Row.key_id == key_id)
+    async with services.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+    for r in rows:
+        r["errors"], r["cost_usd"] = int(r["errors"] or 0), float(r["cost_usd"] or 0.0)
+        r["prompt_tokens"], r["completion_tokens"] = int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0)
+        r["mean_latency_ms"] = round(float(r["mean_latency_ms"] or 0.0), 2)
+    totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "prompt_tokens", "completion_tokens",
+                                                  "cost_usd")}
+    return JSONResponse({"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
+                         "totals": totals, "rows": rows})
+
+
+# -- backend probes (also used by `poolgate pools check`) -------------------------------------------------
+
+
+async def probe_backend(backend: BackendConfig, client: httpx.AsyncClient, timeout_s: float = 10.0) -> dict[str, Any]:
+    """One backend's health: ``GET {base_url}/models``; where that is missing (404/405), a 1-token completion."""
+    headers = {"authorization": f"Bearer {backend.api_key()}"} if backend.api_key() else {}
+    started = time.perf_counter()
+    method = "models"
+    try:
+        resp = await client.get(f"{backend.base_url}/models", headers=headers, timeout=timeout_s)
+        if resp.status_code in (404, 405):
+            method = "chat"
+            body = {"model": backend.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+            resp = await client.post(f"{backend.base_url}/chat/completions", json=body, headers=headers,
+                                     timeout=timeout_s)
+        ok, status, error = resp.status_code < 400, resp.status_code, None
+        if not ok:
+            error = resp.text[:200]
+    except httpx.HTTPError as exc:
+        ok, status, error = False, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return {"backend": backend.name, "base_url": backend.base_url, "ok": ok, "status": status, "probe": method,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1), "error": error}
+
+
+async def probe_all(pool_file: PoolFile, client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Probe every backend of ``pool_file`` concurrently."""
+    import asyncio
+
+    return list(await asyncio.gather(*(probe_backend(b, client) for b in pool_file.backends)))

@@ -1,0 +1,248 @@
+"""API keys: creation (secret shown once, stored as SHA-256), lookup with a short cache, and the request check.
+
+Secrets are 256-bit random tokens, so a plain SHA-256 is enough to make a stolen table useless (a slow password
+hash would only add milliseconds to every request). ``authenticate`` is the FastAPI dependency of the OpenAI
+routes: with ``auth_enabled`` off it returns None at once (the local demo); on, it maps ``Authorization: Bearer``
+to a :class:`KeyRecord` or answers 401 as OpenAI error JSON. The master key (settings) is accepted too and has
+no limits; admin routes accept only the master key (:func:`require_master`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from gateway.errors import GatewayError
+from gateway.limits.base import PERIODS, LimitSpec, Period, to_nano
+
+SECRET_PREFIX = "pg-"
+MASTER_KEY_ID = "master"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One API key as the gateway sees it (never the secret)."""
+
+    id: str
+    name: str
+    key_prefix: str = ""
+    budget_usd: float | None = None
+    budget_period: Period = "month"
+    rpm: int | None = None
+    tpm: int | None = None
+    pools: frozenset[str] | None = None
+    default_flags: Mapping[str, Any] | None = None
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_master(self) -> bool:
+        return self.id == MASTER_KEY_ID
+
+    def limits(self) -> LimitSpec:
+        budget = None if self.budget_usd is None else to_nano(self.budget_usd)
+        return LimitSpec(self.id, self.rpm, self.tpm, budget, self.budget_period)
+
+    def allows(self, pool: str) -> bool:
+        return self.pools is None or pool in self.pools
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON view for the admin API and the CLI."""
+        return {
+            "id": self.id, "name": self.name, "key_prefix": self.key_prefix, "budget_usd": self.budget_usd,
+            "budget_period": self.budget_period, "rpm": self.rpm, "tpm": self.tpm,
+            "pools": sorted(self.pools) if self.pools is not None else None,
+            "default_flags": dict(self.default_flags) if self.default_flags else None,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+MASTER = KeyRecord(MASTER_KEY_ID, "master key")
+
+
+class KeyParamError(ValueError):
+    """Bad key parameters (message names the parameter)."""
+
+
+def validate_key_params(
+    name: str, budget_usd: float | None, period: str, rpm: int | None, tpm: int | None,
+    pools: Sequence[str] | None, default_flags: Mapping[str, Any] | None,
+) -> None:
+    """Raise :class:`KeyParamError` naming the first bad parameter."""
+    from routers.objective import FlagError, Flags
+
+    if not name or not name.strip():
+        raise KeyParamError("name must not be empty")
+    if budget_usd is not None and not budget_usd >= 0:
+        raise KeyParamError(f"budget_usd must be >= 0, got {budget_usd}")
+    if period not in PERIODS:
+        raise KeyParamError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+    for label, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise KeyParamError(f"{label} must be a positive integer, got {value!r}")
+    if pools is not None and (isinstance(pools, str) or not all(isinstance(p, str) and p for p in pools)):
+        raise KeyParamError("pools must be a list of pool names")
+    if default_flags is not None:
+        try:
+            Flags.from_mapping(default_flags)
+        except FlagError as exc:
+            raise KeyParamError(f"default_flags: {exc}") from None
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        id=row.id, name=row.name, key_prefix=row.key_prefix, budget_usd=row.budget_usd,
+        budget_period=row.budget_period, rpm=row.rpm, tpm=row.tpm,
+        pools=frozenset(row.pools) if row.pools is not None else None,
+        default_flags=row.default_flags or None, created_at=row.created_at, revoked_at=row.revoked_at,
+    )
+
+
+class KeyStore:
+    """API keys in the ``api_keys`` table, with a per-process cache of lookups (``cache_ttl_s``).
+
+    A revocation made through this store (admin API) is seen at once by this process; other processes see it
+    at once through the limiter's revocation marker (Redis), or within ``cache_ttl_s`` without Redis.
+    """
+
+    def __init__(self, engine: AsyncEngine, cache_ttl_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.cache_ttl_s = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    async def by_secret(self, secret: str) -> KeyRecord | None:
+        """The key whose secret this is (revoked ones included), or None."""
+        digest = hash_secret(secret)
+        now = self._clock()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        from gateway.store.models import ApiKey
+
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))).first()
+        record = _record(row) if row is not None else None
+        if len(self._cache) > 100_000:  # a flood of random secrets must not grow memory without bound
+            self._cache.clear()
+        self._cache[digest] = (now + self.cache_ttl_s, record)
+        return record
+
+    async def create(
+        self, name: str, *, budget_usd: float | None = None, period: str = "month", rpm: int | None = None,
+        tpm: int | None = None, pools: Sequence[str] | None = None, default_flags: Mapping[str, Any] | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Store a new key; returns (record, secret). The secret is not kept anywhere: show it once."""
+        from gateway.store.models import ApiKey
+
+        validate_key_params(name, budget_usd, period, rpm, tpm, pools, default_flags)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        digest = hash_secret(secret)
+        values: dict[str, Any] = {
+            "id": "key_" + secrets.token_hex(6), "name": name.strip(), "key_hash": digest,
+            "key_prefix": secret[:10], "budget_usd": budget_usd, "budget_period": period, "rpm": rpm, "tpm": tpm,
+            "pools": list(pools) if pools is not None else None,
+            "default_flags": dict(default_flags) if default_flags else None,
+            "created_at": datetime.now(UTC), "revoked_at": None,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(ApiKey).values(**values))
+        self._cache.pop(digest, None)
+        return _record(SimpleNamespace(**values)), secret
+
+    async def list(self, include_revoked: bool = True) -> list[KeyRecord]:
+        from gateway.store.models import ApiKey
+
+        query = select(ApiKey.__table__).order_by(ApiKey.created_at)
+        if not include_revoked:
+            query = query.where(ApiKey.revoked_at.is_(None))
+        async with self.engine.connect() as conn:
+            return [_record(r) for r in (await conn.execute(query)).all()]
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        from gateway.store.models import ApiKey
+
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.id == key_id))).first()
+        return _record(row) if row is not None else None
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Mark ``key_id`` revoked (idempotent); None when there is no such key."""
+        from gateway.store.models import ApiKey
+
+        async with self.engine.begin() as conn:
+            await conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                               .values(revoked_at=datetime.now(UTC)))
+        self._cache.clear()  # drop every cached record: the revoked one is among them under its hash
+        return await self.get(key_id)
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _unauthorized(message: str, code: str) -> GatewayError:
+    return GatewayError(401, message, code=code, headers={"www-authenticate": "Bearer"})
+
+
+def is_master(secret: str, master_key: str | None) -> bool:
+    return bool(master_key) and hmac.compare_digest(secret.encode(), (master_key or "").encode())
+
+
+async def authenticate(request: Request) -> KeyRecord | None:
+    """FastAPI dependency: the caller's key (None when auth is off); 401 when missing, unknown or revoked."""
+    services = request.app.state.services
+    settings = services.settings
+    if not settings.auth_enabled:
+        return None
+    secret = bearer_token(request)
+    if secret is None:
+        services.metrics.auth_failure("missing")
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+    if is_master(secret, settings.master_key):
+        return MASTER
+    record: KeyRecord | None = await services.tenancy.keys.by_secret(secret)
+    if record is None:
+        services.metrics.auth_failure("invalid")
+        raise _unauthorized(f"invalid API key {secret[:6]}...", "invalid_api_key")
+    if record.revoked:
+        services.metrics.auth_failure("revoked")
+        raise _unauthorized(f"API key {record.id} was revoked", "revoked_api_key")
+    return record
+
+
+async def require_master(request: Request) -> None:
+    """FastAPI dependency of the admin routes: the master key (settings.master_key) or 401/403."""
+    master_key = request.app.state.services.settings.master_key
+    if not master_key:
+        raise GatewayError(403, "the admin API is disabled: set POOLGATE_MASTER_KEY", code="admin_disabled")
+    secret = bearer_token(request)
+    if secret is None:
+        raise _unauthorized("missing master key: send 'Authorization: Bearer <master key>'", "missing_api_key")
+    if not is_master(secret, master_key):
+        raise _unauthorized("the admin API needs the master key", "invalid_api_key")

@@ -1,0 +1,166 @@
+"""``poolgate routers list|promote|rollback``: the versioned routers of each pool (artifact store).
+
+Gateways pick a promotion or rollback up at their next poll (``POOLGATE_ROUTER_RELOAD_INTERVAL_S``); ``--notify
+URL`` (repeatable) also asks those gateways to reload now (``POST URL/admin/routers/reload`` with the master key).
+The helpers here (settings, pool file, database) are shared by ``train``, ``report`` and ``feedback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from gateway.artifacts import VersionRecord
+    from gateway.pools import PoolFile
+    from gateway.settings import Settings
+
+T = TypeVar("T")
+
+
+def load_context(pool_file: Path | None = None) -> tuple[Settings, PoolFile, Path]:
+    """Settings, the pool file (``--pool-file``, else POOLGATE_POOL_FILE, else the demo pool) and its folder."""
+    from pydantic import ValidationError
+
+    from gateway.app import resolve_pool_file
+    from gateway.pools import PoolFileError, load_pool_file
+    from gateway.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {exc.errors()[0].get('msg', exc)}") from None
+    try:
+        if pool_file is not None:
+            return settings, load_pool_file(pool_file), pool_file.resolve().parent
+        pools, base = resolve_pool_file(settings)
+    except PoolFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    return settings, pools, base
+
+
+def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Migrate an embedded SQLite store (as ``serve`` does), then run ``work(engine)`` and dispose the engine.
+
+    Database errors become one-line ClickExceptions (a PostgreSQL store must be migrated: poolgate db upgrade).
+    """
+    from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+    from gateway.store import StoreError, make_engine, upgrade
+
+    try:
+        if settings.database_url.startswith("sqlite"):
+            upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> T:
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (OperationalError, ProgrammingError, DBAPIError) as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise click.ClickException(f"log store error ({first}); is the schema current? run: poolgate db upgrade") \
+            from None
+
+
+def notify(urls: tuple[str, ...], master_key: str | None) -> None:
+    """Ask each gateway at ``urls`` to reload its routers now; report each outcome, never fail the command."""
+    import httpx
+
+    for url in urls:
+        headers = {"authorization": f"Bearer {master_key}"} if master_key else {}
+        try:
+            resp = httpx.post(f"{url.rstrip('/')}/admin/routers/reload", headers=headers, timeout=60)
+        except httpx.HTTPError as exc:
+            click.echo(f"notify {url}: failed ({exc})", err=True)
+            continue
+        if resp.status_code != 200:
+            click.echo(f"notify {url}: HTTP {resp.status_code} {resp.text[:200]}", err=True)
+            continue
+        pools = resp.json().get("pools", {})
+        serving = ", ".join(f"{p} -> {s['router']} {s['version']}" + (f" (error: {s['last_error']})"
+                                                                       if s.get("last_error") else "")
+                            for p, s in pools.items())
+        click.echo(f"notify {url}: {serving}")
+
+
+def version_line(r: VersionRecord) -> str:
+    heldout = r.metrics.get("heldout") or {}
+    serving = r.metrics.get("serving") or {}
+    util = heldout.get("utility")
+    base = serving.get("utility")
+    score = "-" if util is None else f"{util:.4f}" + ("" if base is None else f" (serving then {base:.4f})")
+    return (f"{r.pool:<12} {r.version:<6} {r.router:<12} {r.status:<12} rows {r.n_rows:<6} "
+            f"held-out utility {score:<28} created {r.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+notify_option = click.option("--notify", "notify_urls", multiple=True, metavar="URL",
+                             help="gateway base URL to reload now (POST /admin/routers/reload); repeatable")
+
+
+@click.group()
+def routers() -> None:
+    """List, promote and roll back the trained router versions of each pool."""
+
+
+@routers.command("list")
+@click.option("--pool", default=None, help="only this pool")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def list_versions(pool: str | None, as_json: bool) -> None:
+    """Every registered version (oldest first) with its status and held-out numbers."""
+    from gateway.artifacts import ArtifactStore
+
+    settings, _, _ = load_context()
+    records = with_engine(settings, lambda e: ArtifactStore(e, settings.artifacts_dir).versions(pool))
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no router versions yet (train one: poolgate train --router knn --pool POOL)")
+    for r in records:
+        click.echo(version_line(r))
+
+
+def _store_call(fn: Callable[[Any], Awaitable[T]]) -> T:
+    from gateway.artifacts import ArtifactError, ArtifactStore
+
+    settings, _, _ = load_context()
+    try:
+        return with_engine(settings, lambda e: fn(ArtifactStore(e, settings.artifacts_dir)))
+    except ArtifactError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@routers.command()
+@click.argument("pool")
+@click.argument("version")
+@notify_option
+def promote(pool: str, version: str, notify_urls: tuple[str, ...]) -> None:
+    """Make VERSION (e.g. v3) the live router of POOL; the previous live version is retired."""
+    record = _store_call(lambda store: store.promote(pool, version))
+    click.echo(f"promoted: {version_line(record)}")
+    notify(notify_urls, load_context()[0].master_key)
+
+
+@routers.command()
+@click.argument("pool")
+@notify_option
+def rollback(pool: str, notify_urls: tuple[str, ...]) -> None:
+    """Take POOL's live version down; the previously promoted one (else the pool file's router) serves again."""
+    down, up = _store_call(lambda store: store.rollback(pool))
+    click.echo(f"rolled back: {version_line(down)}")
+    click.echo(f"now live:    {version_line(up)}" if up else "now live:    the pool file's router (no version left)")
+    notify(notify_urls, load_context()[0].master_key)

@@ -1,0 +1,122 @@
+"""``poolgate train``: fit a router for a pool from the gateway's logs (with feedback), compare it with the version
+now serving on a held-out slice, register it as a new version, and (``--promote``) make it live if not worse.
+
+Needs requests logged with prompt text: run the gateway with ``POOLGATE_STORE_PROMPTS=true``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from gateway.commands.routers import load_context, notify, notify_option, version_line, with_engine
+
+if TYPE_CHECKING:
+    from training.log_train import TrainOutcome
+
+
+def _dataset_spec(value: str) -> tuple[str, int | None]:
+    name, _, limit = value.partition(":")
+    if not limit:
+        return name, None
+    if not limit.isdigit() or int(limit) < 1:
+        raise click.BadParameter(f"expected NAME or NAME:LIMIT (LIMIT a positive integer), got {value!r}",
+                                 param_hint="--dataset")
+    return name, int(limit)
+
+
+def parse_when_option(value: str | None, option: str) -> datetime | None:
+    """``--since``/``--until``: a duration before now or an ISO datetime."""
+    from training.from_logs import parse_when
+
+    try:
+        return parse_when(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _row(label: str, m: dict[str, Any] | None) -> str:
+    if m is None:
+        return f"  {label:<34} (not evaluated)"
+
+    def f(v: Any, spec: str) -> str:
+        return "-" if v is None or v != v else format(v, spec)
+
+    mix = " ".join(f"{k} {100 * v:.0f}%" for k, v in m["mix"].items())
+    return (f"  {label:<34} {f(m['utility'], '.4f'):>8} {f(m['quality'], '.3f'):>7} "
+            f"{f(1000 * m['cost_usd'], '.4f'):>9} {f(m['tokens'], '.0f'):>7} {f(m['tep_tokens'], '.2f'):>8} "
+            f"{f(m['tep_usd'], '.2f'):>7} {f(100 * m['observed_fraction'], '.0f'):>5}%  {mix}")
+
+
+def print_outcome(out: TrainOutcome) -> None:
+    """The comparison table and what happened to the new version."""
+    click.echo(f"data: {out.log_rows} labelled log requests, {out.record.n_rows} rows in all "
+               f"({out.n_train} train / {out.n_test} held out, split by prompt text)")
+    click.echo(f"  {'held-out policy':<34} {'utility':>8} {'quality':>7} {'$/1k req':>9} {'tokens':>7} "
+               f"{'TEP tok':>8} {'TEP $':>7} {'obs':>6}  mix")
+    click.echo(_row(f"candidate {out.record.router} {out.record.version}", out.candidate))
+    click.echo(_row(f"serving: {out.serving_label}"[:34], out.serving))
+    for name, m in out.references.items():
+        click.echo(_row(name, m))
+    click.echo("utility = the pool objective's utility at the held-out (feedback) quality and cost of each choice; "
+               "obs = choices whose cell a request labelled (others use the backend's mean feedback)")
+    click.echo(f"registered: {version_line(out.record)}")
+    click.echo(f"artifact:   {out.record.path}")
+    click.echo(f"promotion:  {'LIVE' if out.promoted else 'not live'}: {out.reason}")
+
+
+@click.command()
+@click.option("--router", "router_name", required=True, help="registered router name (e.g. knn, complexity)")
+@click.option("--pool", required=True, help="pool whose logs to learn from and that the version is for")
+@click.option("--since", default="7d", show_default=True, help="window start: a duration before now or ISO time")
+@click.option("--until", default=None, help="window end (default now)")
+@click.option("--dataset", "datasets", multiple=True, metavar="NAME[:LIMIT]",
+              help="also learn from an offline data set (its models matched to the pool's backends); repeatable")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="router constructor parameter (YAML)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.25, show_default=True,
+              help="share of distinct prompts held out for the comparison")
+@click.option("--min-rows", type=click.IntRange(min=2), default=20, show_default=True,
+              help="refuse to train on fewer labelled rows")
+@click.option("--promote", is_flag=True, help="make the new version live if it is not worse than the serving one")
+@click.option("--force", is_flag=True, help="with --promote: make it live even if it is worse")
+@click.option("--note", default=None, help="free text stored with the version")
+@click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="pool YAML [POOLGATE_POOL_FILE, else the demo pool]")
+@notify_option
+def train(
+    router_name: str, pool: str, since: str, until: str | None, datasets: tuple[str, ...], params: tuple[str, ...],
+    seed: int, test_size: float, min_rows: int, promote: bool, force: bool, note: str | None,
+    pool_file: Path | None, notify_urls: tuple[str, ...],
+) -> None:
+    """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
+    from gateway.artifacts import ArtifactError, ArtifactStore
+    from gateway.commands.train_offline import _parse_params
+    from routers.base import RouterError
+    from training.from_logs import TrainingDataError
+    from training.loaders import DatasetError
+    from training.log_train import TrainRequest, train_from_logs
+
+    if force and not promote:
+        raise click.UsageError("--force only makes sense with --promote")
+    settings, pools, base_dir = load_context(pool_file)
+    req = TrainRequest(
+        router=router_name, pool=pool,
+        since=parse_when_option(since, "--since"), until=parse_when_option(until, "--until"),
+        datasets=[_dataset_spec(d) for d in datasets], params=_parse_params(params), seed=seed,
+        test_size=test_size, min_rows=min_rows, promote=promote, force=force, note=note,
+    )
+    try:
+        outcome = with_engine(settings, lambda engine: train_from_logs(
+            engine, ArtifactStore(engine, settings.artifacts_dir), pools, req,
+            default_output_tokens=settings.default_output_tokens, base_dir=base_dir,
+            cache_dir=settings.embedding_cache_dir,
+        ))
+    except (TrainingDataError, RouterError, DatasetError, ArtifactError) as exc:
+        raise click.ClickException(str(exc)) from None
+    print_outcome(outcome)
+    if outcome.promoted:
+        notify(notify_urls, settings.master_key)

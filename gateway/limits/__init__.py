@@ -1,0 +1,45 @@
+"""Rate limits (requests and tokens per minute, sliding window) and spend budgets per API key.
+
+``make_limiter(settings)``: the Redis limiter when ``redis_url`` is set (exact across replicas), else the
+in-process one. ``Tenancy`` (``gateway.limits.tenancy``) applies them on the request path.
+"""
+
+from __future__ import annotations
+
+from gateway.limits.base import (
+    KeyRevoked,
+    KeyUsage,
+    Limiter,
+    LimitExceeded,
+    LimitSpec,
+    LimitsUnavailable,
+    Reservation,
+    pressured_cost_weight,
+)
+from gateway.limits.local import InProcessLimiter
+from gateway.settings import Settings
+
+__all__ = [
+    "InProcessLimiter",
+    "KeyRevoked",
+    "KeyUsage",
+    "LimitExceeded",
+    "LimitSpec",
+    "Limiter",
+    "LimitsUnavailable",
+    "Reservation",
+    "make_limiter",
+    "pressured_cost_weight",
+]
+
+
+def make_limiter(settings: Settings) -> Limiter:
+    """Redis-backed when ``settings.redis_url`` is set, in-process otherwise. Opens no connection yet."""
+    if not settings.redis_url:
+        return InProcessLimiter()
+    from gateway.limits.redis_limiter import RedisLimiter
+
+    policy = {"rpm": settings.redis_failure_rpm, "tpm": settings.redis_failure_tpm,
+              "budget": settings.redis_failure_budget}
+    return RedisLimiter(settings.redis_url, prefix=settings.redis_key_prefix, policy=policy,
+                        timeout_s=settings.redis_timeout_s, retry_s=settings.redis_retry_s)

@@ -1,0 +1,155 @@
+"""Prometheus metrics of one gateway process, served at ``GET /metrics`` (text exposition format).
+
+One :class:`Metrics` per app (its own ``CollectorRegistry``, no module globals). Request metrics are recorded
+from the finished log row (``observe``), so every request that produced a row is counted exactly once, streams
+included (their row is finished when the stream ends). Breaker states and the log queue are read at scrape time.
+
+Series: ``poolgate_requests_total{pool,backend,status}``, ``poolgate_overhead_seconds`` (gateway time before the
+client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`` (per attempt),
+``poolgate_ttft_seconds{pool,backend}`` (streams), ``poolgate_tokens_total{pool,backend,kind}``,
+``poolgate_cost_usd_total{pool,backend}``, ``poolgate_routing_decisions_total{pool,router,backend}`` (the top-ranked
+backend), ``poolgate_breaker_state{backend,state}`` (1 for the current state), ``poolgate_log_queue_depth``,
+``poolgate_log_spool_bytes``, ``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
+pool_forbidden, unavailable), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
+``poolgate_auth_failures_total{reason}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time from the running services."""
+
+    def __init__(self) -> None:
+        self.breaker_states: Callable[[], dict[str, str]] = dict
+        self.backends: Sequence[str] = ()
+        self.queue_depth: Callable[[], int] = lambda: 0
+        self.spool_bytes: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterable[Metric]:
+        breakers = GaugeMetricFamily("poolgate_breaker_state", "circuit breaker state per backend (1 = current)",
+                                     labels=["backend", "state"])
+        states = self.breaker_states()
+        for backend in sorted({*self.backends, *states}):
+            current = states.get(backend, "closed")
+            for state in BREAKER_STATES:
+                breakers.add_metric([backend, state], 1.0 if state == current else 0.0)
+        yield breakers
+        yield GaugeMetricFamily("poolgate_log_queue_depth", "log rows waiting in memory", value=self.queue_depth())
+        yield GaugeMetricFamily("poolgate_log_spool_bytes", "bytes of log rows spooled to disk",
+                                value=self.spool_bytes())
+
+
+class Metrics:
+    """The gateway's Prometheus registry and the request-path recording helpers."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("poolgate_requests", "requests by pool, backend and HTTP status",
+                                ["pool", "backend", "status"], registry=r)
+        self.overhead = Histogram("poolgate_overhead_seconds", "gateway time before the first byte, minus upstream",
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.upstream = Histogram("poolgate_upstream_seconds", "upstream attempt latency (to first byte for streams)",
+                                  ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("poolgate_ttft_seconds", "time to first token of streamed answers",
+                              ["pool", "backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("poolgate_tokens", "tokens by pool, backend and kind (prompt, completion)",
+                              ["pool", "backend", "kind"], registry=r)
+        self.cost = Counter("poolgate_cost_usd", "cost in USD by pool and backend", ["pool", "backend"], registry=r)
+        self.decisions = Counter("poolgate_routing_decisions", "top-ranked backend per routing decision",
+                                 ["pool", "router", "backend"], registry=r)
+        self.limit_rejections = Counter("poolgate_limit_rejections", "requests refused by a key's limits",
+                                        ["limit"], registry=r)
+        self.limit_store_failures = Counter("poolgate_limit_store_failures", "requests decided by the Redis outage "
+                                            "policy", ["outcome"], registry=r)
+        self.auth_failures = Counter("poolgate_auth_failures", "requests refused with 401", ["reason"], registry=r)
+        self.live = _LiveCollector()
+        r.register(self.live)
+
+    def bind(self, *, breaker_states: Callable[[], dict[str, str]], backends: Sequence[str],
+             queue_depth: Callable[[], int], spool_bytes: Callable[[], int]) -> None:
+        """Point the scrape-time gauges at the running services."""
+        self.live.breaker_states = breaker_states
+        self.live.backends = list(backends)
+        self.live.queue_depth = queue_depth
+        self.live.spool_bytes = spool_bytes
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
+    def limit_rejection(self, limit: str) -> None:
+        self.limit_rejections.labels(limit).inc()
+
+    def observe(self, row: dict[str, Any]) -> None:
+        """Record one finished request from its log row."""
+        pool = row.get("pool") or ""
+        backend = row.get("backend") or ""
+        self.requests.labels(pool, backend, str(row.get("http_status", 0))).inc()
+        upstream_ms = 0.0
+        for attempt in row.get("attempts") or ():
+            ms = attempt.get("latency_ms") or 0.0
+            upstream_ms += ms
+            if attempt.get("status") is not None or attempt.get("error") != "circuit open":
+                self.upstream.labels(attempt.get("backend") or "").observe(ms / 1000)
+        first_byte_ms = row.get("ttft_ms") if row.get("stream") else row.get("latency_ms")
+        if first_byte_ms is not None and row.get("attempts"):
+            self.overhead.observe(max(0.0, first_byte_ms - upstream_ms) / 1000)
+        if row.get("stream") and row.get("ttft_ms") is not None:
+            self.ttft.labels(pool, backend).observe(row["ttft_ms"] / 1000)
+        if row.get("prompt_tokens"):
+            self.tokens.labels(pool, backend, "prompt").inc(row["prompt_tokens"])
+        if row.get("completion_tokens"):
+            self.tokens.labels(pool, backend, "completion").inc(row["completion_tokens"])
+        if row.get("cost_usd"):
+            self.cost.labels(pool, backend).inc(row["cost_usd"])
+        top = _top_candidate(row.get("candidates") or ())
+        if top is not None:
+            self.decisions.labels(pool, row.get("router") or "", top).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _top_candidate(candidates: Iterable[dict[str, Any]]) -> str | None:
+    """The backend the objective ranked first: highest utility among feasible candidates (or the only one)."""
+    best, best_utility = None, float("-inf")
+    for c in candidates:
+        utility = c.get("utility")
+        if utility is None:
+            return c.get("backend") if best is None else best
+        if c.get("feasible", True) and utility > best_utility:
+            best, best_utility = c.get("backend"), utility
+    return best
+
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    metrics: Metrics = request.app.state.services.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def iter_samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called ``name`` in exposition ``text`` (tests and `poolgate` tools)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                yield dict(sample.labels), float(sample.value)
