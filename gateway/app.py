@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
-from gateway.api import admin, health, openai
+from gateway.api import admin, admin_loop, feedback, health, openai
 from gateway.auth import KeyStore
 from gateway.breaker import BreakerRegistry
 from gateway.deps import Services
@@ -23,6 +23,7 @@ from gateway.limits.tenancy import Tenancy
 from gateway.metrics import Metrics
 from gateway.metrics import router as metrics_router
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
+from gateway.reload import start_closed_loop, stop_closed_loop
 from gateway.routing import Embedder, RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
@@ -82,9 +83,17 @@ def create_app(
             settings=settings, pool_file=pool_file, routing=routing, client=client, breakers=breakers,
             dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer, metrics=metrics, tenancy=tenancy,
         )
+
+        def ensure_embedder() -> None:  # a promoted router may need embeddings that the pool file's did not
+            if routing.embedder is None:
+                routing.embedder = make_embedder(settings, pool_file, True)
+
+        await start_closed_loop(app.state.services, settings.artifacts_dir, ensure_embedder,
+                                settings.router_reload_interval_s)
         try:
             yield
         finally:
+            await stop_closed_loop(app.state.services)
             await tenancy.close()
             await writer.stop()
             await client.aclose()
@@ -101,5 +110,7 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
+    app.include_router(admin_loop.router)
     app.include_router(metrics_router)
     return app

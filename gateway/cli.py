@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "keys": "gateway.commands.keys:keys",
     "train-offline": "gateway.commands.train_offline:train_offline",
     "evaluate": "gateway.commands.evaluate:evaluate",
+    "train": "gateway.commands.train:train",
+    "routers": "gateway.commands.routers:routers",
+    "report": "gateway.commands.report:report",
+    "feedback": "gateway.commands.feedback:feedback",
 }
 
 

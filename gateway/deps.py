@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,6 +17,10 @@ from gateway.pools import PoolFile
 from gateway.routing import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter
+
+if TYPE_CHECKING:
+    from gateway.reload import RouterReloader
+    from gateway.shadow import ShadowRecorder
 
 
 @dataclass
@@ -32,6 +36,9 @@ class Services:
     metrics: Metrics
     tenancy: Tenancy
     extras: dict[str, Any] = field(default_factory=dict)
+    #: closed loop (gateway.reload.start_closed_loop): shadow choices for log rows, router version polling
+    shadow: ShadowRecorder | None = None
+    reloader: RouterReloader | None = None
 
 
 async def get_services(request: Request) -> Services:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class PoolRuntime:
     router_version: str
     base_flags: Flags
     shadows: dict[str, Router] = field(default_factory=dict)
+    shadow_versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,9 +95,13 @@ class RoutingService:
     def swap_router(self, pool: str, router: Router, version: str) -> None:
         """Serve ``router`` for ``pool`` from the next request on (in-flight requests keep the old one)."""
         old = self.runtimes[pool]
-        self.runtimes[pool] = PoolRuntime(
-            old.config, old.backends, old.cards, router, version, old.base_flags, old.shadows
-        )
+        self.runtimes[pool] = replace(old, router=router, router_version=version)
+
+    def swap_shadow(self, pool: str, name: str, router: Router, version: str) -> None:
+        """Run ``router`` (version ``version``) as ``pool``'s shadow router ``name`` from the next request on."""
+        old = self.runtimes[pool]
+        shadows, versions = {**old.shadows, name: router}, {**old.shadow_versions, name: version}
+        self.runtimes[pool] = replace(old, shadows=shadows, shadow_versions=versions)
 
     def model_names(self) -> tuple[list[str], list[str]]:
         return list(self.runtimes), list(self._backends)

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     # -- routing -----------------------------------------------------------------------------------
     artifacts_dir: Path = Path(".poolgate/artifacts")
+    router_reload_interval_s: float = Field(default=5.0, gt=0, description="how often to poll for promoted routers")
     embedding_cache_dir: Path | None = Path(".poolgate/embeddings")
     embedding_batch_window_ms: float = 2.0
     default_output_tokens: int = 256

@@ -34,6 +34,8 @@ def _headers(
     headers = {"x-poolgate-request-id": request_id}
     if decision is not None:
         headers["x-poolgate-router"] = decision.router
+        if decision.router_version:
+            headers["x-poolgate-router-version"] = decision.router_version
         if decision.flags is not None:
             headers["x-poolgate-flags"] = orjson.dumps(decision.flags.as_dict()).decode()
     if backend:
@@ -90,6 +92,8 @@ async def chat_completions(
             key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
         )
         row.update(_decision_fields(decision))
+        if services.shadow is not None:  # shadow routers' choices, computed while the backend answers
+            services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
     except GatewayError as exc:
         _finish_error(services, row, started, exc.status, exc.type, exc.message)
@@ -108,10 +112,18 @@ async def chat_completions(
     return _plain_response(services, chat, row, result, decision, started, prompt_tokens)
 
 
+def _finish(services: Services, row: dict[str, Any]) -> None:
+    """Hand the row on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
+    if services.shadow is not None:
+        services.shadow.finish(row, services.tenancy.finish)
+    else:
+        services.tenancy.finish(row)
+
+
 def _finish_error(services: Services, row: dict[str, Any], started: float, status: int, etype: str, msg: str) -> None:
     row.update(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
                latency_ms=(time.perf_counter() - started) * 1000)
-    services.tenancy.finish(row)
+    _finish(services, row)
 
 
 def _plain_response(
@@ -138,7 +150,7 @@ def _plain_response(
         error_type=None if ok else "upstream_error",
         error_message=None if ok else result.body[:2000].decode("utf-8", "replace"),
     )
-    services.tenancy.finish(row)
+    _finish(services, row)
     return Response(result.body, status_code=result.status, media_type="application/json",
                     headers=_headers(row["id"], decision, result.backend.name, cost))
 
@@ -161,7 +173,7 @@ def _stream_response(
             error_message=out.error,
             response_text=out.text() if services.settings.store_responses else None,
         )
-        services.tenancy.finish(row)
+        _finish(services, row)
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
