@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,11 +21,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from gateway.errors import GatewayError
 from gateway.limits.base import PERIODS, LimitSpec, Period, to_nano
+
+log = logging.getLogger("poolgate.auth")
 
 SECRET_PREFIX = "pg-"
 MASTER_KEY_ID = "master"
@@ -133,7 +137,11 @@ class KeyStore:
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
     async def by_secret(self, secret: str) -> KeyRecord | None:
-        """The key whose secret this is (revoked ones included), or None."""
+        """The key whose secret this is (revoked ones included), or None.
+
+        When the database cannot be read, a key seen before is still served from the (expired) cache entry, so a
+        database outage does not lock every caller out; a key never seen gets 503.
+        """
         digest = hash_secret(secret)
         now = self._clock()
         hit = self._cache.get(digest)
@@ -141,8 +149,15 @@ class KeyStore:
             return hit[1]
         from gateway.store.models import ApiKey
 
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))).first()
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))).first()
+        except (SQLAlchemyError, OSError) as exc:
+            if hit is not None and hit[1] is not None:
+                return hit[1]
+            log.warning("API key lookup failed: %s", exc)
+            raise GatewayError(503, "API keys cannot be checked right now (key database unavailable)",
+                               code="key_store_unavailable", headers={"retry-after": "5"}) from None
         record = _record(row) if row is not None else None
         if len(self._cache) > 100_000:  # a flood of random secrets must not grow memory without bound
             self._cache.clear()

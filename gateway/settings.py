@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     master_key: str | None = Field(default=None, description="admin API key; also accepted on /v1 with no limits")
     redis_url: str | None = Field(default=None, description="shared limits across replicas; unset = in-process")
     redis_key_prefix: str = Field(default="poolgate:", description="prefix of every Redis key the gateway writes")
-    redis_timeout_s: float = Field(default=0.25, gt=0, description="connect/read timeout of a limit check")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="connect/read timeout of a limit check")
+    redis_max_connections: int = Field(default=32, ge=1, description="Redis connections per process (requests queue)")
     redis_retry_s: float = Field(default=1.0, gt=0, description="after a Redis failure, skip Redis this long")
     redis_failure_rpm: Literal["open", "closed"] = Field(
         default="open", description="Redis unreachable: 'open' lets requests past rpm, 'closed' refuses with 503")

@@ -42,4 +42,5 @@ def make_limiter(settings: Settings) -> Limiter:
     policy = {"rpm": settings.redis_failure_rpm, "tpm": settings.redis_failure_tpm,
               "budget": settings.redis_failure_budget}
     return RedisLimiter(settings.redis_url, prefix=settings.redis_key_prefix, policy=policy,
-                        timeout_s=settings.redis_timeout_s, retry_s=settings.redis_retry_s)
+                        timeout_s=settings.redis_timeout_s, retry_s=settings.redis_retry_s,
+                        max_connections=settings.redis_max_connections)

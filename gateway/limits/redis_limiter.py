@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError, RedisError
 
 from gateway.limits.base import (
     WINDOW_MS,
@@ -62,15 +62,22 @@ class RedisLimiter:
         *,
         prefix: str = "poolgate:",
         policy: Mapping[str, str] | None = None,
-        timeout_s: float = 0.25,
+        timeout_s: float = 0.5,
         retry_s: float = 1.0,
+        max_connections: int = 32,
         window_ms: int = WINDOW_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client: Redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+        # A bounded pool that callers queue for: a burst of concurrent requests reuses a few warm connections
+        # instead of opening one each (a connect storm whose timeouts would look like an outage). One immediate
+        # retry on a connection error replaces a pooled connection that died with a Redis restart; timeouts are
+        # not retried (a blackholed Redis must cost one timeout, not two).
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=max(1.0, 4 * timeout_s), socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
             decode_responses=True,
         )
+        self.client: Redis = Redis(connection_pool=pool)
         self.prefix = prefix
         self.policy = {"rpm": "open", "tpm": "open", "budget": "closed", **(policy or {})}
         self.retry_s = retry_s
@@ -207,4 +214,4 @@ class RedisLimiter:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)

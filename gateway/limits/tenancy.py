@@ -10,6 +10,7 @@ With auth off neither step touches Redis or the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,10 +34,14 @@ from gateway.settings import Settings
 from gateway.store import LogWriter
 from routers.objective import Flags
 
+log = logging.getLogger("poolgate.tenancy")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 #: Reservations whose request never finished (a crash between admit and finish) are settled at their estimate
 #: after this long, so the table of open reservations cannot grow without bound.
 STALE_RESERVATION_S = 3600.0
-SWEEP_EVERY = 10_000
+SWEEP_EVERY_S = 60.0
 
 #: OpenAI's error type and code for each refusing limit; x-should-retry tells the openai SDK not to retry in vain.
 _REFUSALS = {
@@ -78,6 +83,10 @@ class Tenancy:
                 self._pools_of_backend.setdefault(b.name, set()).add(pool)
         self._open: dict[str, tuple[float, Reservation]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._swept_at = time.monotonic()
+        if not settings.auth_enabled and settings.host not in LOOPBACK_HOSTS:
+            log.warning("POOLGATE_AUTH_ENABLED is off while serving on %s: anyone who reaches the port can spend "
+                        "money; auth off is meant for the local demo only", settings.host)
 
     # -- before routing -------------------------------------------------------------------------------
 
@@ -166,7 +175,8 @@ class Tenancy:
     def _hold(self, reservation: Reservation) -> None:
         now = time.monotonic()
         self._open[reservation.request_id] = (now, reservation)
-        if len(self._open) % SWEEP_EVERY == 0:
+        if now - self._swept_at > SWEEP_EVERY_S:
+            self._swept_at = now
             for rid, (at, stale) in list(self._open.items()):
                 if now - at > STALE_RESERVATION_S:
                     del self._open[rid]
