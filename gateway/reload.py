@@ -122,8 +122,13 @@ class RouterReloader:
             if state.record_id is not None:  # rolled back to nothing: the pool file's router serves again
                 runtime = self.routing.runtimes[pool]
                 await self._swap(pool, state, None, lambda: load_router(runtime.config, self.routing.base_dir))
+            else:
+                state.error = state.failed = None  # what is served is what is asked for: old errors are moot
             return
-        if state.record_id == record.id or state.failed == (record.id, record.sha256):
+        if state.record_id == record.id:
+            state.error = state.failed = None
+            return
+        if state.failed == (record.id, record.sha256):
             return
         await self._swap(pool, state, record, lambda: (load_version(record), record.version))
 

@@ -118,6 +118,9 @@ async def test_corrupt_artifact_is_never_served_and_the_reason_is_logged(env, ca
     assert len([r for r in caplog.records if "cannot serve best-single v2" in r.getMessage()]) == 1
     with pytest.raises(ArtifactError, match="changed since it was registered"):
         load_version(bad)
+    await store.rollback("auto")  # v1 is live again: the stale error no longer describes the pool
+    status = await reloader.poll_once()
+    assert status["pools"]["auto"]["version"] == "v1" and status["pools"]["auto"]["last_error"] is None
 
 
 async def test_unloadable_artifact_with_matching_digest_is_refused_too(env) -> None:

@@ -93,7 +93,8 @@ def test_json_is_strict_and_carries_timeline_mix_and_assumptions() -> None:
     text = json.dumps(data, allow_nan=False)  # NaN would raise here
     assert "TEP" in text and data["mix"]["knn@v1"] == {"strong": 1, "cheap": 1}
     assert data["bucket_seconds"] == 3600 and data["time_unit"] == "hours"  # 25 h of traffic: hourly buckets
-    assert [(b["x"], b["requests"]) for b in data["timeline"]] == [(0.0, 2), (1.0, 2), (25.0, 1)]
+    assert [(b["x"], b["requests"]) for b in data["timeline"] if b["requests"]] == [(0.0, 2), (1.0, 2), (25.0, 1)]
+    assert len(data["timeline"]) == 26 and data["timeline"][5]["cost_usd"] == 0.0  # quiet hours count as zero
     assert data["groups"][0]["tep_usd"] is None
 
 

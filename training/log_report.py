@@ -301,7 +301,12 @@ def _timeline(rows: Sequence[LogRow], cf: Counterfactual, width: int, per_unit: 
         if cf.eligible(r):
             b["cheapest_cost_usd"] += cf.cost(r, cf.cheapest(r))
             b["strongest_cost_usd"] += cf.cost(r, cf.strongest(r))
-    return list(out.values())
+    if out and first is not None and (max(out) - first) // width <= 1000:  # quiet buckets are zero, not missing
+        for key in range(first, max(out) + 1, width):
+            out.setdefault(key, {"start": datetime.fromtimestamp(key, UTC), "x": (key - first) / per_unit,
+                                 "requests": 0, "cost_usd": 0.0, "cheapest_cost_usd": 0.0, "strongest_cost_usd": 0.0,
+                                 "backends": {}})
+    return [out[k] for k in sorted(out)]
 
 
 def build_report(

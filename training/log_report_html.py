@@ -73,7 +73,8 @@ def _mix_plot(report: LogReport) -> str:
     xs = [t["x"] for t in report.timeline]
     series = []
     for b in backends:
-        shares = [100 * t["backends"].get(b, 0) / max(1, sum(t["backends"].values())) for t in report.timeline]
+        shares = [100 * t["backends"].get(b, 0) / sum(t["backends"].values()) if t["backends"] else math.nan
+                  for t in report.timeline]  # a quiet bucket has no mix: no point
         series.append((b, xs, shares))
     return svg_plot(series, _time_axis(report), "share of answered requests (%)")
 

@@ -58,9 +58,10 @@ def print_outcome(out: TrainOutcome) -> None:
     click.echo(f"  {'held-out policy':<34} {'utility':>8} {'quality':>7} {'$/1k req':>9} {'tokens':>7} "
                f"{'TEP tok':>8} {'TEP $':>7} {'obs':>6}  mix")
     click.echo(_row(f"candidate {out.record.router} {out.record.version}", out.candidate))
-    click.echo(_row(f"serving: {out.serving_label}"[:34], out.serving))
+    click.echo(_row("serving (see below)", out.serving))
     for name, m in out.references.items():
         click.echo(_row(name, m))
+    click.echo(f"serving = {out.serving_label}")
     click.echo("utility = the pool objective's utility at the held-out (feedback) quality and cost of each choice; "
                "obs = choices whose cell a request labelled (others use the backend's mean feedback)")
     click.echo(f"registered: {version_line(out.record)}")
