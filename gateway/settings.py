@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         default=None, description="YAML pool file; unset = the demo pool over the replay backend"
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="requests larger than this get 413")
+    max_header_bytes: int = Field(default=64 * 1024, gt=0, description="request line + headers over this get 431")
+    client_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a client must send its request head, and then its body, within this (408)")
 
     # -- log store ---------------------------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./poolgate.db"

@@ -208,3 +208,48 @@ def test_full_spool_with_refuse_policy_answers_503_and_never_serves_an_unlogged_
     assert sorted(r["id"] for r in rows) == sorted(served)  # every answered request has its row
     wait_until(lambda: not writer_of(gw).refusing, 10, "the spool to drain")
     assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+
+
+def test_nul_characters_do_not_poison_the_postgresql_log(fake_backends, gateway, pg_database):
+    """PostgreSQL cannot store NUL; one such request once failed its whole batch as 'database down', and the
+    spooled batch failed again on every replay, so no row reached the database any more."""
+    from gateway.store import upgrade
+
+    upgrade(pg_database)
+    _, cs = fake_backends("cheap")
+    gw = gateway(pool_yaml(cs.url), database_url=pg_database, store_prompts=True, store_responses=True)
+    client = httpx.Client(base_url=gw.url, timeout=30)
+    bodies = [
+        b'{"model": "auto", "messages": [{"role": "user", "content": "a\\u0000b"}]}',
+        b'{"model": "au\\u0000to", "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "auto", "messages": [{"role": "user", "content": "x"}], "poolgate": {"flags": {"\\u0000": 1}}}',
+    ]
+    ids = []
+    for i in range(9):
+        r = client.post("/v1/chat/completions", content=bodies[i % 3], headers={"content-type": "application/json"})
+        assert r.status_code in (200, 400, 404)
+        ids.append(r.headers.get("x-poolgate-request-id"))
+    ids += send(client, 5)
+    rows = wait_rows(pg_database, 14, timeout_s=20)
+    assert sorted(r["id"] for r in rows) == sorted(i for i in ids if i)
+    assert {r["prompt_text"] for r in rows} >= {"a\ufffdb"}
+    assert not spooled_rows(gw.settings.spool_dir)
+
+
+async def test_postgresql_data_errors_count_as_the_rows_fault_not_an_outage(pg_database):
+    """A row PostgreSQL refuses (SQLSTATE class 22/23) goes to rejected.jsonl; it must not be taken for an
+    outage (spooled and replayed forever). asyncpg's errors arrive as a bare DBAPIError with the SQLSTATE."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from gateway.store import make_engine
+    from gateway.store.writer import is_row_fault
+
+    engine = make_engine(pg_database)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as info:
+                await conn.execute(text("SELECT CAST(:x AS text)"), {"x": "a\x00b"})
+    finally:
+        await engine.dispose()
+    assert type(info.value) is DBAPIError and is_row_fault(info.value)

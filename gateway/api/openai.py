@@ -79,7 +79,7 @@ async def chat_completions(
     if services.writer.refusing:  # spool_full_policy=refuse: serve nothing that cannot be logged
         raise GatewayError(503, "the request log is down and its local spool is full; try again later",
                            code="log_store_unavailable", headers={"retry-after": "5"})
-    body = await read_json_body(request, services.settings.max_body_bytes)
+    body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
     row = _base_row(request_id, chat, services)
     prompt_tokens = chat.prompt_tokens()

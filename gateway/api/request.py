@@ -6,6 +6,7 @@ extension); every other OpenAI field passes through to the backend untouched.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ from gateway.errors import GatewayError
 from gateway.pricing import count_prompt_tokens, message_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: Deeper bodies get 400: the upstream encoder (orjson) stops at 255 levels, and no OpenAI request needs many.
+MAX_JSON_DEPTH = 128
+#: Longer model names get 400 rather than being echoed into errors and stored in every log row.
+MAX_MODEL_CHARS = 256
 
 
 @dataclass
@@ -34,8 +39,9 @@ class ChatRequest:
         return count_prompt_tokens(self.messages)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> Any:
-    """The request body parsed as JSON: 415 for a non-JSON content type, 413 over ``max_bytes``, 400 if bad."""
+async def read_json_body(request: Request, max_bytes: int, timeout_s: float = 30.0) -> Any:
+    """The request body parsed as JSON: 415 for a non-JSON content type, 413 over ``max_bytes``, 400 if bad,
+    408 when the client has not sent the whole body within ``timeout_s`` (a slow-body client holds nothing)."""
     ctype = request.headers.get("content-type", "")
     if ctype.split(";")[0].strip().lower() != "application/json":
         raise GatewayError(415, f"unsupported content type {ctype or '(none)'!r}; send application/json",
@@ -46,15 +52,32 @@ async def read_json_body(request: Request, max_bytes: int) -> Any:
                            code="request_too_large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise GatewayError(413, f"request body is over the limit of {max_bytes} bytes", code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise GatewayError(413, f"request body is over the limit of {max_bytes} bytes",
+                                       code="request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise GatewayError(408, f"request body not received within {timeout_s:g} s", code="request_timeout") from None
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as exc:
         raise GatewayError(400, f"request body is not valid JSON ({exc})", code="invalid_json") from None
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """True when arrays/objects in ``value`` nest more than ``limit`` levels (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _bad(message: str, param: str) -> GatewayError:
@@ -65,9 +88,13 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
     """Check the fields the gateway relies on; errors name the parameter."""
     if not isinstance(body, dict):
         raise _bad("request body must be a JSON object", "body")
+    if nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise _bad(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels", "body")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required and must be a non-empty string (a pool or backend name)", "model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise _bad(f"'model' is longer than {MAX_MODEL_CHARS} characters; see GET /v1/models", "model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array", "messages")

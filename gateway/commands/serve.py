@@ -62,6 +62,7 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError
     from gateway.settings import Settings
     from gateway.store import upgrade
@@ -83,7 +84,8 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
         raise click.ClickException(str(exc)) from None
     click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {settings.database_url})")
     try:
-        uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+        http = guarded_protocol(settings.max_header_bytes, settings.client_read_timeout_s)
+        uvicorn.run(app, host=host, port=port, loop="uvloop", http=http, access_log=False,
                     log_level="warning", timeout_graceful_shutdown=10)
     finally:
         if child is not None:

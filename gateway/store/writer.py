@@ -77,8 +77,26 @@ def is_row_fault(exc: BaseException) -> bool:
     """
     if isinstance(exc, IntegrityError | DataError):
         return True
+    # SQLSTATE class 22 (data exception) and 23 (integrity): asyncpg's errors reach SQLAlchemy as a plain
+    # DBAPIError, so read the code; treating them as an outage would spool a poison row and replay it forever.
+    if isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlstate", "") or "")[:2] in ("22", "23"):
+        return True
     # Bind-parameter processing (e.g. a value JSON cannot encode) fails before the database is involved.
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
+def strip_nul(value: Any) -> Any:
+    """``value`` with NUL characters in its strings (keys too, recursively) replaced by U+FFFD.
+
+    PostgreSQL cannot store NUL in text or JSONB, and a client can put one in any string it sends.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {strip_nul(k): strip_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strip_nul(v) for v in value]
+    return value
 
 
 def _as_utc(value: Any) -> datetime:
@@ -142,7 +160,7 @@ class LogWriter:
 
         Unknown keys are dropped (logged), missing columns get ``ROW_DEFAULTS`` or NULL, ``created_at``
         defaults to now (UTC), a missing ``id`` gets a fresh one (logged), and ``prompt_text``/``response_text``
-        are blanked unless ``store_prompts``/``store_responses`` is on.
+        are blanked unless ``store_prompts``/``store_responses`` is on, and NUL characters become U+FFFD.
         """
         unknown = row.keys() - _COLUMN_SET
         if unknown - self._warned_unknown:  # once per key, not once per request
@@ -157,7 +175,7 @@ class LogWriter:
             clean["prompt_text"] = None
         if not self._settings.store_responses:
             clean["response_text"] = None
-        return clean
+        return {name: strip_nul(value) for name, value in clean.items()}
 
     def submit(self, row: Row) -> None:
         """Queue one request row for writing. Never blocks on I/O to the database and never raises.
