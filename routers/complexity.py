@@ -133,21 +133,24 @@ def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[t
         return list(splitter.split(np.zeros(len(y)), y, groups))
 
 
-def _oof_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], c: float,
-                class_weight: str | None) -> np.ndarray:
-    """Out-of-fold softmax logits ``[n, k]``; a tier absent from a training fold gets a very low logit."""
+def _oof_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], grid: Sequence[float],
+                class_weight: str | None) -> dict[float, np.ndarray]:
+    """Out-of-fold softmax logits ``[n, k]`` for each C of ``grid``; a tier absent from a training fold gets a
+    very low logit. Within a fold the C values are fitted in increasing order, each warm-started from the last."""
     from sklearn.linear_model import LogisticRegression
 
-    out = np.zeros((len(y), int(y.max()) + 1))
+    out = {c: np.zeros((len(y), int(y.max()) + 1)) for c in grid}
     for tr, te in folds:
         present = np.unique(y[tr])
         if len(present) < 2:  # nothing to learn in this fold: uninformative logits
             continue
-        clf = LogisticRegression(C=c, class_weight=class_weight, max_iter=2000).fit(x[tr], y[tr])
-        part = _logits(clf.coef_, clf.intercept_, x[te])
-        full = np.full((len(te), out.shape[1]), part.min() - 10.0)
-        full[:, present] = part
-        out[te] = full
+        clf = LogisticRegression(class_weight=class_weight, max_iter=2000, warm_start=True)
+        for c in sorted(grid):
+            clf.set_params(C=c).fit(x[tr], y[tr])
+            part = _logits(clf.coef_, clf.intercept_, x[te])
+            full = np.full((len(te), out[c].shape[1]), part.min() - 10.0)
+            full[:, present] = part
+            out[c][te] = full
     return out
 
 
@@ -267,10 +270,11 @@ class ComplexityRouter(Router):
         self.mu_, self.sd_ = raw.mean(axis=0), raw.std(axis=0) + 1e-6
         x = (raw[keep] - self.mu_) / self.sd_
         groups = np.unique(np.asarray(dataset.queries, dtype=object)[keep], return_inverse=True)[1]
+        import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS first: a limit covers loaded libraries only)
         from threadpoolctl import threadpool_limits
 
-        # one BLAS thread: the matrices are small, and on a shared 2-core machine OpenBLAS's spinning worker
-        # threads made this fit ~40x slower than single-threaded
+        # one BLAS thread: the problems are small, and on a shared 2-core machine OpenBLAS's spinning worker
+        # threads made L-BFGS ~40x slower than single-threaded
         with threadpool_limits(limits=1, user_api="blas"):
             oof = self._fit_classifier(x, labels[keep], groups)
         self.confidence_ = self._fit_confidence(oof, quality[keep], np.asarray(dataset.cost_usd)[keep], tiers)
@@ -329,8 +333,9 @@ class ComplexityRouter(Router):
 
         folds = _folds(y, groups, self.cv_folds, self.seed)
         best: tuple[float, float, Any] = (math.inf, self.C or 1.0, None)
-        for c in ([self.C] if self.C is not None else list(self.c_grid)) if folds else []:
-            calibrated = _calibrate(_oof_logits(x, y, folds, c, self.class_weight), y)
+        grid = [self.C] if self.C is not None else list(self.c_grid)
+        for c, logits in (_oof_logits(x, y, folds, grid, self.class_weight) if folds else {}).items():
+            calibrated = _calibrate(logits, y)
             loss = _log_loss(calibrated[2], y)
             best = min(best, (loss, c, calibrated), key=lambda b: b[0])
         self.cv_log_loss_, self.C_, calibrated = best
