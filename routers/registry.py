@@ -19,6 +19,7 @@ ROUTERS: dict[str, str] = {
     "oracle": "routers.baselines:OracleRouter",
     "knn": "routers.knn:KNNRouter",
     "complexity": "routers.complexity:ComplexityRouter",
+    "tryage": "routers.tryage:TryageRouter",
 }
 
 

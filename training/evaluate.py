@@ -59,6 +59,8 @@ class RouterResult:
     predict_seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: ``--sweep`` operating points (flag combinations; see training/sweep.py), kept apart from ``points``
+    sweep: list[SweepPoint] = field(default_factory=list)
 
     def point(self, label: str) -> SweepPoint | None:
         return next((p for p in self.points if p.label == label), None)
@@ -224,10 +226,12 @@ def evaluate_routers(
     featurizer: Featurizer | None = None,
     cost_weights: Sequence[float] | None = None,
     test_size: float = 0.2,
+    extra_flags: Sequence[tuple[str, Flags]] = (),
 ) -> EvaluationResult:
     """Evaluate each named router on ``dataset`` (see the module docstring); unknown names raise RouterError.
 
     A router that raises while fitting or predicting is recorded with ``error`` set; the others still run.
+    ``extra_flags``: more (label, flags) operating points, recorded in ``RouterResult.sweep`` only.
     """
     classes = [get_router_class(n) for n in router_names]  # fail fast on unknown names
     featurizer = featurizer or Featurizer()
@@ -248,15 +252,18 @@ def evaluate_routers(
     results = []
     for name in router_names:
         try:
-            choice, pred_q, res = _run_router(name, ds, fold_list, flags, seed)
+            choice, pred_q, res = _run_router(name, ds, fold_list, [*flags, *extra_flags], seed)
         except Exception as exc:  # one broken router must not hide the others' numbers
             results.append(RouterResult(name=name, error=f"{type(exc).__name__}: {exc}"))
             continue
-        for (label, fl), ch in zip(flags, choice, strict=True):
+        for i, ((label, fl), ch) in enumerate(zip([*flags, *extra_flags], choice, strict=True)):
             q, c, t = _outcome(ds, rows, ch)
             shares = {m: float((ch == j).mean()) for j, m in enumerate(ds.models)}
-            res.points.append(SweepPoint(label, fl.quality, fl.cost, q, c, t, shares))
+            point = SweepPoint(label, fl.quality, fl.cost, q, c, t, shares)
+            (res.points if i < len(flags) else res.sweep).append(point)
         _curve_metrics(ds, rows, res, pred_q, ref)
+        op = next((i for i, (label, _) in enumerate(flags) if label == OPERATING_POINT), 0)
+        res.metrics["best_choice_rate"] = metrics.best_choice_rate(ds.quality[rows], choice[op])
         results.append(res)
     return EvaluationResult(
         dataset=ds.name, n_queries=len(ds), n_evaluated=len(rows), models=list(ds.models), seed=seed,

@@ -12,6 +12,7 @@ import numpy as np
 from training.evaluate import EvaluationResult
 from training.metrics import non_decreasing_hull
 from training.report import context_lines, metric_cells, table_headers
+from training.sweep import front_series
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
@@ -114,6 +115,10 @@ def render_html(result: EvaluationResult) -> str:
     if curves:
         parts += ["<h2>RouteLLM threshold sweep (what APGR and CPT read)</h2>",
                   svg_plot(curves, "strong model calls (%)", "mean quality", singles)]
+    fronts = front_series(result)
+    if fronts:
+        parts += ["<h2>Pareto fronts across flag weights (cost, size, verbosity; --sweep)</h2>",
+                  svg_plot(fronts, "mean cost, USD per 1,000 queries", "mean quality", singles)]
     parts += ["<h2>Setup, references and assumptions</h2>",
               "<pre>" + html.escape("\n".join(context_lines(result))) + "</pre>"]
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"

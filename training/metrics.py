@@ -28,6 +28,16 @@ def mean_cost(matrix: np.ndarray, choice: np.ndarray) -> float:
     return float(chosen(matrix, choice).mean()) if len(choice) else NAN
 
 
+def best_choice_rate(matrix: np.ndarray, choice: np.ndarray, atol: float = 1e-9) -> float:
+    """Tryage's routing accuracy (Hari & Thomson, 2023): the share of queries whose chosen model is the best one
+    available, (1/n) sum_i [quality[i, choice_i] >= max_j quality[i, j] - atol]. Ties count as best, so a query
+    that every model gets right (or wrong) is always a hit."""
+    if not len(choice):
+        return NAN
+    q = np.asarray(matrix, dtype=np.float64)
+    return float((chosen(q, choice) >= q.max(axis=1) - atol).mean())
+
+
 # -- curves and their hull -----------------------------------------------------------------------
 def non_decreasing_hull(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The non-decreasing convex hull of (cost, quality) points, as RouterBench (Hu et al., 2024) defines it.

@@ -17,6 +17,7 @@ from training.evaluate import OPERATING_POINT, EvaluationResult, RouterResult
 #: metric key -> (column header, formatter); formulas are in training/metrics.py
 METRIC_NOTES: dict[str, str] = {
     "quality": f"mean true quality of the chosen model at the {OPERATING_POINT} operating point (cost weight 0)",
+    "best%": "Tryage's routing accuracy: share of queries whose chosen model is the best available (ties count)",
     "cost": "mean USD per query of those choices, shown per 1,000 queries",
     "aiq": "RouterBench AIQ: mean height of the non-decreasing convex hull of the cost-weight sweep over "
     "[cheapest possible, dearest possible] mean cost",
@@ -42,14 +43,15 @@ def fmt_pct(value: Any) -> str:
 
 def table_headers(result: EvaluationResult) -> list[str]:
     """Column headers of the results table (APGR/CPT only for two-model pools)."""
-    head = ["router", "quality", "$/1k q", "tokens/q", "AIQ", "savings", "Q@ref$", "TEP tok", "TEP $"]
+    head = ["router", "quality", "best%", "$/1k q", "tokens/q", "AIQ", "savings", "Q@ref$", "TEP tok", "TEP $"]
     return head + (["APGR", "CPT50", "CPT80"] if "pair" in result.reference else [])
 
 
 def metric_cells(result: EvaluationResult, r: RouterResult) -> list[str]:
     """One router's formatted row under :func:`table_headers` (router name first)."""
     m = r.metrics
-    cells = [r.name, fmt_num(m["quality"]), fmt_num(1000 * m["cost_usd"], 4), fmt_num(m["tokens"], 1),
+    cells = [r.name, fmt_num(m["quality"]), fmt_pct(m.get("best_choice_rate")), fmt_num(1000 * m["cost_usd"], 4),
+             fmt_num(m["tokens"], 1),
              fmt_num(m["aiq"]), fmt_pct(m["savings_vs_best_single"]), fmt_num(m["quality_at_ref_cost"]),
              fmt_num(m["tep_tokens"], 2), fmt_num(m["tep_usd"], 2)]
     if "pair" in result.reference:

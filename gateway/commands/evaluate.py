@@ -49,8 +49,10 @@ def router_list(spec: str) -> list[str]:
               help="Data folder (default: $POOLGATE_DATA_DIR or the nearest shared/data above the cwd).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Embedding cache (default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings).")
+@click.option("--sweep", is_flag=True, default=False,
+              help="Also trace each router's quality-vs-cost Pareto front across cost/size/verbosity flag weights.")
 def evaluate(dataset_name: str, routers_spec: str, seed: int, folds: int | None, limit: int | None,
-             out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None) -> None:
+             out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None, sweep: bool) -> None:
     """Evaluate routers on a data set: print the table, optionally write JSON and an HTML report."""
     from routers.base import RouterError
     from routers.registry import get_router_class
@@ -69,25 +71,29 @@ def evaluate(dataset_name: str, routers_spec: str, seed: int, folds: int | None,
         dataset = load_dataset(dataset_name, data_dir=data_dir, limit=limit)
     except DatasetError as exc:
         _fail(str(exc))
-    _run(dataset, names, seed, folds, out_dir, cache_dir)
+    _run(dataset, names, seed, folds, out_dir, cache_dir, sweep)
 
 
 def _run(dataset: RoutingDataset, names: list[str], seed: int, folds: int | None, out_dir: Path | None,
-         cache_dir: Path | None) -> None:
+         cache_dir: Path | None, sweep: bool = False) -> None:
     from gateway.settings import Settings
     from training.evaluate import evaluate_routers
     from training.features import Featurizer
     from training.html import write_html
     from training.report import print_report, write_json
+    from training.sweep import print_sweep, sweep_grid
 
     if cache_dir is None:
         cache_dir = Settings().embedding_cache_dir
     featurizer = Featurizer(cache_dir=cache_dir, disk_cache=cache_dir is not None)
     try:
-        result = evaluate_routers(dataset, names, seed=seed, folds=folds, featurizer=featurizer)
+        result = evaluate_routers(dataset, names, seed=seed, folds=folds, featurizer=featurizer,
+                                  extra_flags=sweep_grid() if sweep else ())
     except ValueError as exc:  # e.g. too few distinct queries to split or fold
         _fail(str(exc))
     print_report(result)
+    if sweep:
+        print_sweep(result)
     if out_dir is not None:
         stem = result.dataset
         try:
