@@ -20,6 +20,7 @@ ROUTERS: dict[str, str] = {
     "knn": "routers.knn:KNNRouter",
     "complexity": "routers.complexity:ComplexityRouter",
     "tryage": "routers.tryage:TryageRouter",
+    "graph": "routers.graph:GraphRouter",
 }
 
 
