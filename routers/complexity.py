@@ -22,8 +22,9 @@ Into the shared objective. ``E[t, m]`` is the mean quality of model m over the t
 EllieSQL's decision rules sit on top of the same probabilities:
 
 - ``"cascade"`` (default): the cheapest candidate tier whose probability of success ``P(label <= t | q)`` is at
-  least ``confidence``. ``confidence=None`` learns it on the out-of-fold probabilities: the threshold with the
-  lowest training cost whose quality stays within ``max_quality_loss`` (relative) of the best single model's.
+  least ``confidence``. ``confidence=None`` learns it on the out-of-fold probabilities of the training rows: of
+  :data:`CONFIDENCE_GRID`, the threshold of lowest cost whose quality stays within ``max_quality_loss``
+  (relative) of the best single model's; if none does, the threshold of highest quality.
 - ``"argmax"``: the most probable candidate tier (EllieSQL's plain classifier router).
 
 Rules see only the candidates' tiers: a tier missing from the pool hands its probability to the cheapest candidate
