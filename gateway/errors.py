@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -81,10 +82,30 @@ def install_error_handlers(app: FastAPI) -> None:
         param = ".".join(loc) or None
         return error_response(400, f"{param or 'request'}: {first.get('msg', 'invalid request')}", param=param)
 
+    async def database_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+        if sqlstate.startswith("22"):  # data exception: the request's value (e.g. a NUL character) is the fault
+            return error_response(400, "a value in the request cannot be stored or compared by the database "
+                                  "(NUL characters, for one, are not allowed)", code="invalid_value")
+        lost = exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        if sqlstate.startswith("08") or lost:  # connection exception: an outage, not a bug
+            return error_response(503, "the database is unavailable; try again later", code="database_unavailable",
+                                  headers={"retry-after": "5"})
+        return error_response(500, f"internal error ({type(exc).__name__})", type="server_error")
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        # asyncpg raises connection failures (refused, reset, timed out) raw, not as DBAPIError
+        return error_response(503, f"a service the gateway needs (database or Redis) is unavailable "
+                              f"({type(exc).__name__}); try again later", code="dependency_unavailable",
+                              headers={"retry-after": "5"})
+
     async def unexpected(_: Request, exc: Exception) -> Response:  # last resort: still OpenAI JSON
         return error_response(500, f"internal error ({type(exc).__name__})", type="server_error")
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(OSError, unavailable)  # TimeoutError and ConnectionError included
     app.add_exception_handler(Exception, unexpected)

@@ -253,3 +253,16 @@ async def test_postgresql_data_errors_count_as_the_rows_fault_not_an_outage(pg_d
     finally:
         await engine.dispose()
     assert type(info.value) is DBAPIError and is_row_fault(info.value)
+
+
+def test_database_down_gives_503_on_routes_that_need_it_while_chat_is_still_served(fake_backends, gateway, pg):
+    _, proxy, via_proxy = pg
+    _, cs = fake_backends("cheap")
+    gw = gateway(pool_yaml(cs.url), database_url=via_proxy, auth_enabled=True, master_key="mk-test")
+    client = httpx.Client(base_url=gw.url, timeout=30, headers={"authorization": "Bearer mk-test"})
+    proxy.cut()
+    for path in ["/admin/keys", "/admin/report", "/admin/routers/versions", "/v1/feedback/abc", "/health/ready"]:
+        r = client.get(path)
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert set(r.json().get("error", {"message", "type", "param", "code"})) >= {"message"}
+    assert send(client, 3)  # the master key is checked without the database; requests are served

@@ -101,7 +101,7 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
-        if m.get("role") not in ROLES:
+        if not isinstance(m.get("role"), str) or m["role"] not in ROLES:  # a list/dict role is unhashable
             raise _bad(f"messages[{i}].role must be one of {sorted(ROLES)}", f"messages[{i}].role")
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
