@@ -1,5 +1,5 @@
-"""The tenancy/SDK documentation (docs/tenancy.md) runs as written: its shell blocks and Python examples,
-against `poolgate serve` (the offline demo) started with the doc's own environment."""
+"""The README's tenancy/SDK section runs as written: its shell blocks and Python examples,
+against `poolgate serve` (the offline demo) started with the section's own environment."""
 
 from __future__ import annotations
 
@@ -15,12 +15,21 @@ import pytest
 
 from tests.servers import free_port
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "tenancy.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Teams: API keys, rate limits, budgets, metrics, admin API and the Python SDK"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
 
+def section() -> str:
+    """The README's tenancy section: from its heading to the next level-2 heading."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    return text[start:end if end != -1 else len(text)]
+
+
 def blocks(lang: str) -> list[str]:
-    return [body for kind, body in FENCE.findall(DOC.read_text()) if kind == lang]
+    return [body for kind, body in FENCE.findall(section()) if kind == lang]
 
 
 def doc_exports() -> dict[str, str]:
@@ -79,7 +88,7 @@ def test_shell_blocks_run_as_written(served: tuple[dict[str, str], Path]) -> Non
 
 def run_python(block: str, capsys: pytest.CaptureFixture[str]) -> str:
     """Run one example in this interpreter (a fresh namespace, as a script would) and return what it printed."""
-    exec(compile(block, "<docs/tenancy.md>", "exec"), {"__name__": "__main__"})
+    exec(compile(block, "<README.md>", "exec"), {"__name__": "__main__"})
     return capsys.readouterr().out
 
 
