@@ -45,6 +45,12 @@ def _dataset(counts: tuple[int, ...] = (120, 40, 60, 20), seed: int = 0) -> Rout
     return ds.with_features(feats)
 
 
+@pytest.fixture(scope="module")
+def router() -> ComplexityRouter:
+    """The default router (cascade, learned confidence) fitted once for the tests that only read it."""
+    return ComplexityRouter().fit(_dataset())
+
+
 def test_tiers_order_models_by_cost_and_equal_costs_share_a_tier() -> None:
     assert cost_tiers(np.array([0.2, 0.1, 0.9, 0.2, 0.9])) == [[1], [0, 3], [2, 4]]
 
@@ -58,8 +64,7 @@ def test_label_is_the_cheapest_solving_tier_and_unsolved_queries_go_where_asked(
     assert tier_labels(quality, [[0, 1], [2]], 0.5, "drop").tolist() == [0, 0, -1, -1]
 
 
-def test_calibrated_tier_probabilities_match_held_out_frequencies() -> None:
-    router = ComplexityRouter().fit(_dataset())
+def test_calibrated_tier_probabilities_match_held_out_frequencies(router: ComplexityRouter) -> None:
     test = _dataset(seed=1)
     proba = router.tier_proba(test.features)  # type: ignore[arg-type]
     labels = tier_labels(test.quality, [[0], [1], [2]], 0.5, "top")
@@ -88,8 +93,7 @@ def test_cascade_takes_the_cheapest_tier_whose_success_probability_clears_the_co
     assert set(got.tolist()) == {0, 1, 2}
 
 
-def test_learned_confidence_keeps_quality_and_saves_cost_on_held_out_queries() -> None:
-    router = ComplexityRouter().fit(_dataset())
+def test_learned_confidence_keeps_quality_and_saves_cost_on_held_out_queries(router: ComplexityRouter) -> None:
     test = _dataset(seed=4)
     assert test.features is not None
     choice = choose_batch(router.predict(test.features, CARDS), CARDS, Flags(), test.features.prompt_tokens)
@@ -100,8 +104,7 @@ def test_learned_confidence_keeps_quality_and_saves_cost_on_held_out_queries() -
     assert 0.3 <= router.confidence_ < 1.0
 
 
-def test_cost_weight_still_moves_decisions_to_cheaper_tiers() -> None:
-    router = ComplexityRouter().fit(_dataset())
+def test_cost_weight_still_moves_decisions_to_cheaper_tiers(router: ComplexityRouter) -> None:
     feats = _dataset(seed=5).features
     assert feats is not None
     pred = router.predict(feats, CARDS)
@@ -135,8 +138,7 @@ def test_artifact_round_trips_and_holds_no_scikit_learn_objects(tmp_path: Path) 
     assert b"sklearn" not in pickle.dumps(loaded)
 
 
-def test_one_decision_after_the_embedding_takes_well_under_a_millisecond() -> None:
-    router = ComplexityRouter().fit(_dataset())
+def test_one_decision_after_the_embedding_takes_well_under_a_millisecond(router: ComplexityRouter) -> None:
     feats = _dataset(seed=7).features
     assert feats is not None
     one = feats.subset([0])
@@ -176,8 +178,7 @@ def test_bad_training_data_is_a_clear_logged_error(change: str, message: str,
     assert message in caplog.text
 
 
-def test_requests_it_cannot_route_raise_so_the_gateway_falls_back() -> None:
-    router = ComplexityRouter().fit(_dataset())
+def test_requests_it_cannot_route_raise_so_the_gateway_falls_back(router: ComplexityRouter) -> None:
     feats = _dataset(seed=8).features
     assert feats is not None
     with pytest.raises(RouterError, match="at least two candidates"):
