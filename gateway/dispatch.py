@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
 #: A backend's Retry-After is obeyed up to this long (a bogus header must not bench a backend for hours).
 RETRY_AFTER_CAP_S = 300.0
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{6,}")
 
 
 @dataclass
@@ -123,6 +125,8 @@ class Dispatcher:
             outcome = await self._attempt(url, content, headers, timeout, stream)
             elapsed = (time.perf_counter() - started) * 1000
             status, error, result, retry_after = outcome
+            if error:  # upstream error text reaches the client and the log: never with a secret in it
+                error = scrub_secrets(error, key)
             attempt = {"backend": backend.name, "status": status, "error": error, "latency_ms": round(elapsed, 2)}
             attempts.append(attempt)
             if result is not None:
@@ -185,6 +189,14 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     yield first
     async for chunk in rest:
         yield chunk
+
+
+def scrub_secrets(text: str, *secrets: str | None) -> str:
+    """``text`` without the given secrets or any ``Bearer <token>`` (some providers echo the key they got)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _BEARER.sub("Bearer ***", text)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -64,16 +64,18 @@ class FakeBackend:
     ok, 500, 503, 429, 400, 401, hang, stall (headers then no body), drop (stream dies after two chunks), reset,
     stall_mid (two chunks, then silence), truncate (two chunks, then a clean end without [DONE]),
     empty (200 stream with no body at all). ``retry_after`` adds that Retry-After header to 429/503 answers;
-    a 401 echoes the Authorization header it got (as careless providers do), to test that secrets are scrubbed.
+    a 401 echoes the Authorization header it got (as careless providers do), and so does every error answer
+    when ``echo_auth`` is set, to test that secrets are scrubbed.
     Every received request body is kept in ``requests``, its headers in ``headers``."""
 
     def __init__(self, name: str, mode: str = "ok", delay_s: float = 0.0, usage: bool = True,
-                 retry_after: str | None = None) -> None:
+                 retry_after: str | None = None, echo_auth: bool = False) -> None:
         self.name = name
         self.mode = mode
         self.delay_s = delay_s
         self.usage = usage
         self.retry_after = retry_after
+        self.echo_auth = echo_auth
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
@@ -87,8 +89,8 @@ class FakeBackend:
             await asyncio.sleep(self.delay_s)
         if mode in ("500", "503", "429", "400", "401"):
             message = f"fake {mode}"
-            if mode == "401":
-                message = f"invalid key {request.headers.get('authorization')!r}"
+            if mode == "401" or self.echo_auth:
+                message += f": invalid key {request.headers.get('authorization')!r}"
             err = {"error": {"message": message, "type": "x", "param": None, "code": None}}
             headers = {"retry-after": self.retry_after} if self.retry_after and mode in ("429", "503") else None
             return Response(orjson.dumps(err), status_code=int(mode), media_type="application/json", headers=headers)

@@ -66,6 +66,7 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     from gateway.pools import PoolFileError
     from gateway.settings import Settings
     from gateway.store import upgrade
+    from gateway.store.db import redact
 
     if pool_file is not None:
         os.environ["POOLGATE_POOL_FILE"] = str(pool_file)
@@ -82,7 +83,7 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
         app = create_app(settings)
     except PoolFileError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {settings.database_url})")
+    click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {redact(settings.database_url)})")
     try:
         http = guarded_protocol(settings.max_header_bytes, settings.client_read_timeout_s)
         uvicorn.run(app, host=host, port=port, loop="uvloop", http=http, access_log=False,
