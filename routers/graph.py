@@ -65,7 +65,9 @@ RELATIONS: tuple[tuple[str, str, str, int], ...] = (
 )
 NODE_TYPES = ("task", "query", "llm")
 ATTR_NAMES = ("log_in_price", "log_out_price", "log_size_b", "size_missing", "log_context", "ctx_missing")
-EVIDENCE_NAMES = ("nb_effect", "nb_seen", "task_effect", "task_seen", "llm_effect", "llm_seen", "nb_cost")
+EVIDENCE_NAMES = (
+    "nb_effect", "nb_seen", "task_effect", "task_seen", "llm_effect", "llm_seen", "nb_cost", "borrowed"
+)
 EPS_USD = 1e-9
 
 
@@ -99,18 +101,24 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int, max_sim: float = 2.0)
     """Top-``k`` cosine neighbours in ``base`` of each row of ``queries`` -> (indices, similarities).
 
     Neighbours more similar than ``max_sim`` are skipped (training uses it to drop the query itself).
+    Similarities are rounded to 1e-6 and ties go to the lower index, so a query gets the same
+    neighbours alone or in any batch (BLAS may round a batch's products differently).
     """
     k = min(k, len(base) - (1 if max_sim <= 1.0 else 0))
+    base_t = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32)).T
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     idx = np.zeros((len(queries), max(k, 0)), dtype=np.int64)
     sim = np.zeros(idx.shape, dtype=np.float32)
     for start in range(0, len(queries) if k > 0 else 0, 1024):  # bounded memory: 1024 x N at a time
-        s = queries[start : start + 1024] @ base.T
-        s = np.where(s > max_sim, -np.inf, s)
+        # torch, not numpy: numpy's BLAS threads stall a one-row product on a busy machine
+        s = (torch.from_numpy(queries[start : start + 1024]) @ base_t).numpy().astype(np.float64)
+        # rounded, then a tie-breaking nudge far below the rounding step (lower index wins)
+        s = np.where(s > max_sim, -np.inf, np.round(s, 6)) - np.arange(len(base)) * (1e-7 / len(base))
         top = np.argpartition(-s, k - 1, axis=1)[:, :k]
         top_s = np.take_along_axis(s, top, axis=1)
-        order = np.argsort(-top_s, axis=1, kind="stable")
+        order = np.argsort(-top_s, axis=1)
         idx[start : start + 1024] = np.take_along_axis(top, order, axis=1)
-        sim[start : start + 1024] = np.take_along_axis(top_s, order, axis=1)
+        sim[start : start + 1024] = np.round(np.take_along_axis(top_s, order, axis=1), 6)
     return idx, sim
 
 
@@ -269,6 +277,8 @@ class GraphNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         #: sharpness of the neighbour weights exp(tau * (similarity - 1)), learned
         self.log_tau = nn.Parameter(torch.tensor(float(np.log(20.0))))
+        #: sharpness of the description-similarity weights an LLM without edges borrows evidence by
+        self.log_tau_llm = nn.Parameter(torch.tensor(float(np.log(10.0))))
         n_ev = len(EVIDENCE_NAMES) + 3
         #: the edge head: a linear read of the evidence plus a correction from the node states that
         #: starts at zero, so training first learns what the graph's labels say, then refines it
@@ -316,10 +326,14 @@ class GraphNet(nn.Module):
             states.append(self.layer(i, states[-1], states[-1], edges))
         return states
 
-    def evidence(self, view: View, nb_idx: Tensor, nb_sim: Tensor, shares: Tensor, cols: Tensor) -> Tensor:
-        """``[n, m, E]`` edge evidence (see :data:`EVIDENCE_NAMES`) for queries x candidate columns.
+    def evidence(
+        self, view: View, nb_idx: Tensor, nb_sim: Tensor, shares: Tensor, cols: Tensor, cand_desc: Tensor
+    ) -> Tensor:
+        """``[n, m, E]`` edge evidence (see :data:`EVIDENCE_NAMES`) for queries x candidates.
 
-        A column of -1 (an LLM without edges) gets the "nothing observed" row, as a hidden LLM does in training.
+        ``cols`` maps candidates to trained LLM columns (-1: not in the graph). A candidate with no
+        observed edges (unseen, or hidden in training) borrows the evidence of the observed LLMs,
+        weighted by a softmax over description similarity (``cand_desc`` [m, d]), and is flagged.
         """
         w = torch.exp(self.log_tau.exp() * (nb_sim - 1.0))[..., None]  # [n, k, 1]
         wo = w * view.obs[nb_idx]  # [n, k, L]
@@ -334,11 +348,15 @@ class GraphNet(nn.Module):
         ev = torch.stack([
             nb_eff, den / w.sum(1).clamp_min(1e-9), task_eff, torch.log1p(t_cnt) / 5.0,
             llm_eff.expand_as(nb_eff), (torch.log1p(l_cnt) / 10.0).expand_as(nb_eff), nb_cost,
-        ], dim=-1)  # [n, L, E]
-        missing = torch.stack([fill, *([torch.zeros(())] * 6)])
-        missing[[2, 4]] = fill
-        out = ev[:, cols.clamp_min(0), :]
-        return torch.where((cols < 0)[None, :, None], missing, out)
+        ], dim=-1)  # [n, L, E - 1]
+        seen = l_cnt[0] > 0
+        has = (cols >= 0) & seen[cols.clamp_min(0)]
+        logits = self.log_tau_llm.exp() * (cand_desc @ view.x0["llm_desc"].T)  # [m, L]
+        weights = torch.softmax(torch.where(seen[None, :], logits, torch.full_like(logits, -1e9)), dim=1)
+        borrowed = torch.einsum("nle,ml->nme", ev, weights)
+        out = torch.where(has[None, :, None], ev[:, cols.clamp_min(0), :], borrowed)
+        flag = (~has).to(out.dtype)[None, :, None].expand(out.size(0), -1, 1)
+        return torch.cat([out, flag], dim=-1)
 
     def edge_out(self, hq: Tensor, hl: Tensor, ev: Tensor) -> Tensor:
         """``[n, m, 2]`` (effect logit, standardized cost residual) for every query x LLM pair."""
@@ -438,7 +456,10 @@ class GraphRouter(Router):
             edges = attach_edges(shares, nb, sim)
             for i in range(len(layers) - 1):
                 hq = self.net_.layer(i, layers[i], {"query": hq}, edges)["query"]
-            ev = self.net_.evidence(view, torch.from_numpy(nb), torch.from_numpy(sim), torch.from_numpy(shares), cols)
+            desc = np.stack([state.llm_desc[j] if j >= 0 else self.description_embedding(c)
+                             for c, j in zip(candidates, cols.tolist(), strict=True)])
+            ev = self.net_.evidence(view, torch.from_numpy(nb), torch.from_numpy(sim), torch.from_numpy(shares),
+                                    cols, torch.from_numpy(desc.astype(np.float32)))
             hl = torch.stack([self._llm_state(c, int(j), layers) for c, j in zip(candidates, cols, strict=True)])
             out = self.net_.edge_out(hq, hl, ev).numpy().astype(np.float64)
         prior = price_prior_usd(tokens, candidates)

@@ -146,7 +146,7 @@ def _loss(net: GraphNet, view: View, state: GraphState, shares: np.ndarray, rows
     idx = torch.from_numpy(rows)
     cols = torch.arange(state.quality.shape[1])
     ev = net.evidence(view, torch.from_numpy(state.near_idx[rows]), torch.from_numpy(state.near_sim[rows]),
-                      torch.from_numpy(shares[rows]), cols)
+                      torch.from_numpy(shares[rows]), cols, view.x0["llm_desc"])
     out = net.edge_out(states[-1]["query"][idx], states[-1]["llm"], ev)
     q, mask, resid = targets["quality"][idx], targets["mask"][idx], targets["resid"][idx]
     bce = F.binary_cross_entropy_with_logits(out[..., 0], q, reduction="none")
@@ -168,7 +168,7 @@ def train_network(router: GraphRouter, state: GraphState) -> tuple[GraphNet, dic
     net = GraphNet(state.dim, len(ATTR_NAMES), router.hidden, router.layers, router.dropout)
     # the evidence read-out learns fast, the node states slowly: node states can memorize training
     # queries, so early stopping must find the evidence already learned when that starts
-    fast = [net.skip.weight, net.skip.bias, net.log_tau]
+    fast = [net.skip.weight, net.skip.bias, net.log_tau, net.log_tau_llm]
     slow = [p for p in net.parameters() if all(p is not f for f in fast)]
     groups = [{"params": fast, "lr": router.evidence_lr}, {"params": slow, "lr": router.lr}]
     opt = torch.optim.Adam(groups, weight_decay=router.weight_decay)
