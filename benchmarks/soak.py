@@ -122,8 +122,11 @@ def rss_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str
     window = [mb for t, mb in samples if t >= warmup_s] or [mb for _, mb in samples]
     fifth = max(1, len(window) // 5)
     start, end = statistics.median(window[:fifth]), statistics.median(window[-fifth:])
+    step = max(1, len(samples) // 12)  # the curve's shape, to tell a plateau from a leak
+    trace = [[round(t), round(mb, 1)] for t, mb in samples[::step]]
     return {"after_warmup_mb": round(start, 1), "end_mb": round(end, 1), "max_mb": round(max(window), 1),
-            "growth_mb": round(end - start, 1), "end_over_start": round(end / start, 3), "samples": len(window)}
+            "growth_mb": round(end - start, 1), "end_over_start": round(end / start, 3), "samples": len(window),
+            "trace_s_mb": trace}
 
 
 def count_rows(database_url: str, ids: list[str], timeout_s: float = 60.0) -> dict[str, int]:

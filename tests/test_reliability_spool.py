@@ -201,7 +201,8 @@ def test_full_spool_with_refuse_policy_answers_503_and_never_serves_an_unlogged_
             refused += 1
         time.sleep(0.06)  # one flush interval: each row reaches the spool before the next request
     assert served and refused and len(served) + refused == 60
-    assert client.get("/health/ready").status_code == 503
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "unavailable"  # out of the load balancer
     assert writer_of(gw).spool.dropped == 0  # refusing, not dropping
     proxy.restore()
     rows = wait_rows(direct, len(served), timeout_s=30)
@@ -261,8 +262,11 @@ def test_database_down_gives_503_on_routes_that_need_it_while_chat_is_still_serv
     gw = gateway(pool_yaml(cs.url), database_url=via_proxy, auth_enabled=True, master_key="mk-test")
     client = httpx.Client(base_url=gw.url, timeout=30, headers={"authorization": "Bearer mk-test"})
     proxy.cut()
-    for path in ["/admin/keys", "/admin/report", "/admin/routers/versions", "/v1/feedback/abc", "/health/ready"]:
+    for path in ["/admin/keys", "/admin/report", "/admin/routers/versions", "/v1/feedback/abc"]:
         r = client.get(path)
         assert r.status_code == 503, (path, r.status_code, r.text)
-        assert set(r.json().get("error", {"message", "type", "param", "code"})) >= {"message"}
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # still ready: it serves (rows are spooled), so a load balancer must not take every replica out at once
+    r = client.get("/health/ready")
+    assert r.status_code == 200 and r.json()["status"] == "degraded" and r.json()["database"] is False
     assert send(client, 3)  # the master key is checked without the database; requests are served

@@ -19,8 +19,18 @@ async def health() -> JSONResponse:
 
 @router.get("/health/ready")
 async def ready(services: Services = Depends(get_services)) -> JSONResponse:
-    """Readiness: the log database answers."""
+    """Readiness: 200 while this replica serves requests, 503 when it refuses them.
+
+    The log database being down does not make a replica unready: rows go to the local spool and are written
+    when it returns (status ``degraded``). Were it otherwise, a database outage would take every replica out
+    of its load balancer at once. Only a replica refusing requests (``spool_full_policy=refuse`` with a full
+    spool) is unready, so traffic moves to replicas that still have room.
+    """
     db_ok = await ping(services.engine)
-    body = {"status": "ok" if db_ok else "unavailable", "database": db_ok,
-            "log_queue_depth": services.writer.queue_depth, "breakers": services.breakers.states()}
-    return JSONResponse(body, status_code=200 if db_ok else 503)
+    writer = services.writer
+    refusing = writer.refusing
+    status = "ok" if db_ok else ("unavailable" if refusing else "degraded")
+    body = {"status": status, "database": db_ok, "log_queue_depth": writer.queue_depth,
+            "spool_bytes": writer.spool.size_bytes, "spool_dropped_rows": writer.spool.dropped,
+            "breakers": services.breakers.states()}
+    return JSONResponse(body, status_code=503 if refusing else 200)
