@@ -242,12 +242,15 @@ def inductive_eval(
     adding ``held_out`` at inference by its card alone (description + attributes). ``dataset.features`` must be set.
 
     Returns its true and predicted mean quality, the AUC of its predicted quality against its true outcome
-    (>= 0.5 counts as a success; 0.5 = chance), how often quality-first routing picks it where it is the
-    unique best model (chance: 1 / pool size) and overall, and the routed quality with and without it.
+    (>= 0.5 counts as a success; 0.5 = chance), and per objective preset (GraphRouter's scenarios), on the
+    queries where it is the unique best model by the *true* utility: how often routing chooses it (chance:
+    1 / pool size) and its mean rank in the predicted utility (chance: (pool size + 1) / 2); plus how often it
+    is chosen overall and the true mean utility (reward) routed with it in the pool and without it.
     """
     from sklearn.metrics import roc_auc_score
 
-    from routers.objective import PRESETS, choose_batch
+    from routers.base import Prediction
+    from routers.objective import PRESETS, choose_batch, score
     from training.splits import split_by_query
 
     if dataset.features is None:
@@ -255,33 +258,40 @@ def inductive_eval(
     train, test = split_by_query(dataset, test_size, seed)
     router.fit(dataset.subset(train).select_models([m for m in dataset.models if m != held_out]))
     te = dataset.subset(test)
-    feats = te.features if use_tasks else dataset.features.subset(test)
-    assert feats is not None
+    feats = dataset.features.subset(test)
     if not use_tasks:
         feats.tasks = None
     pred = router.predict(feats, te.cards)
-    j, rows = te.models.index(held_out), np.arange(len(te))
-    truth, best = te.quality[:, j], te.quality.max(axis=1)
-    unique = (truth == best) & ((te.quality == best[:, None]).sum(axis=1) == 1)
-    chosen = choose_batch(pred, te.cards, PRESETS["quality-first"], feats.prompt_tokens)
-    others = [i for i in range(len(te.models)) if i != j]
-    without = np.asarray(others)[pred.quality[:, others].argmax(axis=1)]
-    success = truth >= 0.5
-    return {
-        "held_out": held_out, "true_mean": float(truth.mean()), "pred_mean": float(pred.quality[:, j].mean()),
-        "pred_std": float(pred.quality[:, j].std()),
+    j, rows, m = te.models.index(held_out), np.arange(len(te)), len(te.models)
+    success = te.quality[:, j] >= 0.5
+    out: dict[str, Any] = {
+        "held_out": held_out, "true_mean": float(te.quality[:, j].mean()),
+        "pred_mean": float(pred.quality[:, j].mean()), "pred_std": float(pred.quality[:, j].std()),
         "auc": float(roc_auc_score(success, pred.quality[:, j])) if 0 < success.mean() < 1 else float("nan"),
-        "unique_best": int(unique.sum()),
-        "chosen_where_unique_best": float((chosen[unique] == j).mean()) if unique.any() else float("nan"),
-        "chance": 1.0 / len(te.models), "chosen_overall": float((chosen == j).mean()),
-        "quality_with": float(te.quality[rows, chosen].mean()),
-        "quality_without": float(te.quality[rows, without].mean()),
+        "chance": 1.0 / m, "chance_rank": (m + 1) / 2,
     }
+    truth = Prediction(quality=te.quality, cost_usd=te.cost_usd)
+    for name, flags in PRESETS.items():
+        true_u = score(truth, te.cards, flags, feats.prompt_tokens).utility
+        est_u = score(pred, te.cards, flags, feats.prompt_tokens).utility
+        best = true_u.max(axis=1, keepdims=True)
+        unique = np.isclose(true_u[:, j], best[:, 0]) & (np.isclose(true_u, best).sum(axis=1) == 1)
+        chosen = choose_batch(pred, te.cards, flags, feats.prompt_tokens)
+        rank = 1 + (est_u > est_u[:, [j]]).sum(axis=1)
+        without = np.where(np.arange(m) == j, -np.inf, est_u).argmax(axis=1)
+        out[name] = {
+            "best_n": int(unique.sum()),
+            "chosen_where_best": float((chosen[unique] == j).mean()) if unique.any() else float("nan"),
+            "rank_where_best": float(rank[unique].mean()) if unique.any() else float("nan"),
+            "chosen_overall": float((chosen == j).mean()),
+            "reward_with": float(true_u[rows, chosen].mean()), "reward_without": float(true_u[rows, without].mean()),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.graph_train [--dataset D] [--held-out M,...] [--no-tasks]``: the inductive table,
-    one row per held-out model (default: each model in turn), on the seed-0 80/20 split."""
+    one row per held-out model (default: each model in turn) and scenario, on the seed-0 80/20 split."""
     import argparse
 
     from routers.graph import GraphRouter
@@ -298,15 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     featurizer = Featurizer(cache_dir=args.cache_dir)
     ds = load_dataset(args.dataset)
     ds = ds.with_features(featurizer.featurize_dataset(ds))
-    cols = ("true_mean", "pred_mean", "auc", "unique_best", "chosen_where_unique_best", "chance",
-            "chosen_overall", "quality_with", "quality_without")
-    print("held_out".ljust(34), *(c.rjust(max(len(c), 6)) for c in cols))
+    cols = ("best_n", "chosen_where_best", "rank_where_best", "chosen_overall", "reward_with", "reward_without")
+    print(f"{'held_out':34} {'true_q':>6} {'pred_q':>6} {'auc':>5} {'scenario':13}", *(f"{c:>17}" for c in cols))
     for name in [m for m in args.held_out.split(",") if m] or ds.models:
         router = GraphRouter(seed=args.seed)
         router.text_encoder = featurizer.embed
         res = inductive_eval(ds, name, router, seed=args.seed, use_tasks=not args.no_tasks)
-        cells = [f"{res[c]:.3f}" if isinstance(res[c], float) else str(res[c]) for c in cols]
-        print(name.ljust(34), *(v.rjust(max(len(c), 6)) for c, v in zip(cols, cells, strict=True)), flush=True)
+        for scenario in ("quality-first", "balanced", "cost-first"):
+            cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (res[scenario][c] for c in cols)]
+            print(f"{name:34} {res['true_mean']:6.3f} {res['pred_mean']:6.3f} {res['auc']:5.3f} {scenario:13}",
+                  *(f"{v:>17}" for v in cells), flush=True)
+    print(f"chance: chosen_where_best {res['chance']:.3f}, rank_where_best {res['chance_rank']:.1f}")
     return 0
 
 
