@@ -277,3 +277,5 @@ async def test_breaker_opens_and_recovers_under_concurrent_load_without_failing_
     assert len(after) >= 100 and set(after) == {"cheap"}  # recovered: the cheap backend carries the load again
     rows = wait_rows(gw.settings.database_url, len(results) + 1)
     assert len(rows) == len(results) + 1 and all(r["status"] == "ok" for r in rows)
+    print(f"\nbreaker under load: {len(failing)} requests while failing (all served by the fallback), "
+          f"{cheap_failures} reached the failing backend, {len(after)} after recovery all on it, {len(rows)} rows")

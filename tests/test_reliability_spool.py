@@ -102,6 +102,8 @@ async def test_database_cut_during_concurrent_load_loses_and_doubles_no_row(fake
     assert len(ids) >= 300 and len(set(ids)) == len(ids)
     assert sorted(r["id"] for r in rows) == sorted(ids)  # N answers -> N rows, none lost, none doubled
     wait_until(lambda: not spooled_rows(spool), 10, "the spool to drain")
+    print(f"\ncut during load: {len(ids)} answered by 16 clients, {seen_spooled[0]} rows in the spool during "
+          f"the outage, {len(rows)} rows after it")
 
 
 def test_silent_database_costs_no_latency_spools_within_the_write_timeout_and_never_hangs_shutdown(
@@ -128,13 +130,16 @@ def test_silent_database_costs_no_latency_spools_within_the_write_timeout_and_ne
     wait_until(lambda: len(spooled_rows(settings.spool_dir)) >= 1, 1.5 + 5, "rows to reach the spool")
     started = time.monotonic()
     first.__exit__(None, None, None)
-    assert not first.thread.is_alive() and time.monotonic() - started < 10
+    shutdown_s = time.monotonic() - started
+    assert not first.thread.is_alive() and shutdown_s < 10
     assert len(spooled_rows(settings.spool_dir)) + len(fetch_rows(direct)) >= 50
     proxy.restore()
     with ServerThread(create_app(settings, parse_pool_file(pool_yaml(cs.url)))) as second:
         ids += send(httpx.Client(base_url=second.url, timeout=30), 5)
         rows = wait_rows(direct, 55, timeout_s=30)
     assert sorted(r["id"] for r in rows) == sorted(ids)
+    print(f"\nsilent database: 40 requests during it, graceful shutdown in {shutdown_s:.1f} s, "
+          f"{len(rows)}/{len(ids)} rows after restart")
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
@@ -163,6 +168,7 @@ def test_gateway_restart_while_rows_are_spooled_writes_each_row_once(fake_backen
         rows = fetch_rows(direct)
     assert len(rows) == 50 and sorted(r["id"] for r in rows) == sorted(ids)
     assert spooled_rows(spool) == []
+    print(f"\nrestart ({stop}) with 40 rows spooled + 10 after: {len(rows)}/50 rows, spool empty")
 
 
 def test_full_spool_with_drop_policy_keeps_serving_and_counts_what_it_dropped(fake_backends, gateway, pg):
@@ -181,6 +187,7 @@ def test_full_spool_with_drop_policy_keeps_serving_and_counts_what_it_dropped(fa
     rows = wait_rows(direct, kept, timeout_s=30)
     assert len(rows) == kept and {r["id"] for r in rows} <= set(ids)
     assert sorted(r["id"] for r in rows) == sorted(ids[:kept])  # the oldest rows are the ones kept
+    print(f"\nspool full, drop: 60 served, {kept} rows kept in 16 KiB, {60 - kept} dropped and counted")
 
 
 def test_full_spool_with_refuse_policy_answers_503_and_never_serves_an_unlogged_request(fake_backends, gateway, pg):
@@ -209,6 +216,7 @@ def test_full_spool_with_refuse_policy_answers_503_and_never_serves_an_unlogged_
     assert sorted(r["id"] for r in rows) == sorted(served)  # every answered request has its row
     wait_until(lambda: not writer_of(gw).refusing, 10, "the spool to drain")
     assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+    print(f"\nspool full, refuse: {len(served)} served (all logged), {refused} refused with 503")
 
 
 def test_nul_characters_do_not_poison_the_postgresql_log(fake_backends, gateway, pg_database):
