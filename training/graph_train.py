@@ -14,6 +14,7 @@ same encoder here, at fit time, and stored in the artifact (the router stays pur
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -289,9 +290,47 @@ def inductive_eval(
     return out
 
 
+def scenario_table(
+    dataset: RoutingDataset, router_names: list[str], seed: int = 0, use_tasks: bool = True
+) -> list[dict[str, Any]]:
+    """GraphRouter's three scenarios (the objective's presets) for each router on one 80/20 split by query.
+
+    reward = the *true* utility of the chosen model under the preset: quality weight x quality - cost weight x
+    cost min-max normalized across the pool for that query (:func:`routers.objective.score`), averaged over
+    the test queries; with the mean true quality and USD cost of the choices. ``dataset.features`` must be set.
+    """
+    from routers.base import Prediction
+    from routers.objective import PRESETS, choose_batch, score
+    from routers.registry import get_router_class, make_router
+    from training.splits import split_by_query
+
+    if dataset.features is None:
+        raise RouterError("scenario_table needs dataset.features (featurize the dataset first)")
+    train, test = split_by_query(dataset, 0.2, seed)
+    te, feats = dataset.subset(test), dataset.features.subset(test)
+    if not use_tasks:
+        feats.tasks = None
+    truth, rows, out = Prediction(quality=te.quality, cost_usd=te.cost_usd), np.arange(len(te)), []
+    for name in router_names:
+        accepts_seed = "seed" in inspect.signature(get_router_class(name).__init__).parameters
+        router = make_router(name, seed=seed) if accepts_seed else make_router(name)
+        started = time.perf_counter()
+        router.fit(te if router.evaluation_only else dataset.subset(train))
+        fit_s = time.perf_counter() - started
+        pred = router.predict(feats, te.cards)
+        for scenario, flags in PRESETS.items():
+            chosen = choose_batch(pred, te.cards, flags, feats.prompt_tokens)
+            utility = score(truth, te.cards, flags, feats.prompt_tokens).utility
+            out.append({"router": name, "scenario": scenario, "reward": float(utility[rows, chosen].mean()),
+                        "quality": float(te.quality[rows, chosen].mean()),
+                        "cost_usd": float(te.cost_usd[rows, chosen].mean()), "fit_s": fit_s})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.graph_train [--dataset D] [--held-out M,...] [--no-tasks]``: the inductive table,
-    one row per held-out model (default: each model in turn) and scenario, on the seed-0 80/20 split."""
+    """``python -m training.graph_train inductive|scenarios [--dataset D] [--no-tasks] ...``: the inductive table
+    (one row per held-out model and scenario) or the scenario table (one row per router and scenario), on the
+    seed-0 80/20 split by query."""
     import argparse
 
     from routers.graph import GraphRouter
@@ -299,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.loaders import load_dataset
 
     ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("what", choices=("inductive", "scenarios"))
     ap.add_argument("--dataset", default="llmrouter")
-    ap.add_argument("--held-out", default="", help="comma-separated models (default: every model in turn)")
+    ap.add_argument("--held-out", default="", help="inductive: models to hold out (default: each in turn)")
+    ap.add_argument("--routers", default="random,best-single,knn,complexity,graph,oracle", help="scenarios")
     ap.add_argument("--no-tasks", action="store_true", help="route without task labels, as the gateway does")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path(".poolgate/embeddings"))
@@ -308,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     featurizer = Featurizer(cache_dir=args.cache_dir)
     ds = load_dataset(args.dataset)
     ds = ds.with_features(featurizer.featurize_dataset(ds))
+    if args.what == "scenarios":
+        print(f"{'router':12} {'scenario':13} {'reward':>7} {'quality':>7} {'cost_usd':>10} {'fit_s':>6}")
+        for r in scenario_table(ds, args.routers.split(","), args.seed, use_tasks=not args.no_tasks):
+            print(f"{r['router']:12} {r['scenario']:13} {r['reward']:7.4f} {r['quality']:7.4f} {r['cost_usd']:10.3e} "
+                  f"{r['fit_s']:6.1f}", flush=True)
+        return 0
     cols = ("best_n", "chosen_where_best", "rank_where_best", "chosen_overall", "reward_with", "reward_without")
     print(f"{'held_out':34} {'true_q':>6} {'pred_q':>6} {'auc':>5} {'scenario':13}", *(f"{c:>17}" for c in cols))
     for name in [m for m in args.held_out.split(",") if m] or ds.models:
