@@ -24,11 +24,16 @@ is attached to its task node when the artifact knows its task, else to the tasks
 training queries (weighted by vote share).
 
 Candidates are matched to trained LLM nodes by name. Any other candidate becomes an *inductive* LLM
-node built from its attributes alone (no edges, so no edge evidence): its description is embedded with
-``text_encoder`` when set (``router.text_encoder = featurizer.embed``; never pickled) or found among
-descriptions registered with :meth:`GraphRouter.register_models`. Documented fallbacks, so bad input
-is still scored: an empty or unembeddable description -> the mean description embedding of the
-trained LLMs; unknown size or context window -> the trained LLMs' median, with a "missing" flag.
+node built from its attributes alone: it has no edges, so it borrows the edge evidence of the trained
+LLMs weighted by description similarity (flagged as borrowed; training does the same for an LLM it
+hides). Its description is embedded with ``text_encoder`` when set (``router.text_encoder =
+featurizer.embed``; never pickled) or found among descriptions registered in the artifact with
+:meth:`GraphRouter.register_models`. Documented fallbacks, so bad input is still scored: an empty or
+unembeddable description -> the mean description embedding of the trained LLMs (it then borrows from
+all of them alike); unknown size or context window -> the trained LLMs' median, with a "missing" flag;
+a task the artifact does not know -> attached through the nearest training queries' tasks.
+
+Cost: ``Prediction.cost_usd`` is the price prior times exp(predicted residual), in USD per call.
 """
 
 from __future__ import annotations
@@ -435,6 +440,14 @@ class GraphRouter(Router):
         if texts and enc is not None:
             state.desc_cache.update(zip(texts, self._encode(enc, texts), strict=True))
         self._llm_cache = {}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe fit summary: graph size, training epochs, validation loss, fit seconds."""
+        if not hasattr(self, "state_"):
+            return {"fitted": False}
+        state = self.state_
+        return {"queries": len(state.query_emb), "tasks": len(state.task_names), "llms": list(state.llm_names),
+                "registered_descriptions": len(state.desc_cache), **self.train_info_}
 
     # -- inference ---------------------------------------------------------------------------------
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:

@@ -327,10 +327,34 @@ def scenario_table(
     return out
 
 
+def register_pool(artifact: Path | None, pool_file: Path | None, featurizer: Any) -> int:
+    """Embed the descriptions of every backend in ``pool_file`` into the graph ``artifact`` (in place), so the
+    gateway scores models the graph never saw from their real descriptions, without retraining."""
+    from gateway.pools import load_pool_file
+    from routers.base import Router
+    from routers.graph import GraphRouter
+
+    if artifact is None or pool_file is None:
+        raise SystemExit("register needs --artifact and --pool-file")
+    try:
+        router = Router.load(artifact)
+        pools = load_pool_file(pool_file)
+    except (RouterError, ValueError, OSError) as exc:
+        raise SystemExit(f"Error: {exc}") from None
+    if not isinstance(router, GraphRouter):
+        raise SystemExit(f"Error: {artifact}: holds router {router.name!r}, not 'graph'")
+    cards = [b.card() for b in pools.backends]
+    router.register_models(cards, encoder=featurizer.embed)
+    router.save(artifact)
+    new = [c.name for c in cards if c.name not in router.models_]
+    print(f"{artifact}: {len(router.state_.desc_cache)} registered descriptions; models not in the graph: {new}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.graph_train inductive|scenarios [--dataset D] [--no-tasks] ...``: the inductive table
-    (one row per held-out model and scenario) or the scenario table (one row per router and scenario), on the
-    seed-0 80/20 split by query."""
+    """``python -m training.graph_train inductive|scenarios|register ...``: the inductive table (one row per
+    held-out model and scenario) or the scenario table (one row per router and scenario), on the seed-0 80/20
+    split by query; or ``register --artifact A --pool-file P``: embed P's backend descriptions into A."""
     import argparse
 
     from routers.graph import GraphRouter
@@ -338,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.loaders import load_dataset
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("what", choices=("inductive", "scenarios"))
+    ap.add_argument("what", choices=("inductive", "scenarios", "register"))
+    ap.add_argument("--artifact", type=Path, help="register: the graph artifact to add descriptions to (in place)")
+    ap.add_argument("--pool-file", type=Path, help="register: the pool YAML whose backends' descriptions to embed")
     ap.add_argument("--dataset", default="llmrouter")
     ap.add_argument("--held-out", default="", help="inductive: models to hold out (default: each in turn)")
     ap.add_argument("--routers", default="random,best-single,knn,complexity,graph,oracle", help="scenarios")
@@ -347,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path(".poolgate/embeddings"))
     args = ap.parse_args(argv)
     featurizer = Featurizer(cache_dir=args.cache_dir)
+    if args.what == "register":
+        return register_pool(args.artifact, args.pool_file, featurizer)
     ds = load_dataset(args.dataset)
     ds = ds.with_features(featurizer.featurize_dataset(ds))
     if args.what == "scenarios":
