@@ -563,5 +563,6 @@ class GraphRouter(Router):
         try:
             net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in data["weights"].items()})
         except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"graph weights do not match the network ({str(exc).splitlines()[0]})") from None
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2]) or str(exc)
+            raise ValueError(f"graph weights do not match the network: {detail[:200]}") from None
         self.set_trained(state, net, data.get("train_info", {}))
