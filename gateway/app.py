@@ -16,7 +16,7 @@ from gateway.auth import KeyStore
 from gateway.breaker import BreakerRegistry
 from gateway.deps import Services
 from gateway.dispatch import Dispatcher
-from gateway.embedding import EmbeddingBatcher
+from gateway.embedding import EmbeddingBatcher, MiniLMEncoder
 from gateway.errors import install_error_handlers
 from gateway.limits import make_limiter
 from gateway.limits.tenancy import Tenancy
@@ -42,10 +42,9 @@ def make_embedder(settings: Settings, pool_file: PoolFile, routing_needs: bool) 
     """A batched request-time embedder, built only when some pool's router needs embeddings."""
     if not routing_needs:
         return None
-    from training.features import Featurizer
-
-    featurizer = Featurizer(cache_dir=settings.embedding_cache_dir)
-    batcher = EmbeddingBatcher(featurizer.embed, window_ms=settings.embedding_batch_window_ms)
+    encoder = MiniLMEncoder()  # the featurizer's model in bfloat16 on one thread (see gateway/embedding.py)
+    batcher = EmbeddingBatcher(encoder, window_ms=settings.embedding_batch_window_ms, initializer=encoder.thread_setup)
+    batcher.preload(encoder.load)  # load the model in the encoder thread now, not in the first request
     return batcher.embed
 
 

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path(".poolgate/artifacts")
     router_reload_interval_s: float = Field(default=5.0, gt=0, description="how often to poll for promoted routers")
     embedding_cache_dir: Path | None = Path(".poolgate/embeddings")
-    embedding_batch_window_ms: float = 2.0
+    embedding_batch_window_ms: float = Field(
+        default=0.0, description="wait for company before an idle encoder starts a batch (busy: texts queue anyway)"
+    )
     default_output_tokens: int = 256
 
     # -- replay demo backend -----------------------------------------------------------------------
