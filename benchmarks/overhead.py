@@ -1,0 +1,255 @@
+"""Gateway overhead and throughput, poolgate beside LiteLLM's proxy, measured in one run on this machine.
+
+One command (from the repository root): ``python benchmarks/overhead.py`` (``--help`` for the knobs).
+
+It starts on loopback a fast fake OpenAI-compatible backend (``benchmarks/fake_backend.py``), LiteLLM's proxy
+(``litellm[proxy]`` in its own venv, created on first use; one worker; one model pointing at the fake backend;
+no database, no callbacks, no router: a plain proxy) and poolgate (``poolgate serve``, SQLite log store on, one
+row per request, a nine-model pool over the same backend, a random master key checked on every request) once
+per router. Each target is measured on its own,
+one after the other, by a load generator in a separate process (``benchmarks/loadgen.py``), with the same
+sequence of distinct prompts (held-out LLMRouter queries, so embedding caches do not hit):
+
+- concurrency 1: latency p50/p99, and the latency *added* over the direct backend (measured right before);
+- concurrency 32: requests/s and p99 for a fixed time;
+- streaming (concurrency 1): time to first token, and the time added over the direct backend;
+- RSS of the gateway after 5k and 20k requests in total (``--rss-for`` picks which targets).
+
+It prints a table, the ratios to LiteLLM against the issue's targets, and writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import REPO, Child, free_port, load_average, pool_yaml, prepare_workload, run_load
+from benchmarks.report import report
+
+LITELLM_VENV = Path.home() / ".cache" / "poolgate" / "litellm-venv"
+ALL_ROUTERS = ("cheapest", "knn", "complexity", "graph")
+
+
+@dataclass
+class Target:
+    """Something to send requests to: the direct backend, LiteLLM, or poolgate with one router."""
+
+    name: str
+    port: int
+    model: str
+    api_key: str | None = None
+    child: Child | None = None
+    served: int = 0  # requests sent so far (warm-ups included): the next prompt index
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="poolgate vs LiteLLM: added latency, throughput, TTFT, RSS.")
+    p.add_argument("--routers", default=",".join(ALL_ROUTERS), help="poolgate routers to measure, comma-separated")
+    p.add_argument("--c1-requests", type=int, default=400, help="measured requests at concurrency 1")
+    p.add_argument("--c32-seconds", type=float, default=6.0, help="measured seconds at concurrency 32")
+    p.add_argument("--stream-requests", type=int, default=150, help="measured streamed requests (concurrency 1)")
+    p.add_argument("--chunks", type=int, default=16, help="content events per streamed answer")
+    p.add_argument("--rss-at", default="5000,20000", help="total requests after which RSS is read")
+    p.add_argument("--rss-for", default="litellm,cheapest,knn", help="targets that get the RSS phase ('all')")
+    p.add_argument("--full", action="store_true", help="RSS phase for every target")
+    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no ratios)")
+    p.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV, help="venv of litellm[proxy] (made if missing)")
+    p.add_argument("--train-queries", type=int, default=1500, help="LLMRouter queries the learned routers fit on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--artifacts", type=Path, default=REPO / ".poolgate" / "bench" / "artifacts")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
+    return p.parse_args()
+
+
+def ensure_litellm(venv: Path) -> tuple[Path, str]:
+    """``bin/litellm`` of ``venv``, creating the venv with ``pip install litellm[proxy]`` when it is missing."""
+    exe = venv / "bin" / "litellm"
+    if not exe.exists():
+        print(f"creating {venv} with litellm[proxy] (first run only) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"], check=True)
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return exe, version
+
+
+def litellm_config(backend_port: int) -> str:
+    """One model on the fake backend; nothing else (no DB, cache, callbacks, router strategy, retries)."""
+    return (
+        "model_list:\n"
+        "  - model_name: bench\n"
+        "    litellm_params:\n"
+        "      model: openai/bench-model\n"
+        f"      api_base: http://127.0.0.1:{backend_port}/v1\n"
+        "      api_key: fake-key\n"
+    )
+
+
+def start_litellm(exe: Path, work: Path, backend_port: int) -> tuple[Target, str]:
+    port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
+    config = litellm_config(backend_port)
+    (work / "litellm.yaml").write_text(config)
+    env = {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    child = Child("litellm", [str(exe), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1",
+                              "--port", str(port), "--num_workers", "1"], work / "litellm.log", env, cwd=work).start()
+    child.wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout_s=180)
+    return Target("litellm", port, "bench", key, child), config
+
+
+def start_poolgate(router: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int) -> Target:
+    port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
+    pool = work / f"pool-{router}.yaml"
+    pool.write_text(pool_yaml(cards, f"http://127.0.0.1:{backend_port}/v1", router, artifact))
+    env = {"POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work / f'poolgate-{router}.db'}",
+           "POOLGATE_SPOOL_DIR": str(work / f"spool-{router}"),
+           "POOLGATE_EMBEDDING_CACHE_DIR": str(work / f"embeddings-{router}"),  # fresh: no cached prompt
+           # like LiteLLM's master key: every request's bearer key is checked
+           "POOLGATE_AUTH_ENABLED": "true", "POOLGATE_MASTER_KEY": key}
+    child = Child(f"poolgate-{router}", [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(pool),
+                                         "--port", str(port)], work / f"poolgate-{router}.log", env).start()
+    child.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180)
+    return Target(f"poolgate-{router}", port, "bench", key, child)
+
+
+def load(t: Target, prompts: Path, work: Path, **spec: Any) -> dict[str, Any]:
+    """One load-generator run against ``t``, continuing its prompt sequence."""
+    full = {"host": "127.0.0.1", "port": t.port, "model": t.model, "api_key": t.api_key,
+            "prompts_file": str(prompts), "start": t.served, **spec}
+    result = run_load(full, work)
+    t.served += result["sent_total"]
+    if result["errors"]:
+        print(f"  ! {t.name}: {result['errors']} errors, e.g. {result['error_samples'][:1]}", flush=True)
+    return result
+
+
+def measure(t: Target, direct: Target, args: argparse.Namespace, prompts: Path, work: Path, rss_at: list[int],
+            with_rss: bool) -> dict[str, Any]:
+    """Concurrency 1 (with the direct baseline right before), 32, streaming, then RSS checkpoints."""
+    started = time.perf_counter()
+    r: dict[str, Any] = {"load_average_start": load_average()}
+    if t.child is not None:
+        r["rss_mb_ready"] = t.child.rss_mb()
+    r["direct_c1"] = load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
+    r["c1"] = load(t, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
+    r["c32"] = load(t, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128)
+    r["stream"] = load(t, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10, stream=True)
+    r["rss_mb"] = {}
+    if with_rss and t.child is not None:
+        for checkpoint in rss_at:
+            if t.served < checkpoint:
+                r[f"fill_{checkpoint}"] = load(t, prompts, work, concurrency=32, requests=checkpoint - t.served)
+            time.sleep(1.0)
+            r["rss_mb"][str(checkpoint)] = t.child.rss_mb()
+            print(f"  {t.name}: RSS after {t.served} requests: {r['rss_mb'][str(checkpoint)]} MiB", flush=True)
+    r["served"] = t.served
+    r["seconds"] = round(time.perf_counter() - started, 1)
+    return r
+
+
+def stop(t: Target) -> None:
+    if t.child is not None:
+        t.child.stop()
+
+
+def logged_rows(db: Path) -> int | None:
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM requests").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    routers = [r for r in args.routers.split(",") if r]
+    rss_at = sorted(int(x) for x in args.rss_at.split(",") if x)
+    rss_for = set(ALL_ROUTERS) | {"litellm"} if args.full or args.rss_for == "all" else set(args.rss_for.split(","))
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                       "load_average_start": load_average()}, "args": vars(args) | {
+        "litellm_venv": str(args.litellm_venv), "artifacts": str(args.artifacts), "out": str(args.out)}}
+    print("preparing the workload (LLMRouter pool, learned routers) ...", flush=True)
+    wl = prepare_workload(routers, args.artifacts, args.train_queries, args.seed)
+    out["workload"] = {k: wl[k] for k in ("skipped", "fit_seconds", "train_rows", "held_out_rows")}
+    prompts = work / "prompts.json"
+    prompts.write_text(json.dumps(wl["prompts"]))
+    backend_port = free_port()
+    backend = Child("fake-backend", [sys.executable, "-m", "benchmarks.fake_backend", "--port", str(backend_port),
+                                     "--chunks", str(args.chunks)], work / "backend.log").start()
+    backend.wait_http(f"http://127.0.0.1:{backend_port}/health")
+    direct = Target("direct", backend_port, "bench")
+    results: dict[str, Any] = {}
+    try:
+        print("direct backend ...", flush=True)
+        results["direct"] = {
+            "c1": load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50),
+            "c32": load(direct, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128),
+            "stream": load(direct, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10,
+                           stream=True),
+        }
+        if not args.no_litellm:
+            exe, version = ensure_litellm(args.litellm_venv)
+            print(f"LiteLLM {version} ...", flush=True)
+            target, config = start_litellm(exe, work, backend_port)
+            out["litellm"] = {"version": version, "config": config, "workers": 1,
+                              "env": "LITELLM_LOG=ERROR (no access log), LITELLM_LOCAL_MODEL_COST_MAP=True, "
+                                     "LITELLM_MASTER_KEY=<random 43 chars>; no database"}
+            try:
+                results["litellm"] = measure(target, direct, args, prompts, work, rss_at, "litellm" in rss_for)
+            finally:
+                stop(target)
+        for router in routers:
+            if router not in wl["artifacts"]:
+                print(f"poolgate {router}: skipped ({wl['skipped'].get(router)})", flush=True)
+                continue
+            print(f"poolgate, router {router} ...", flush=True)
+            try:
+                target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port)
+            except RuntimeError as exc:  # one configuration that cannot start must not sink the others
+                out["workload"]["skipped"][router] = f"poolgate did not start: {str(exc).splitlines()[-1]}"
+                print(f"  ! {out['workload']['skipped'][router]}", flush=True)
+                continue
+            try:
+                res = measure(target, direct, args, prompts, work, rss_at, router in rss_for)
+            finally:
+                stop(target)
+            res["logged_rows"] = logged_rows(work / f"poolgate-{router}.db")
+            results[f"poolgate-{router}"] = res
+    finally:
+        backend.stop()
+    out["results"] = results
+    out["machine"]["load_average_end"] = load_average()
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="poolgate-bench-") as tmp:
+        out = run(args, Path(tmp))
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    text, verdicts = report(out)
+    out["verdicts"] = verdicts
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=str))
+    print(f"\nwrote {args.out} ({out['seconds']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
