@@ -1,4 +1,10 @@
-"""Token counting and USD cost from a backend's prices."""
+"""Token counting and USD cost from a backend's prices.
+
+Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens with
+tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a ``name`` adds 1
+more), plus 3 that prime the assistant's reply. The gateway's estimates and the replay backend's reported usage
+both count this way, with the one shared cl100k_base tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -27,18 +33,36 @@ def count_tokens(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING_TOKENS = 3
+
+
 def message_text(content: Any) -> str:
-    """The text of one message's ``content`` (a string, or a list of parts with ``text``)."""
+    """The text of one message's ``content``: the string itself, or its text parts joined by newlines ("" for
+    anything else; parts of other types, such as images, carry no text)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "\n".join(
+            part["text"] for part in content
+            if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str)
+        )
     return ""
 
 
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Prompt tokens of a chat request, with OpenAI's ~4 tokens of framing per message."""
-    return sum(count_tokens(message_text(m.get("content"))) + 4 for m in messages) + 3
+    """Prompt tokens of a chat request by the recipe in the module docstring."""
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            text = message_text(value) if key == "content" else value
+            if isinstance(text, str):
+                total += count_tokens(text)
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    return total
 
 
 def cost_usd(backend: BackendConfig, prompt_tokens: int, completion_tokens: int) -> float:

@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.pricing import encoding
+from gateway.pricing import count_prompt_tokens, encoding
 from gateway.replay.data import MODEL_SOURCES, PromptMatch, ReplayStore
-from gateway.replay.tokens import content_text, count_prompt_tokens, decode, split_pieces, truncate
+from gateway.replay.tokens import content_text, decode, split_pieces, truncate
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error"}
 
@@ -116,7 +116,7 @@ class ReplayService:
         found = self.store.match(req.prompt)
         record = self.store.records[found.row]
         tokens, cut = truncate(record.answers[req.model], req.max_tokens, self.enc)
-        prompt_tokens = count_prompt_tokens(req.messages, self.enc)
+        prompt_tokens = count_prompt_tokens(req.messages)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(tokens),

@@ -1,8 +1,7 @@
-"""Token counting and splitting for the replay backend, with the gateway's shared tokenizer (cl100k_base).
+"""Token splitting for the replay backend, with the gateway's shared tokenizer (cl100k_base).
 
-Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens
-with tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a
-``name`` adds 1 more), plus 3 that prime the assistant's reply. Completion tokens are the answer's tokens.
+Prompt tokens are counted by ``gateway.pricing.count_prompt_tokens`` (OpenAI's recipe), as the gateway estimates
+them; completion tokens are the answer's tokens.
 """
 
 from __future__ import annotations
@@ -11,39 +10,13 @@ from typing import Any
 
 import tiktoken
 
-TOKENS_PER_MESSAGE = 3
-TOKENS_PER_NAME = 1
-REPLY_PRIMING_TOKENS = 3
+from gateway.pricing import message_text
 
 
 def content_text(content: Any) -> str | None:
-    """Text of a message ``content``: the string itself, or the ``text`` parts of a list joined by newlines.
-
-    Returns None when ``content`` is neither a string nor a list of parts.
-    """
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    return None
-
-
-def count_prompt_tokens(messages: list[dict[str, Any]], enc: tiktoken.Encoding) -> int:
-    """Prompt tokens of a chat request by the recipe in the module docstring."""
-    total = REPLY_PRIMING_TOKENS
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            text = content_text(value) if key == "content" else value
-            if isinstance(text, str):
-                total += len(enc.encode(text, disallowed_special=()))
-                if key == "name":
-                    total += TOKENS_PER_NAME
-    return total
+    """Text of a message ``content`` (``gateway.pricing.message_text``); None when it is neither a string nor a
+    list of parts, which the replay backend refuses."""
+    return message_text(content) if isinstance(content, str | list) else None
 
 
 def truncate(text: str, max_tokens: int | None, enc: tiktoken.Encoding) -> tuple[list[int], bool]:
