@@ -30,7 +30,8 @@ def _held_out(ds: RoutingDataset, name: str) -> dict:
     from training.features import Featurizer
 
     router = GraphRouter(epochs=100, seed=0)
-    router.text_encoder = Featurizer(disk_cache=False).embed  # embeds the held-out model's description
+    # embeds the held-out model's description (descriptions are always on minilm)
+    router.text_encoder = Featurizer(disk_cache=False, encoder="minilm").embed
     return inductive_eval(ds, name, router)
 
 
