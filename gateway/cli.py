@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "routers": "gateway.commands.routers:routers",
     "report": "gateway.commands.report:report",
     "feedback": "gateway.commands.feedback:feedback",
+    "embeddings": "gateway.commands.embeddings:embeddings",
 }
 
 

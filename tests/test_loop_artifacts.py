@@ -50,7 +50,7 @@ async def env(db_url: str, tmp_path: Path):
     store = ArtifactStore(engine, tmp_path / "artifacts")
     routing = RoutingService(parse_pool_file(POOL))
     routing.load()
-    reloader = RouterReloader(routing, store, ensure_embedder=lambda: None, interval_s=0.05)
+    reloader = RouterReloader(routing, store, interval_s=0.05)
     yield store, routing, reloader
     await reloader.stop()
     await engine.dispose()

@@ -124,13 +124,16 @@ def test_feedback_train_promote_hot_swap_under_load_and_report(gateway, replay, 
         assert ask(client, later[0]).headers["x-poolgate-router-version"] == "builtin"
     wait_rows(db, 81)
 
-    # 2. train knn from the logs and promote it (the gateway polls only every 600 s: nothing changes yet)
+    # 2. train knn from the logs and promote it (the gateway polls only every 600 s: nothing changes yet). The
+    # contextual encoder: on these 30 training prompts its kNN beats always-cheapest on the 10 held out, which the
+    # promotion gate requires (the static encoder's does not here; the gateway serving it is tested elsewhere)
     env = {"POOLGATE_DATABASE_URL": db, "POOLGATE_POOL_FILE": str(tmp_path / "pool.yaml"),
            "POOLGATE_ARTIFACTS_DIR": str(tmp_path / "artifacts"), "POOLGATE_EMBEDDING_CACHE_DIR": str(tmp_path / "emb")}
-    out = CliRunner().invoke(main, ["train", "--router", "knn", "--pool", "auto", "--since", "1h", "--promote"],
-                             env=env)
+    out = CliRunner().invoke(main, ["train", "--router", "knn", "--pool", "auto", "--since", "1h", "--promote",
+                                    "--encoder", "minilm"], env=env)
     assert out.exit_code == 0, out.output
-    assert "registered: auto         v1     knn" in out.output and "promotion:  LIVE" in out.output, out.output
+    assert "registered: auto         v1     knn on minilm" in out.output, out.output
+    assert "promotion:  LIVE" in out.output, out.output
 
     # 3. the running gateway switches to v1 on the admin reload while requests keep flowing; none fails
     with Load(gw.url, later) as load:

@@ -117,7 +117,7 @@ def test_shadow_routers_choices_are_in_the_request_row(gw) -> None:
     assert row["shadow"]["strongest"]["backend"] == "strong" and row["shadow"]["strongest"]["version"] == "builtin"
     assert row["shadow"]["strongest"]["expected_cost_usd"] > 0
     # an untrained shadow (no knn version for this pool yet) records why; nothing else breaks
-    assert "needs embeddings" in row["shadow"]["knn"]["error"]
+    assert "knn router is not fitted" in row["shadow"]["knn"]["error"]
 
 
 def test_admin_loop_endpoints_need_the_master_key(gw) -> None:

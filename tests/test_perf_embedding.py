@@ -81,7 +81,7 @@ def queries() -> list[str]:
 def test_serving_encoder_matches_the_featurizer(queries: list[str]) -> None:
     from training.features import Featurizer
 
-    reference = Featurizer(disk_cache=False).embed(queries)
+    reference = Featurizer(encoder="minilm", disk_cache=False).embed(queries)
     import torch
 
     threads = torch.get_num_threads()

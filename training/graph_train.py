@@ -14,7 +14,6 @@ same encoder here, at fit time, and stored in the artifact (the router stays pur
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,12 +24,12 @@ import torch.nn.functional as F
 import yaml
 
 from routers.base import ModelCard, RouterError
-from routers.graph import (
+from routers.features import unit_rows
+from routers.graph_net import (
     ATTR_NAMES,
     EPS_USD,
     GraphNet,
     GraphState,
-    TextEncoder,
     View,
     graph_view,
     nearest,
@@ -40,7 +39,7 @@ from routers.graph import (
 )
 
 if TYPE_CHECKING:
-    from routers.graph import GraphRouter
+    from routers.graph import GraphRouter, TextEncoder
     from training.dataset import RoutingDataset
 
 TASK_DESCRIPTIONS = Path(__file__).resolve().parent / "data_config" / "task_descriptions.yaml"
@@ -71,15 +70,12 @@ def load_task_table(path: Path = TASK_DESCRIPTIONS) -> dict[str, Any]:
 
 
 def default_encoder() -> TextEncoder:
-    """The project's sentence featurizer (all-MiniLM-L6-v2, 384-d, unit norm)."""
+    """The project's sentence featurizer (all-MiniLM-L6-v2, 384-d, unit norm). Model descriptions are always
+    embedded with this contextual encoder, whichever encoder the queries use: they are few, and fit and
+    ``register`` must agree."""
     from training.features import Featurizer
 
-    return Featurizer().embed
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return Featurizer(encoder="minilm").embed
 
 
 def _llm_nodes(cards: list[ModelCard], encode: TextEncoder, dim: int) -> dict[str, Any]:
@@ -87,7 +83,7 @@ def _llm_nodes(cards: list[ModelCard], encode: TextEncoder, dim: int) -> dict[st
     described = [i for i, c in enumerate(cards) if c.description.strip()]
     desc = np.zeros((len(cards), dim), dtype=np.float32)
     if described:
-        desc[described] = _unit(encode([cards[i].description for i in described]))
+        desc[described] = unit_rows(encode([cards[i].description for i in described]))
     mean = desc[described].mean(axis=0) if described else np.zeros(dim, dtype=np.float32)
     desc[[i for i in range(len(cards)) if i not in described]] = mean
     sizes = [np.log1p(c.size_b) for c in cards if c.size_b]
@@ -118,13 +114,13 @@ def _cost_targets(dataset: RoutingDataset) -> tuple[np.ndarray, np.ndarray, floa
 def build_state(dataset: RoutingDataset, encode: TextEncoder, k: int) -> GraphState:
     """The training graph of ``dataset`` (embeddings, neighbours, effect and cost edges, LLM nodes)."""
     if dataset.features is not None and dataset.features.embeddings is not None:
-        emb = _unit(dataset.features.embeddings)
+        emb = unit_rows(dataset.features.embeddings)
     else:
-        emb = _unit(encode(list(dataset.queries)))
+        emb = unit_rows(encode(list(dataset.queries)))
     tasks = list(dataset.tasks) if dataset.tasks is not None else [GENERAL_TASK] * len(dataset)
     task_names = sorted(set(tasks))
     table = load_task_table()
-    task_x = _unit(encode([task_description(t, dataset.name, table) for t in task_names]))
+    task_x = unit_rows(encode([task_description(t, dataset.name, table) for t in task_names]))
     index = {t: i for i, t in enumerate(task_names)}
     near_idx, near_sim = nearest(emb, emb, k, max_sim=DUPLICATE_SIM)
     cost_attr, resid, r_mean, r_std = _cost_targets(dataset)
@@ -301,8 +297,8 @@ def scenario_table(
     """
     from routers.base import Prediction
     from routers.objective import PRESETS, choose_batch, score
-    from routers.registry import get_router_class, make_router
     from training.splits import split_by_query
+    from training.train_router import build_router
 
     if dataset.features is None:
         raise RouterError("scenario_table needs dataset.features (featurize the dataset first)")
@@ -312,8 +308,7 @@ def scenario_table(
         feats.tasks = None
     truth, rows, out = Prediction(quality=te.quality, cost_usd=te.cost_usd), np.arange(len(te)), []
     for name in router_names:
-        accepts_seed = "seed" in inspect.signature(get_router_class(name).__init__).parameters
-        router = make_router(name, seed=seed) if accepts_seed else make_router(name)
+        router = build_router(name, seed=seed)
         started = time.perf_counter()
         router.fit(te if router.evaluation_only else dataset.subset(train))
         fit_s = time.perf_counter() - started
@@ -371,10 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tasks", action="store_true", help="route without task labels, as the gateway does")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path(".poolgate/embeddings"))
+    ap.add_argument("--encoder", choices=("minilm", "minilm-static"), default="minilm-static",
+                    help="query embeddings")
     args = ap.parse_args(argv)
-    featurizer = Featurizer(cache_dir=args.cache_dir)
+    descriptions = Featurizer(cache_dir=args.cache_dir, encoder="minilm")
     if args.what == "register":
-        return register_pool(args.artifact, args.pool_file, featurizer)
+        return register_pool(args.artifact, args.pool_file, descriptions)
+    featurizer = Featurizer(cache_dir=args.cache_dir, encoder=args.encoder)
     ds = load_dataset(args.dataset)
     ds = ds.with_features(featurizer.featurize_dataset(ds))
     if args.what == "scenarios":
@@ -387,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'held_out':34} {'true_q':>6} {'pred_q':>6} {'auc':>5} {'scenario':13}", *(f"{c:>17}" for c in cols))
     for name in [m for m in args.held_out.split(",") if m] or ds.models:
         router = GraphRouter(seed=args.seed)
-        router.text_encoder = featurizer.embed
+        router.text_encoder = descriptions.embed
         res = inductive_eval(ds, name, router, seed=args.seed, use_tasks=not args.no_tasks)
         for scenario in ("quality-first", "balanced", "cost-first"):
             cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (res[scenario][c] for c in cols)]

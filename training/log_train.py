@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
 from routers.objective import Flags, choose_batch, preset, score
 from training.dataset import RoutingDataset
+from training.features import DEFAULT_ENCODER
 from training.from_logs import (
     LabelledData,
     TrainingDataError,
@@ -63,6 +64,9 @@ class TrainRequest:
     promote: bool = False
     force: bool = False
     note: str | None = None
+    #: sentence encoder to fit on; None: the serving router's if it uses one, else ``default_encoder``
+    encoder: str | None = None
+    default_encoder: str = DEFAULT_ENCODER
 
 
 @dataclass
@@ -118,10 +122,10 @@ def evaluate_policy(router: Router, data: RoutingDataset, observed: np.ndarray, 
     }
 
 
-def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None) -> RoutingDataset:
+def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None, encoder: str) -> RoutingDataset:
     from training.train_router import attach_features
 
-    return attach_features(data, embeddings, cache_dir)
+    return attach_features(data, embeddings, cache_dir, encoder)
 
 
 def _load_serving(live: VersionRecord | None, config: PoolConfig, base_dir: Path | None) -> tuple[Router, str]:
@@ -176,8 +180,10 @@ def fit_and_compare(
         serving_error = None
     except Exception as exc:  # a broken serving artifact must not stop training a replacement
         serving, label, serving_error = None, "serving version", f"{type(exc).__name__}: {exc}"
-    needs = candidate.requires_embeddings or (serving is not None and serving.requires_embeddings)
-    featurized = _features(data.dataset, needs, cache_dir)
+    serving_encoder = serving.encoder_ if serving is not None and serving.requires_embeddings else None
+    encoder = req.encoder or serving_encoder or req.default_encoder
+    featurized = _features(data.dataset, candidate.requires_embeddings or serving_encoder is not None, cache_dir,
+                           encoder)
     data = LabelledData(featurized, data.observed, data.sources)
     train_idx, test_idx = split_by_query(featurized, test_size=req.test_size, seed=req.seed)
     train, test = data.subset(train_idx), data.subset(test_idx)
@@ -193,6 +199,8 @@ def fit_and_compare(
     serve_metrics: dict[str, Any] | None = None
     if serving is not None:
         try:
+            if serving_encoder not in (None, encoder):  # the serving version sees its own encoder's embeddings
+                test_ds = _features(replace(test_ds, features=None), True, cache_dir, serving_encoder)
             serve_metrics = evaluate_policy(serving, test_ds, test.observed, flags)
         except Exception as exc:
             serving_error = f"{type(exc).__name__}: {exc}"
@@ -220,6 +228,7 @@ async def train_from_logs(
         "n_train": n_train, "n_test": n_test, "log_rows": log_rows,
         "observed_fraction": float(data.observed.mean()), "flags": pool_flags(config).as_dict(),
         "test_size": req.test_size, "seed": req.seed,
+        "encoder": router.encoder_ if router.requires_embeddings else None,
     }
     record = await store.register(
         req.pool, router, metrics=metrics, n_rows=len(data.dataset), params=dict(req.params) or None,

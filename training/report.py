@@ -78,7 +78,8 @@ def context_lines(result: EvaluationResult) -> list[str]:
     """The split, the references, per-model outcomes and every stated price/cost assumption."""
     ref = result.reference
     lines = [f"split: {result.split}",
-             f"featurizer: {result.featurize_seconds:.2f} s (embeddings cached {result.embedding.get('hits', 0)}, "
+             f"featurizer: {result.embedding.get('encoder', 'minilm')} encoder, {result.featurize_seconds:.2f} s "
+             f"(embeddings cached {result.embedding.get('hits', 0)}, "
              f"encoded {result.embedding.get('encoded', 0)} in {result.embedding.get('encode_seconds', 0.0):.2f} s)"]
     for key in ("best_single", "cheapest"):
         r = ref[key]

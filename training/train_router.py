@@ -18,6 +18,7 @@ from typing import Any
 from routers.base import Router, RouterError
 from routers.registry import get_router_class
 from training.dataset import RoutingDataset
+from training.features import DEFAULT_ENCODER
 
 log = logging.getLogger("poolgate.training")
 
@@ -52,13 +53,20 @@ def build_router(name: str, params: Mapping[str, Any] | None = None, seed: int |
         raise RouterError(f"router {name!r}: bad parameters ({exc})") from None
 
 
-def attach_features(dataset: RoutingDataset, embeddings: bool, cache_dir: Path | None = None) -> RoutingDataset:
-    """``dataset`` with its featurized queries attached (embeddings from the cache, computed when missing)."""
-    if dataset.features is not None and (dataset.features.embeddings is not None or not embeddings):
+def attach_features(
+    dataset: RoutingDataset, embeddings: bool, cache_dir: Path | None = None, encoder: str = DEFAULT_ENCODER,
+    static_table_dir: Path | None = None,
+) -> RoutingDataset:
+    """``dataset`` with its featurized queries attached (embeddings by ``encoder``, from the cache where it has them).
+
+    Features already attached are kept when they fit: no embeddings needed, or embeddings by ``encoder``."""
+    feats = dataset.features
+    if feats is not None and (not embeddings or (feats.embeddings is not None and feats.encoder in (encoder, None))):
         return dataset
     from training.features import Featurizer
 
-    return dataset.with_features(Featurizer(cache_dir=cache_dir).featurize_dataset(dataset, embeddings=embeddings))
+    featurizer = Featurizer(cache_dir=cache_dir, encoder=encoder, static_table_dir=static_table_dir)
+    return dataset.with_features(featurizer.featurize_dataset(dataset, embeddings=embeddings))
 
 
 def train_router(
@@ -69,10 +77,12 @@ def train_router(
     seed: int | None = None,
     limit: int | None = None,
     cache_dir: Path | None = None,
+    encoder: str = DEFAULT_ENCODER,
 ) -> TrainResult:
     """Fit router ``router`` on all rows of ``dataset`` (a name for :func:`training.loaders.load_dataset`, or data).
 
-    ``limit`` keeps the loader's fixed random sample of that many rows (names only).
+    ``limit`` keeps the loader's fixed random sample of that many rows (names only). ``encoder``: the sentence
+    encoder of the embeddings (``minilm`` or ``minilm-static``; the artifact remembers it).
     """
     model = build_router(router, params, seed)
     if model.evaluation_only:
@@ -83,7 +93,7 @@ def train_router(
         data = load_dataset(dataset, limit=limit)
     else:
         data = dataset
-    data = attach_features(data, model.requires_embeddings, cache_dir)
+    data = attach_features(data, model.requires_embeddings, cache_dir, encoder)
     start = time.perf_counter()
     model.fit(data)
     seconds = time.perf_counter() - start

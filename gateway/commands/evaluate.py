@@ -49,10 +49,13 @@ def router_list(spec: str) -> list[str]:
               help="Data folder (default: $POOLGATE_DATA_DIR or the nearest shared/data above the cwd).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Embedding cache (default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings).")
+@click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
+              help="Sentence encoder of the embeddings (default: POOLGATE_EMBEDDING_ENCODER or minilm-static).")
 @click.option("--sweep", is_flag=True, default=False,
               help="Also trace each router's quality-vs-cost Pareto front across cost/size/verbosity flag weights.")
 def evaluate(dataset_name: str, routers_spec: str, seed: int, folds: int | None, limit: int | None,
-             out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None, sweep: bool) -> None:
+             out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None, encoder: str | None,
+             sweep: bool) -> None:
     """Evaluate routers on a data set: print the table, optionally write JSON and an HTML report."""
     from routers.base import RouterError
     from routers.registry import get_router_class
@@ -71,11 +74,11 @@ def evaluate(dataset_name: str, routers_spec: str, seed: int, folds: int | None,
         dataset = load_dataset(dataset_name, data_dir=data_dir, limit=limit)
     except DatasetError as exc:
         _fail(str(exc))
-    _run(dataset, names, seed, folds, out_dir, cache_dir, sweep)
+    _run(dataset, names, seed, folds, out_dir, cache_dir, sweep, encoder)
 
 
 def _run(dataset: RoutingDataset, names: list[str], seed: int, folds: int | None, out_dir: Path | None,
-         cache_dir: Path | None, sweep: bool = False) -> None:
+         cache_dir: Path | None, sweep: bool = False, encoder: str | None = None) -> None:
     from gateway.settings import Settings
     from training.evaluate import evaluate_routers
     from training.features import Featurizer
@@ -83,9 +86,11 @@ def _run(dataset: RoutingDataset, names: list[str], seed: int, folds: int | None
     from training.report import print_report, write_json
     from training.sweep import print_sweep, sweep_grid
 
+    settings = Settings()
     if cache_dir is None:
-        cache_dir = Settings().embedding_cache_dir
-    featurizer = Featurizer(cache_dir=cache_dir, disk_cache=cache_dir is not None)
+        cache_dir = settings.embedding_cache_dir
+    featurizer = Featurizer(cache_dir=cache_dir, disk_cache=cache_dir is not None,
+                            encoder=encoder or settings.embedding_encoder, static_table_dir=settings.static_table_dir)
     try:
         result = evaluate_routers(dataset, names, seed=seed, folds=folds, featurizer=featurizer,
                                   extra_flags=sweep_grid() if sweep else ())

@@ -103,7 +103,8 @@ def version_line(r: VersionRecord) -> str:
     util = heldout.get("utility")
     base = serving.get("utility")
     score = "-" if util is None else f"{util:.4f}" + ("" if base is None else f" (serving then {base:.4f})")
-    return (f"{r.pool:<12} {r.version:<6} {r.router:<12} {r.status:<12} rows {r.n_rows:<6} "
+    encoder = f" on {r.metrics['encoder']}" if r.metrics.get("encoder") else ""
+    return (f"{r.pool:<12} {r.version:<6} {r.router + encoder:<26} {r.status:<12} rows {r.n_rows:<6} "
             f"held-out utility {score:<28} created {r.created_at:%Y-%m-%d %H:%M:%S}")
 
 

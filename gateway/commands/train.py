@@ -87,11 +87,13 @@ def print_outcome(out: TrainOutcome) -> None:
 @click.option("--note", default=None, help="free text stored with the version")
 @click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="pool YAML [POOLGATE_POOL_FILE, else the demo pool]")
+@click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
+              help="sentence encoder to fit on [default: the serving router's, else POOLGATE_EMBEDDING_ENCODER]")
 @notify_option
 def train(
     router_name: str, pool: str, since: str, until: str | None, datasets: tuple[str, ...], params: tuple[str, ...],
     seed: int, test_size: float, min_rows: int, promote: bool, force: bool, note: str | None,
-    pool_file: Path | None, notify_urls: tuple[str, ...],
+    pool_file: Path | None, encoder: str | None, notify_urls: tuple[str, ...],
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
     from gateway.artifacts import ArtifactError, ArtifactStore
@@ -109,6 +111,7 @@ def train(
         since=parse_when_option(since, "--since"), until=parse_when_option(until, "--until"),
         datasets=[_dataset_spec(d) for d in datasets], params=_parse_params(params), seed=seed,
         test_size=test_size, min_rows=min_rows, promote=promote, force=force, note=note,
+        encoder=encoder, default_encoder=settings.embedding_encoder,
     )
     try:
         outcome = with_engine(settings, lambda engine: train_from_logs(

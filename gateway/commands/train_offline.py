@@ -38,9 +38,12 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
                    "(e.g. --param mode=cascade --param 'aliases={pool-name: dataset-model}')")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="embedding cache [default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings]")
+@click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
+              help="sentence encoder of the embeddings [default: POOLGATE_EMBEDDING_ENCODER or minilm-static]; "
+                   "see docs/encoders.md")
 def train_offline(
     router_name: str, dataset_name: str, out: Path | None, seed: int, limit: int | None,
-    params: tuple[str, ...], cache_dir: Path | None,
+    params: tuple[str, ...], cache_dir: Path | None, encoder: str | None,
 ) -> None:
     """Fit ROUTER on all rows of DATASET and save it as one artifact file that a pool file can load.
 
@@ -52,9 +55,11 @@ def train_offline(
     from training.train_router import default_artifact_path, save_result, train_router
 
     parsed = _parse_params(params)
-    cache = cache_dir if cache_dir is not None else Settings().embedding_cache_dir
+    settings = Settings()
+    cache = cache_dir if cache_dir is not None else settings.embedding_cache_dir
     try:
-        result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache)
+        result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
+                              encoder=encoder or settings.embedding_encoder)
         save_result(result, out or default_artifact_path(router_name, dataset_name))
     except (RouterError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
