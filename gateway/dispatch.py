@@ -1,4 +1,5 @@
-"""Dispatch a request down the router's ranking over one shared ``httpx.AsyncClient``.
+"""Dispatch a request down the router's ranking over one shared ``httpx.AsyncClient`` (over the gateway's
+``AiohttpTransport`` its requests go through ``AiohttpTransport.post``, a shorter path; see gateway.upstream).
 
 For each ranked backend (skipping those whose breaker is open) it tries up to ``1 + retries`` times,
 with exponential backoff, on connect errors, timeouts, 429 and 5xx. It falls back to the next
@@ -27,6 +28,7 @@ import orjson
 
 from gateway.breaker import BreakerRegistry
 from gateway.pools import BackendConfig
+from gateway.upstream import direct_transport
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
@@ -63,6 +65,14 @@ class Dispatcher:
     def __init__(self, client: httpx.AsyncClient, breakers: BreakerRegistry) -> None:
         self.client = client
         self.breakers = breakers
+        self._direct = direct_transport(client)  # its HTTP/1.1 path without httpx's client layers (gateway.upstream)
+
+    async def _send(self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout) -> httpx.Response:
+        """POST upstream; the response head is in, its body still to be read."""
+        if self._direct is not None:
+            return await self._direct.post(url, content, headers, timeout)
+        request = self.client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+        return await self.client.send(request, stream=True)
 
     @staticmethod
     def upstream_payload(payload: dict[str, Any], backend: BackendConfig, stream: bool) -> bytes:
@@ -112,7 +122,8 @@ class Dispatcher:
     ) -> UpstreamResult | None:
         breaker = self.breakers.get(backend.name)
         content = self.upstream_payload(payload, backend, stream)
-        headers = {"content-type": "application/json"}
+        # a stream is relayed as raw bytes, so it must come uncompressed; a whole answer is decoded by httpx
+        headers = {"content-type": "application/json", "accept-encoding": "identity" if stream else "gzip, deflate"}
         key = backend.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -149,9 +160,8 @@ class Dispatcher:
         self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout, stream: bool
     ) -> tuple[int | None, str | None, UpstreamResult | None, float | None]:
         """One HTTP exchange: (status, error text, result-if-usable, Retry-After seconds if the backend sent it)."""
-        request = self.client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self._send(url, content, headers, timeout)
         except httpx.HTTPError as exc:
             return None, _describe(exc), None, None
         try:

@@ -23,12 +23,12 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """Serve an ASGI app with uvicorn on 127.0.0.1:<port> in a daemon thread."""
+    """Serve an ASGI app with uvicorn on 127.0.0.1:<port> in a daemon thread; ``options`` go to ``uvicorn.Config``."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         self.port = port or free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                access_log=False)
+                                access_log=False, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,10 +1,17 @@
-"""The aiohttp-backed transport under the gateway's httpx client behaves like httpx's own on real servers."""
+"""The aiohttp-backed transport under the gateway's httpx client behaves like httpx's own on real servers, and so
+does its ``post`` (the dispatcher's path, over ``gateway.http1``): same answers, same httpx exceptions."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway.http1 import HIGH_WATER, Http1Pool
 from gateway.upstream import AiohttpTransport
 from tests.servers import ServerThread, free_port
+from tests.tcpproxy import TcpProxy
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 PAUSE_S = 1.0  # how long the slow routes stay silent: longer than the tests' timeouts, short for teardown
@@ -47,6 +56,17 @@ def _events(then: str) -> Any:
     return route
 
 
+BIG = bytes(range(256)) * (4 * HIGH_WATER // 256)  # more than the client buffers before it pauses reading
+
+
+async def big(request: Request) -> Response:
+    async def gen() -> AsyncIterator[bytes]:
+        for i in range(0, len(BIG), 65536):
+            yield BIG[i:i + 65536]
+
+    return StreamingResponse(gen(), media_type="application/octet-stream")
+
+
 async def zipped(request: Request) -> Response:
     return Response(gzip.compress(b'{"ok": true}'), media_type="application/json", headers={"content-encoding": "gzip"})
 
@@ -55,7 +75,8 @@ async def zipped(request: Request) -> Response:
 def url() -> Iterator[str]:
     app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/hang", hang, methods=["POST"]),
                             Route("/stall", _events("stall"), methods=["POST"]),
-                            Route("/drop", _events("drop"), methods=["POST"]), Route("/gz", zipped, methods=["POST"])])
+                            Route("/drop", _events("drop"), methods=["POST"]), Route("/gz", zipped, methods=["POST"]),
+                            Route("/big", big, methods=["POST"])])
     with ServerThread(app) as server:
         yield server.url
 
@@ -109,3 +130,143 @@ async def test_stream_cut_mid_body_is_a_transport_error(client: httpx.AsyncClien
 async def test_gzip_answer_is_decoded_by_httpx_as_over_httpcore(client: httpx.AsyncClient, url: str) -> None:
     r = await client.post(f"{url}/gz", content=b"{}")
     assert r.json() == {"ok": True}
+
+
+# -- AiohttpTransport.post: the dispatcher's path over gateway.http1 ------------------------------------------------
+
+JSON = {"content-type": "application/json"}
+T = httpx.Timeout(5.0, connect=2.0)
+SHORT = httpx.Timeout(0.3, connect=2.0)
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    t = AiohttpTransport()
+    yield t
+    await t.aclose()
+
+
+async def test_post_answers_and_keeps_one_connection_for_sequential_requests(transport: AiohttpTransport,
+                                                                             url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        for i in range(3):
+            r = await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY,
+                                     {**JSON, "authorization": f"Bearer k{i}"}, T)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            assert orjson.loads(await r.aread()) == {"body": orjson.loads(BODY), "authorization": f"Bearer k{i}"}
+            await r.aclose()
+        assert proxy.connections == 1
+
+
+async def test_post_streams_events_before_the_backend_finishes_then_times_out(transport: AiohttpTransport,
+                                                                              url: str) -> None:
+    r = await transport.post(f"{url}/stall", b"{}", JSON, SHORT)
+    seen = b""
+    with pytest.raises(httpx.ReadTimeout):
+        async for chunk in r.aiter_raw():
+            seen += chunk
+    await r.aclose()
+    assert seen.count(b"data: ") == 2
+
+
+async def test_post_body_left_unread_drops_its_connection_and_the_next_post_works(transport: AiohttpTransport,
+                                                                                  url: str) -> None:
+    port = int(url.rsplit(":", 1)[1])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        r = await transport.post(f"http://127.0.0.1:{proxy.port}/stall", b"{}", JSON, T)
+        async for chunk in r.aiter_raw():
+            assert chunk.startswith(b"data: ")
+            break
+        await r.aclose()  # the rest of that answer must not be read as the next one's
+        r = await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY, JSON, T)
+        assert orjson.loads(await r.aread())["body"] == orjson.loads(BODY)
+        assert proxy.connections == 2
+
+
+async def test_post_failures_are_the_httpx_exceptions_the_dispatcher_expects(transport: AiohttpTransport,
+                                                                            url: str) -> None:
+    with pytest.raises(httpx.ConnectError):
+        await transport.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", BODY, JSON, T)
+    with pytest.raises(httpx.ReadTimeout):
+        await transport.post(f"{url}/hang", BODY, JSON, SHORT)
+    r = await transport.post(f"{url}/drop", b"{}", JSON, T)
+    with pytest.raises(httpx.RemoteProtocolError):
+        async for _ in r.aiter_raw():
+            pass
+    await r.aclose()
+    port = int(url.rsplit(":", 1)[1])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        proxy.reset_after_request()
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY, JSON, T)
+
+
+async def test_post_header_with_a_line_break_is_refused_before_sending(transport: AiohttpTransport, url: str) -> None:
+    with pytest.raises(httpx.LocalProtocolError):
+        await transport.post(f"{url}/echo", BODY, {**JSON, "authorization": "Bearer k\r\nx-injected: 1"}, T)
+    r = await transport.post(f"{url}/echo", BODY, JSON, T)  # the pool is still usable
+    assert r.status_code == 200 and await r.aread()
+
+
+async def test_post_gzip_answer_is_decoded_by_httpx(transport: AiohttpTransport, url: str) -> None:
+    r = await transport.post(f"{url}/gz", b"{}", JSON, T)
+    assert orjson.loads(await r.aread()) == {"ok": True}
+
+
+async def test_post_body_larger_than_the_read_buffer_arrives_whole_when_read_late(transport: AiohttpTransport,
+                                                                                  url: str) -> None:
+    r = await transport.post(f"{url}/big", b"{}", JSON, T)
+    await asyncio.sleep(0.3)  # the server pushes more than the client buffers: reading pauses, then resumes
+    assert await r.aread() == BIG
+
+
+def _close_delimited_server(payload: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A server that answers one request with a body that ends where the connection ends (no length)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n" + payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+async def test_post_body_delimited_by_the_connection_end_is_read_whole(transport: AiohttpTransport) -> None:
+    srv, thread = _close_delimited_server(b"until the end")
+    with srv:
+        r = await transport.post(f"http://127.0.0.1:{srv.getsockname()[1]}/x", b"{}", JSON, T)
+        assert await r.aread() == b"until the end"
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(https URL, CA file) of the echo app served over TLS with a fresh self-signed certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a certificate with")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    with ServerThread(app, ssl_certfile=str(cert), ssl_keyfile=str(key)) as server:
+        yield f"https://localhost:{server.port}", cert
+
+
+async def test_post_over_tls_checks_the_certificate_and_answers(tls_server: tuple[str, Path]) -> None:
+    url, ca = tls_server
+    trusting = Http1Pool(ssl_context=ssl.create_default_context(cafile=str(ca)))
+    for _ in range(2):
+        r = await trusting.post(f"{url}/echo", BODY, JSON, T)
+        assert r.status_code == 200 and orjson.loads(await r.aread())["body"] == orjson.loads(BODY)
+    trusting.close()
+    with pytest.raises(httpx.ConnectError):  # the system's CA store does not know this certificate
+        await Http1Pool().post(f"{url}/echo", BODY, JSON, T)

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
@@ -23,7 +23,7 @@ from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
 from gateway.pricing import cost_usd
 from gateway.routing import RouteDecision
-from gateway.streaming import StreamOutcome, relay
+from gateway.streaming import EventStreamResponse, StreamOutcome, relay
 
 router = APIRouter()
 
@@ -182,7 +182,7 @@ def _stream_response(
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
     body = relay(result.stream, result.response, started, chat.wants_usage, on_finish)
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    return EventStreamResponse(body, headers=headers)
 
 
 @router.get("/v1/models")
