@@ -16,7 +16,7 @@ from gateway.auth import KeyStore
 from gateway.breaker import BreakerRegistry
 from gateway.deps import Services
 from gateway.dispatch import Dispatcher
-from gateway.embedding import EmbeddingBatcher, MiniLMEncoder
+from gateway.embedding import Embedders
 from gateway.errors import install_error_handlers
 from gateway.limits import make_limiter
 from gateway.limits.tenancy import Tenancy
@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.metrics import router as metrics_router
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.reload import start_closed_loop, stop_closed_loop
-from gateway.routing import Embedder, RoutingService
+from gateway.routing import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.upstream import AiohttpTransport
@@ -36,16 +36,6 @@ def resolve_pool_file(settings: Settings) -> tuple[PoolFile, Path]:
     """The configured pool file, or the demo pool; and the folder relative artifact paths start from."""
     path = settings.pool_file or DEMO_POOL_PATH
     return load_pool_file(path), Path(path).resolve().parent
-
-
-def make_embedder(settings: Settings, pool_file: PoolFile, routing_needs: bool) -> Embedder | None:
-    """A batched request-time embedder, built only when some pool's router needs embeddings."""
-    if not routing_needs:
-        return None
-    encoder = MiniLMEncoder()  # the featurizer's model in bfloat16 on one thread (see gateway/embedding.py)
-    batcher = EmbeddingBatcher(encoder, window_ms=settings.embedding_batch_window_ms, initializer=encoder.thread_setup)
-    batcher.preload(encoder.load)  # load the model in the encoder thread now, not in the first request
-    return batcher.embed
 
 
 def create_app(
@@ -64,8 +54,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routing = RoutingService(pool_file, base_dir=base_dir)
         routing.load()
-        needs = any(rt.router.requires_embeddings for rt in routing.runtimes.values())
-        routing.embedder = make_embedder(settings, pool_file, needs)
+        # encoders load when first needed; those of the pools' routers start loading now, in the background
+        embedders = Embedders(settings.embedding_batch_window_ms, settings.static_table_dir)
+        embedders.preload(routing.encoders_needed())
+        routing.embedder = embedders.embed
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         upstream = transport or AiohttpTransport(max_connections=1000)  # httpcore's pool costs ~1 ms/request
         client = httpx.AsyncClient(transport=upstream, limits=limits, timeout=httpx.Timeout(120.0, connect=5.0))
@@ -75,7 +67,10 @@ def create_app(
         await writer.start()
         metrics = Metrics()
         metrics.bind(breaker_states=breakers.states, backends=[b.name for b in pool_file.backends],
-                     queue_depth=lambda: writer.queue_depth, spool_bytes=lambda: writer.spool.size_bytes)
+                     queue_depth=lambda: writer.queue_depth, spool_bytes=lambda: writer.spool.size_bytes,
+                     rows_at_risk=lambda: {
+                         "not_journaled": writer.journal.unjournaled_rows if writer.journal is not None else 0,
+                         "spool_full_dropped": writer.spool.dropped, "rejected_by_database": writer.rejected_rows})
         keys = KeyStore(engine, settings.key_cache_ttl_s)
         tenancy = Tenancy(settings, pool_file, keys, make_limiter(settings), metrics, writer)
         app.state.services = Services(
@@ -83,12 +78,7 @@ def create_app(
             dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer, metrics=metrics, tenancy=tenancy,
         )
 
-        def ensure_embedder() -> None:  # a promoted router may need embeddings that the pool file's did not
-            if routing.embedder is None:
-                routing.embedder = make_embedder(settings, pool_file, True)
-
-        await start_closed_loop(app.state.services, settings.artifacts_dir, ensure_embedder,
-                                settings.router_reload_interval_s)
+        await start_closed_loop(app.state.services, settings.artifacts_dir, settings.router_reload_interval_s)
         try:
             yield
         finally:
@@ -97,6 +87,7 @@ def create_app(
             await writer.stop()
             await client.aclose()
             await engine.dispose()
+            embedders.close()
 
     app = FastAPI(
         title="poolgate",

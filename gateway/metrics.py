@@ -9,7 +9,9 @@ client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`
 ``poolgate_ttft_seconds{pool,backend}`` (streams), ``poolgate_tokens_total{pool,backend,kind}``,
 ``poolgate_cost_usd_total{pool,backend}``, ``poolgate_routing_decisions_total{pool,router,backend}`` (the top-ranked
 backend), ``poolgate_breaker_state{backend,state}`` (1 for the current state), ``poolgate_log_queue_depth``,
-``poolgate_log_spool_bytes``, ``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
+``poolgate_log_spool_bytes``, ``poolgate_log_rows_at_risk_total{reason}`` (rows not journaled after a failed
+journal write, dropped by a full spool, rejected by the database: the signals that log rows may be missing),
+``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
 pool_forbidden, unavailable), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
 ``poolgate_auth_failures_total{reason}``.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 
@@ -38,6 +40,7 @@ class _LiveCollector(Collector):
         self.backends: Sequence[str] = ()
         self.queue_depth: Callable[[], int] = lambda: 0
         self.spool_bytes: Callable[[], int] = lambda: 0
+        self.rows_at_risk: Callable[[], dict[str, int]] = dict
 
     def collect(self) -> Iterable[Metric]:
         breakers = GaugeMetricFamily("poolgate_breaker_state", "circuit breaker state per backend (1 = current)",
@@ -51,6 +54,11 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("poolgate_log_queue_depth", "log rows waiting in memory", value=self.queue_depth())
         yield GaugeMetricFamily("poolgate_log_spool_bytes", "bytes of log rows spooled to disk",
                                 value=self.spool_bytes())
+        at_risk = CounterMetricFamily("poolgate_log_rows_at_risk", "log rows that may be missing, by reason",
+                                      labels=["reason"])
+        for reason, count in sorted(self.rows_at_risk().items()):
+            at_risk.add_metric([reason], float(count))
+        yield at_risk
 
 
 class Metrics:
@@ -80,12 +88,14 @@ class Metrics:
         r.register(self.live)
 
     def bind(self, *, breaker_states: Callable[[], dict[str, str]], backends: Sequence[str],
-             queue_depth: Callable[[], int], spool_bytes: Callable[[], int]) -> None:
+             queue_depth: Callable[[], int], spool_bytes: Callable[[], int],
+             rows_at_risk: Callable[[], dict[str, int]] = dict) -> None:
         """Point the scrape-time gauges at the running services."""
         self.live.breaker_states = breaker_states
         self.live.backends = list(backends)
         self.live.queue_depth = queue_depth
         self.live.spool_bytes = spool_bytes
+        self.live.rows_at_risk = rows_at_risk
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

@@ -6,6 +6,12 @@ When the request's log row is ready, :meth:`ShadowRecorder.finish` puts the choi
 column and hands the row on (at once if the task is done, else when it is). So only the log row waits for the
 shadows, never the client. A shadow that fails records ``{"error": ...}`` and changes nothing else.
 
+A row that waits is journaled at once (``LogWriter.hold``) in a provisional version whose ``shadow`` is
+``PENDING_SHADOW`` (``{"pending": true}``), and released once the final row has been handed on: a SIGKILL while the
+shadows run (possibly after the response went out) loses no row, and the next start stores the provisional one.
+A final row that also reached the journal wins over it (``gateway/store/writer.py``). If handing the row on
+raises, the hold is kept, so shutdown passes the provisional row to the spool rather than lose it.
+
 Row format: ``shadow = {name: {"backend", "version", "quality", "expected_cost_usd"} | {"error": str}}``.
 """
 
@@ -16,11 +22,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from gateway.routing import PoolRuntime, RouteDecision, RoutingService
-from routers.base import QueryFeatures, Router
-from routers.features import text_stats
+from gateway.store.writer import PENDING_SHADOW, LogWriter
+from routers.base import Router
 from routers.objective import Flags, decide
 
 log = logging.getLogger("poolgate.shadow")
@@ -31,9 +35,10 @@ Row = dict[str, Any]
 class ShadowRecorder:
     """Computes shadow choices off the response path and attaches them to log rows (see the module doc)."""
 
-    def __init__(self, routing: RoutingService, max_pending: int = 10_000) -> None:
+    def __init__(self, routing: RoutingService, max_pending: int = 10_000, *, writer: LogWriter | None = None) -> None:
         self.routing = routing
         self.max_pending = max_pending
+        self.writer = writer  # journals rows while they wait (None: they wait in memory only)
         self._pending: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._waiting: set[asyncio.Task[dict[str, Any]]] = set()
 
@@ -58,16 +63,24 @@ class ShadowRecorder:
             then(row)
             return
 
+        token = self.writer.hold({**row, "shadow": PENDING_SHADOW}) if self.writer is not None else None
+
         def done(t: asyncio.Task[dict[str, Any]]) -> None:
             self._waiting.discard(t)
             self._attach(row, t)
-            then(row)
+            then(row)  # submits the final row (journaled and queued)...
+            if self.writer is not None:
+                self.writer.release(token)  # ...so the provisional one may go with its journal file
 
         self._waiting.add(task)
         task.add_done_callback(done)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait (bounded) for shadow tasks whose rows are waiting on them, so shutdown loses no row."""
+        """Wait (bounded) for shadow tasks whose rows are waiting on them, so their final rows are written.
+
+        With the journal on, a row still waiting after ``timeout_s`` is not lost: the writer's ``stop`` hands its
+        provisional version (held in the journal) to the spool.
+        """
         if self._waiting:
             await asyncio.wait(set(self._waiting), timeout=timeout_s)
 
@@ -100,16 +113,8 @@ class ShadowRecorder:
     async def _choose(
         self, router: Router, runtime: PoolRuntime, flags: Flags, text: str, prompt_tokens: int
     ) -> dict[str, Any]:
-        embeddings = None
-        if router.requires_embeddings:
-            if self.routing.embedder is None:
-                raise RuntimeError("router needs embeddings but no featurizer is configured")
-            embeddings = (await self.routing.embedder(text))[None, :]
-        features = QueryFeatures([text], text_stats([text]), np.asarray([prompt_tokens], dtype=np.float64), embeddings)
-        if router.requires_embeddings:  # model inference: keep it off the event loop
-            pred = await asyncio.to_thread(router.predict, features, runtime.cards)
-        else:
-            pred = router.predict(features, runtime.cards)
+        features = await self.routing.features(router, text, prompt_tokens)
+        pred = await self.routing.predict(router, features, runtime.cards)
         ranking, scores = decide(pred, runtime.cards, flags, prompt_tokens)
         best = ranking[0]
         return {

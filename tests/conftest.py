@@ -98,6 +98,43 @@ def _admin(base_url: str, statement: str) -> None:
         pool.submit(asyncio.run, run()).result()
 
 
+def journal_files(spool_dir: Path) -> list[Path]:
+    """A spool directory's write-ahead journal files, oldest first."""
+    from gateway.store.journal import JOURNAL_GLOB
+
+    return sorted(spool_dir.glob(JOURNAL_GLOB))
+
+
+def journaled_ids(spool_dir: Path) -> list[str]:
+    """Request ids of the rows in a spool directory's journal files, in journal order."""
+    from gateway.store.spool import read_segment
+
+    return [row["id"] for path in journal_files(spool_dir) for row in read_segment(path)]
+
+
+def drop_redis_prefix(url: str, prefix: str) -> None:
+    """Delete a test's Redis keys (everything under its ``prefix``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+async def hammer(urls: list[str], secret: str, n: int, max_tokens: int = 3) -> list[int]:
+    """``n`` concurrent chat requests to pool ``premium``, alternating between ``urls``; their status codes."""
+    import httpx
+
+    body = {"model": "premium", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": max_tokens}
+    headers = {"authorization": f"Bearer {secret}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        calls = [client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body, headers=headers)
+                 for i in range(n)]
+        return [r.status_code for r in await asyncio.gather(*calls)]
+
+
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """URL of a new, empty PostgreSQL database (dropped after the test)."""

@@ -83,7 +83,8 @@ class GatewayProcess:
         return self._signal(signal.SIGTERM, timeout_s)
 
     def kill(self) -> int:
-        """SIGKILL: no shutdown code runs (rows still in the in-memory queue are lost; spooled rows are not)."""
+        """SIGKILL: no shutdown code runs; queued rows survive in the writer's journal and are written when a
+        gateway starts again on the same spool directory (``gateway/store/journal.py``)."""
         return self._signal(signal.SIGKILL, 10.0)
 
     def _signal(self, sig: int, timeout_s: float) -> int:

@@ -86,6 +86,8 @@ def test_metrics_count_requests_tokens_cost_latency_decisions_breakers_and_rejec
     assert value(text, "poolgate_limit_rejections_total", limit="rpm") == 1
     assert value(text, "poolgate_auth_failures_total", reason="missing") == 1
     assert list(iter_samples(text, "poolgate_log_queue_depth"))
+    for reason in ("not_journaled", "spool_full_dropped", "rejected_by_database"):  # nothing at risk here
+        assert value(text, "poolgate_log_rows_at_risk_total", reason=reason) == 0
 
 
 def test_metrics_are_served_in_prometheus_text_format_without_a_key(gw: Any) -> None:

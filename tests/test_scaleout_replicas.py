@@ -3,7 +3,8 @@
 - migrations: three upgrades started at once on an empty database apply each revision exactly once;
 - limits: an rpm limit and a budget hold exactly across the three replicas;
 - a replica stopped mid-load (SIGTERM, as Kubernetes and compose do) loses no row: every answered request,
-  on any replica, has exactly one row; with SIGKILL, the rows it still held in memory are counted (printed).
+  on any replica, has exactly one row; nor does one killed with SIGKILL (an OOM kill), once it is restarted on
+  its spool directory: the rows it held in memory are replayed from its write-ahead journal.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from tests.conftest import _admin, backend_yaml, postgres_url, redis_url, requires_postgres, requires_redis
+from gateway.settings import Settings
+from tests.conftest import (
+    _admin,
+    backend_yaml,
+    drop_redis_prefix,
+    hammer,
+    journaled_ids,
+    postgres_url,
+    redis_url,
+    requires_postgres,
+    requires_redis,
+)
 from tests.dbutil import fetch_rows
 from tests.procs import GatewayProcess
 from tests.servers import FakeBackend, ServerThread
@@ -93,16 +105,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         drop_redis_prefix(base_redis, prefix)
 
 
-def drop_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def test_concurrent_upgrades_apply_each_migration_exactly_once(cluster):
     from gateway.store.db import current_revision, head_revision
 
@@ -113,13 +115,6 @@ def test_concurrent_upgrades_apply_each_migration_exactly_once(cluster):
     assert applied and set(applied.values()) == {1}  # every revision ran once, in one of the three
     assert sum(1 for log in logs if "Running upgrade" in log) == 1  # the other two found the schema at head
     assert current_revision(cluster.db) == head_revision()
-
-
-async def hammer(urls: list[str], secret: str, n: int) -> list[int]:
-    body = {"model": "premium", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 3}
-    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {secret}"}) as client:
-        calls = [client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body) for i in range(n)]
-        return [r.status_code for r in await asyncio.gather(*calls)]
 
 
 def rows_of_key(db: str, key_id: str, n: int, timeout_s: float = 20.0) -> list[dict[str, Any]]:
@@ -161,6 +156,7 @@ def test_budget_holds_across_three_replicas_and_the_log_agrees_with_redis(cluste
 
 @dataclass
 class Load:
+    key_id: str = ""
     answered: dict[str, str] = field(default_factory=dict)  # request id -> replica URL that answered it
     retried: int = 0
     failed: list[str] = field(default_factory=list)
@@ -199,7 +195,7 @@ async def load_until(cluster: Cluster, secret: str, total: int, load: Load, clie
 
 def run_load_with_kill(cluster: Cluster, victim: GatewayProcess, how: str, total: int) -> Load:
     key = cluster.new_key(name=f"kill-{how}")
-    load = Load()
+    load = Load(key_id=key["id"])
 
     async def scenario() -> None:
         async def killer() -> None:
@@ -238,18 +234,38 @@ def test_replica_stopped_mid_load_loses_no_row(cluster):
     victim.start()  # a replacement pod comes back on the same port
 
 
-def test_replica_killed_with_sigkill_only_loses_rows_still_in_memory(cluster):
-    """SIGKILL runs no shutdown code: rows queued in memory (at most one flush interval, 50 ms here) are lost,
-    and requests in flight on it fail (the client retries elsewhere). The other replicas lose nothing."""
+def test_replica_killed_with_sigkill_loses_no_row_once_restarted_on_its_spool(cluster):
+    """SIGKILL runs no shutdown code: requests in flight on the replica are cut (the client retries elsewhere),
+    and the rows it still held in memory are only in its journal. Restarted on the same workdir and spool (a
+    Kubernetes container restart keeps the pod's emptyDir), it replays them: every answered request has its
+    row, once. A request the replica finished but whose answer the kill cut has a row too (it was served)."""
     victim = cluster.replicas[2]
+    spool = victim.workdir / "spool"
+    victim.terminate()  # back with the production flush interval: up to 0.5 s of rows in memory, not 50 ms
+    victim.settings["log_flush_interval_s"] = Settings().log_flush_interval_s
+    victim.start()
     load = run_load_with_kill(cluster, victim, "sigkill", total=600)
     ids = set(load.answered)
-    stored = stored_ids(cluster.db, ids, timeout_s=10)
-    lost = {i for i in ids - stored}
-    lost_elsewhere = {i for i in lost if load.answered[i] != victim.url}
-    print(f"\nSIGKILL mid-load: {len(ids)} answered, {load.retried} retried, {len(load.failed)} failed, "
-          f"{len(lost)} rows lost (all on the killed replica: {not lost_elsewhere})")
+    elsewhere = {i for i, url in load.answered.items() if url != victim.url}
+    before = stored_ids(cluster.db, elsewhere, timeout_s=30)  # the live replicas' rows are all in by then
+    missing = ids - before
+    in_journal = set(journaled_ids(spool))  # as the killed replica left them
+    victim.start()  # the container restart: same port, same workdir and spool directory
+    stored = stored_ids(cluster.db, ids, timeout_s=30)
+    lost = ids - stored
+    rows = [r for r in fetch_rows(cluster.db) if r["key_id"] == load.key_id]
+    cut = {r["id"] for r in rows} - ids
+    print(f"\nSIGKILL mid-load: {len(ids)} answered ({len(ids) - len(elsewhere)} by the killed replica), "
+          f"{load.retried} retried, {len(load.failed)} failed; {len(missing)} rows missing after the kill, "
+          f"{len(in_journal)} rows in its journal, {len(missing - lost)} recovered from it on restart, "
+          f"{len(lost)} rows lost; {len(rows)} rows in all, {len(cut)} of them for requests the kill cut")
     assert not load.failed, load.failed[:3]
-    assert not lost_elsewhere
-    assert len(lost) <= 24  # at most what one flush interval can hold at this concurrency
-    victim.start()
+    assert not (elsewhere - before)  # the other replicas lose nothing
+    assert missing <= in_journal  # what the kill left unwritten was on disk
+    assert not lost  # every answered request has its row...
+    assert len(rows) == len({r["id"] for r in rows})  # ...once
+    assert all(load.answered.get(i, victim.url) == victim.url for i in cut | missing)  # all on the killed one
+    deadline = time.monotonic() + 10
+    while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:  # the replay deletes what it wrote
+        time.sleep(0.1)
+    assert not list(spool.glob("*.jsonl"))

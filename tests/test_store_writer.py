@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from gateway.settings import Settings
 from gateway.store import LogWriter, Request, make_engine, upgrade
+from gateway.store.db import dumps_json
 from gateway.store.spool import Spool, decode_row, encode_row, read_segment
 from tests import test_store_migrations
 
@@ -247,6 +249,15 @@ def test_spool_line_round_trip_keeps_datetimes_and_nested_json() -> None:
     row = make_row(5, created_at=datetime(2025, 1, 1, 23, 0, tzinfo=timezone(timedelta(hours=-5))))
     back = decode_row(encode_row(row))
     assert back == row and back["created_at"].utcoffset() == timedelta(hours=-5)
+
+
+def test_spool_line_is_the_same_json_whichever_encoder_writes_it() -> None:
+    """encode_row tries orjson first (it runs on the request path, for the journal), json when orjson refuses."""
+    odd = {"nan": float("nan"), 3: {"set"}, "big": 1.5e-06}
+    fast = make_row(6, flags=odd)
+    assert json.loads(encode_row(fast)) == json.loads(dumps_json(fast))  # orjson's line, as json would write it
+    refused = make_row(7, flags={**odd, "huge": 2**70})  # past 64 bits: orjson refuses, json takes it
+    assert decode_row(encode_row(refused))["flags"] == {"nan": None, "3": ["set"], "big": 1.5e-06, "huge": 2**70}
 
 
 def test_full_spool_keeps_the_oldest_rows_and_counts_the_dropped(tmp_path: Path) -> None:

@@ -23,7 +23,16 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from tests.conftest import _admin, backend_yaml, postgres_url, redis_url, requires_postgres, requires_redis
+from tests.conftest import (
+    _admin,
+    backend_yaml,
+    drop_redis_prefix,
+    hammer,
+    postgres_url,
+    redis_url,
+    requires_postgres,
+    requires_redis,
+)
 from tests.servers import FakeBackend, ServerThread, free_port
 
 pytestmark = [requires_postgres, requires_redis]
@@ -108,17 +117,7 @@ pools:
             for proc in procs:
                 proc.wait(timeout=20)
             _admin(base_pg, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-            _drop_redis_prefix(base_redis, prefix)
-
-
-def _drop_redis_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+            drop_redis_prefix(base_redis, prefix)
 
 
 def create_key(c: Cluster, **params: Any) -> dict[str, Any]:
@@ -126,16 +125,6 @@ def create_key(c: Cluster, **params: Any) -> dict[str, Any]:
     resp = httpx.post(f"{c.replicas[0]}/admin/keys", json=params, headers={"authorization": f"Bearer {MASTER}"})
     assert resp.status_code == 201, resp.text
     return dict(resp.json())
-
-
-async def hammer(urls: list[str], secret: str, n: int, max_tokens: int = 3) -> list[int]:
-    """``n`` concurrent chat requests, alternating between ``urls``; their status codes."""
-    body = {"model": "premium", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": max_tokens}
-    headers = {"authorization": f"Bearer {secret}"}
-    async with httpx.AsyncClient(timeout=30) as client:
-        calls = [client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body, headers=headers)
-                 for i in range(n)]
-        return [r.status_code for r in await asyncio.gather(*calls)]
 
 
 def _logged_cost(c: Cluster, key_id: str, n_rows: int) -> tuple[int, float]:

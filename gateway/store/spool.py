@@ -2,10 +2,15 @@
 
 Layout of ``spool_dir``: ``segment-<time_ns>-<pid>-<seq>.jsonl`` files, one JSON row per line, replayed oldest
 first and deleted once written; ``rejected.jsonl`` holds rows the database refused as invalid (kept for a human,
-never replayed).
+never replayed). The log writer's write-ahead journal (``gateway/store/journal.py``) lives in the same directory as
+``journal-*.jsonl`` files in the same line format; a journal left by a killed process becomes a segment
+(``adopt``), so the ordinary replay writes its rows.
 
 Bound: all ``*.jsonl`` files together stay under ``max_bytes``. When a row would cross the bound it is **dropped
-and counted** (``dropped``), and an ERROR is logged: the spool keeps the oldest rows and refuses new ones. Why
+and counted** (``dropped``), and an ERROR is logged: the spool keeps the oldest rows and refuses new ones. Journal
+files are not counted while their process runs (they copy the in-memory queue, bounded by ``log_queue_size``, and
+are deleted every writer cycle); an adopted journal is counted from then on and kept even past the bound (its rows
+are already on disk, and are those of answered requests), so new rows are dropped until replay makes room. Why
 oldest-first: the spool only fills during a long outage, and a contiguous record of the outage's start (when the
 interesting failures happened) is more useful for debugging and for billing reconciliation than a sliding window
 of its end; deleting old segments would also make replay progress impossible to reason about.
@@ -25,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from gateway.store.db import dumps_json, json_default
 
 log = logging.getLogger(__name__)
@@ -33,13 +40,29 @@ SEGMENT_GLOB = "segment-*.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 #: Columns stored as datetimes; JSON has no datetime, so they are ISO strings on disk and parsed back.
 DATETIME_FIELDS = ("created_at",)
+#: orjson as ``dumps_json`` would write it: NaN/inf as null (orjson's own rule), non-string keys as strings,
+#: numpy values as lists/numbers; anything else goes through ``json_default`` (e.g. sets).
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
+
+def ordered_file_name(kind: str, seq: int) -> str:
+    """``<kind>-<time_ns>-<pid>-<seq>.jsonl``: sorts by creation time, unique per process. Spool segments and
+    journal files share it, so a journal adopted as a segment keeps its place in the replay order (``adopt``)."""
+    return f"{kind}-{time.time_ns():020d}-{os.getpid()}-{seq:06d}.jsonl"
 
 
 def encode_row(row: dict[str, Any]) -> bytes:
     """One spool line for ``row`` (datetimes as ISO 8601 with offset), newline-terminated.
 
     A value JSON cannot encode is stored as its ``repr`` (logged): a changed value beats a lost row.
+    orjson first (about 1 us for a typical row, against 14 us for ``json``; this runs on the request path
+    for the journal); whatever it refuses (integers past 64 bits, lone surrogates, unknown types) takes the
+    ``json`` path, which decides as before.
     """
+    try:
+        return orjson.dumps(row, default=json_default, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
     try:
         text = dumps_json(row)
     except (TypeError, ValueError) as exc:
@@ -96,7 +119,10 @@ class Spool:
         self._size = sum(p.stat().st_size for p in self._all_files())
 
     def _all_files(self) -> list[Path]:
-        return list(self.directory.glob("*.jsonl")) if self.directory.is_dir() else []
+        """The files the bound covers: segments and rejected rows (a journal counts once adopted)."""
+        if not self.directory.is_dir():
+            return []
+        return [*self.directory.glob(SEGMENT_GLOB), *self.directory.glob(REJECTED_FILE)]
 
     @property
     def size_bytes(self) -> int:
@@ -109,7 +135,7 @@ class Spool:
 
     def _new_segment(self) -> Path:
         self._seq += 1
-        return self.directory / f"segment-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.jsonl"
+        return self.directory / ordered_file_name("segment", self._seq)
 
     def _write(self, path: Path, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Append the rows that fit under the bound to ``path``; returns (written, dropped)."""
@@ -159,6 +185,19 @@ class Spool:
     def seal(self) -> None:
         """Close the open segment: later appends start a new one, so this one may be replayed and deleted."""
         self._current = None
+
+    def adopt(self, path: Path) -> Path:
+        """Make ``path`` (a journal file in this directory, same line format) a sealed segment; count its bytes.
+
+        ``journal-<time_ns>-<pid>-<seq>.jsonl`` becomes ``segment-<time_ns>-<pid>-<seq>-journal.jsonl``: it keeps
+        its place in the replay order and cannot collide with a segment this spool writes.
+        """
+        prefix, _, rest = path.stem.partition("-")
+        target = self.directory / f"segment-{rest or prefix}-{prefix}.jsonl"
+        size = path.stat().st_size
+        path.rename(target)
+        self._size += size
+        return target
 
     def segments(self) -> list[Path]:
         """Sealed segments waiting for replay, oldest first (the open segment is excluded)."""

@@ -1,11 +1,25 @@
 """``LogWriter``: request rows go to the database in batches, off the request path, and are never lost silently.
 
 Path of a row: ``submit`` (sync, O(1), never raises) -> bounded in-memory queue -> background task -> one
-``INSERT ... ON CONFLICT (id) DO NOTHING`` per batch. When the queue is full the row goes to the disk spool
-instead; when the database is unreachable the whole batch goes to the spool, and the writer stops trying the
-database for ``retry_interval_s`` (batches go straight to the spool meanwhile). The spool is replayed at start and
-then every ``retry_interval_s`` while it holds rows. Inserts ignore ids already present, so a replay that is
-interrupted (crash between insert and segment delete) and repeated writes each row exactly once.
+``INSERT ... ON CONFLICT (id)`` per batch, skipping stored ids (held rows aside, below). When the queue is full
+the row goes to the disk spool instead; when the database is unreachable the whole batch goes to the spool, and
+the writer stops trying the database for ``retry_interval_s`` (batches go straight to the spool meanwhile). The
+spool is replayed at start and then every ``retry_interval_s`` while it holds rows. Inserts ignore ids already
+present, so a replay that is interrupted (crash between insert and segment delete) and repeated writes each row
+exactly once.
+
+With ``log_journal`` (default on), ``submit`` also appends the row to a write-ahead journal file in the spool
+directory (one ``os.write``, no fsync; ``gateway/store/journal.py``), and each cycle deletes the journal of the
+rows it made durable. A process killed with SIGKILL (no shutdown code runs) therefore loses no queued row: the
+next ``start`` on the same spool directory turns its journal into spool segments and replays them. A journal
+write that fails is logged and counted and the row stays queued in memory, as without a journal.
+
+A row whose final version comes later (a pool with shadow routers: ``gateway/shadow.py``) is ``hold``-ed: its
+provisional version (``shadow`` = ``PENDING_SHADOW``) is journaled at once, not queued, and its journal file is
+kept until the caller ``release``s it after submitting the final row; a SIGKILL in between loses no row, and the
+next start replays the provisional one. Inserts skip ids already stored, with one exception so that the final
+version wins whatever order the two reach the database in: a stored row whose ``shadow`` is ``PENDING_SHADOW``
+takes the ``shadow`` of a later row with its id (the other columns are the same in both versions).
 
 A row the database refuses as invalid (integrity/data error, unserializable value) must not block the rows
 around it: the batch is retried row by row and the offending rows are kept in the spool's ``rejected.jsonl``.
@@ -23,20 +37,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Insert, insert
+from sqlalchemy import Insert, insert, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.settings import Settings
+from gateway.store.journal import Journal
 from gateway.store.models import REQUEST_COLUMNS, Request
 from gateway.store.spool import Spool, read_segment
 
@@ -60,12 +77,31 @@ ROW_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: ``shadow`` of a held row's provisional version (its shadow choices were not computed yet). Reports ignore it
+#: (an entry that is not a dict with a backend), and a later row with the same id replaces it (see the module doc).
+PENDING_SHADOW: dict[str, Any] = {"pending": True}
+
+#: "The stored row is provisional", in each dialect's SQL. Exact equality with the marker: no cast that could fail
+#: on another shape of ``shadow`` (a failing condition would fail the whole batch).
+_PENDING_JSON = json.dumps(PENDING_SHADOW)  # a constant without quotes: safe to inline in the SQL below
+_STORED_IS_PENDING = {
+    "postgresql": f"requests.shadow = CAST('{_PENDING_JSON}' AS JSONB)",
+    "sqlite": f"json(requests.shadow) = json('{_PENDING_JSON}')",
+}
+
+
 def insert_ignoring_duplicates(dialect_name: str) -> Insert:
-    """``INSERT INTO requests`` that skips rows whose id is already stored (SQLite and PostgreSQL)."""
-    if dialect_name == "sqlite":
-        return sqlite_insert(Request).on_conflict_do_nothing(index_elements=["id"])
-    if dialect_name == "postgresql":
-        return postgresql_insert(Request).on_conflict_do_nothing(index_elements=["id"])
+    """``INSERT INTO requests`` that skips rows whose id is already stored (SQLite and PostgreSQL).
+
+    Except over a stored provisional row (``shadow`` = ``PENDING_SHADOW``): the new row's ``shadow`` replaces
+    it, so a held row's final version wins even when its provisional one was replayed first. The statement is
+    run with ``executemany`` (one statement per row), so two versions of one id in a batch are no conflict.
+    """
+    if dialect_name in _STORED_IS_PENDING:
+        stmt = sqlite_insert(Request) if dialect_name == "sqlite" else postgresql_insert(Request)
+        return stmt.on_conflict_do_update(
+            index_elements=["id"], set_={"shadow": stmt.excluded.shadow}, where=text(_STORED_IS_PENDING[dialect_name])
+        )
     log.warning("no conflict-ignoring INSERT for %s: resubmitted request ids will fail as duplicates", dialect_name)
     return insert(Request)
 
@@ -121,6 +157,7 @@ class LogWriter:
         self._queue: asyncio.Queue[Row] = asyncio.Queue(maxsize=max(1, settings.log_queue_size))
         self._batch_size = max(1, settings.log_batch_size)
         self._spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+        self._journal = Journal(settings.spool_dir) if settings.log_journal else None
         self._statement = insert_ignoring_duplicates(engine.dialect.name)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -149,6 +186,11 @@ class LogWriter:
             and not self._db_up
             and self._spool.max_bytes - self._spool.size_bytes < self._refuse_margin
         )
+
+    @property
+    def journal(self) -> Journal | None:
+        """The write-ahead journal (``unjournaled_rows`` counts rows a failed write left in memory only)."""
+        return self._journal
 
     @property
     def spool(self) -> Spool:
@@ -180,7 +222,9 @@ class LogWriter:
     def submit(self, row: Row) -> None:
         """Queue one request row for writing. Never blocks on I/O to the database and never raises.
 
-        The caller must not mutate nested values (lists/dicts) of ``row`` afterwards: only the top level is copied.
+        With the journal on, the row is on disk (in the kernel's page cache) when this returns: a SIGKILL
+        from then on does not lose it. The caller must not mutate nested values (lists/dicts) of ``row``
+        afterwards: only the top level is copied.
         """
         try:
             clean = self.prepare_row(row)
@@ -190,31 +234,64 @@ class LogWriter:
             try:
                 self._queue.put_nowait(clean)
             except asyncio.QueueFull:
-                self._spool.append([clean])
+                self._spool.append([clean])  # on disk already: no journal needed
                 return
+            if self._journal is not None:
+                self._journal.append(clean)  # never raises; a failure is logged and counted
             if self._queue.qsize() >= self._batch_size:
                 self._wake.set()
         except Exception:  # the request path must survive any logging failure
             log.exception("could not log request row %r", row.get("id") if isinstance(row, dict) else row)
 
+    def hold(self, row: Row) -> Path | None:
+        """Journal ``row``, the provisional version of a row to be submitted later, without queueing it.
+
+        Returns a token for ``release`` (None when nothing was journaled: journal off or failing, writer
+        stopped). Until released, the journal file holding it outlives its cycle, so a SIGKILL before the final
+        row is submitted leaves the provisional one to be replayed. Never raises.
+        """
+        if self._journal is None or self._closed:
+            return None
+        try:
+            return self._journal.hold(self.prepare_row(row))
+        except Exception:  # the request path must survive any logging failure
+            log.exception("could not journal held request row %r", row.get("id") if isinstance(row, dict) else row)
+            return None
+
+    def release(self, token: Path | None) -> None:
+        """End a ``hold``: call it once the final row is submitted (or will never be). Never raises."""
+        if token is None or self._journal is None:
+            return
+        try:
+            self._journal.release(token)
+        except Exception:
+            log.exception("could not release held log journal %s", token)
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the background task; it replays any spool left by an earlier run right away."""
+        """Start the background task; it replays any spool (and journal) left by an earlier run right away."""
         if self._task is None or self._task.done():
+            if self._journal is not None:
+                self._journal.recover(self._spool)
             self._closed = False
             self._retry_at = 0.0
             self._task = asyncio.create_task(self._run(), name="poolgate-log-writer")
             self._wake.set()
 
     async def stop(self) -> None:
-        """Write (or, if the database is down, spool) every queued row, then end the background task."""
+        """Write (or, if the database is down, spool) every queued row, then end the background task.
+
+        Leaves no journal file behind: rows submitted from now on go straight to the spool.
+        """
         self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             self._wake.set()
             await task
         await self._cycle(force=False, replay=False)
+        if self._journal is not None:
+            self._journal.close(self._spool)
 
     async def flush(self) -> None:
         """Write every queued row now and replay the spool, ignoring the retry timer (for tests and tools)."""
@@ -243,9 +320,19 @@ class LogWriter:
 
     async def _cycle(self, *, force: bool, replay: bool) -> None:
         async with self._lock:
-            while not self._queue.empty():
-                batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
-                await self._write_or_spool(batch, try_db=force or not self._db_presumed_down())
+            # Every row in the rotated files was queued before this point, so it is durable once the queue has
+            # been drained (rows submitted meanwhile go to the next file, and may be written now too: harmless).
+            journaled = self._journal.rotate() if self._journal is not None else []
+            try:
+                while not self._queue.empty():
+                    batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
+                    await self._write_or_spool(batch, try_db=force or not self._db_presumed_down())
+            except BaseException:  # a batch taken from the queue may be neither written nor spooled
+                if self._journal is not None:
+                    self._journal.hand_over(journaled, self._spool)
+                raise
+            if self._journal is not None:
+                self._journal.discard(journaled)
             if replay and (force or not self._db_presumed_down()) and self._spool.has_rows():
                 await self._replay()
 
