@@ -173,10 +173,28 @@ def fit_router(name: str, train_ds: Any, path: Path, params: dict[str, Any] | No
     return time.perf_counter() - started
 
 
+#: suffix of a router spec fitted on the contextual ``minilm`` encoder (``knn:minilm``); without it, the default
+#: encoder (``minilm-static``, docs/encoders.md)
+MINILM_SUFFIX = ":minilm"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``knn`` -> (``knn``, ``minilm-static``); ``knn:minilm`` -> (``knn``, ``minilm``)."""
+    if spec.endswith(MINILM_SUFFIX):
+        return spec[: -len(MINILM_SUFFIX)], "minilm"
+    return spec, "minilm-static"
+
+
+def spec_label(spec: str) -> str:
+    """``knn:minilm`` -> ``knn-minilm`` (file names, result keys)."""
+    return spec.replace(":", "-")
+
+
 def prepare_workload(routers: Sequence[str], art_dir: Path, train_queries: int, seed: int) -> dict[str, Any]:
     """Load the data set, fit the learned ``routers`` not yet cached in ``art_dir``, and return the workload:
-    ``cards`` (the pool), ``prompts`` (held-out queries, shuffled), ``artifacts`` (name -> path or None),
-    ``skipped`` (name -> reason), ``fit_seconds`` and ``train`` (the training slice, features attached)."""
+    ``cards`` (the pool), ``prompts`` (held-out queries, shuffled), ``artifacts`` (spec -> path or None),
+    ``skipped`` (spec -> reason), ``fit_seconds`` and ``train`` (the training slice, features attached).
+    A spec is a registered router name, with ``:minilm`` to fit it on ``minilm`` embeddings (default: static)."""
     from routers.registry import ROUTERS
     from training.features import Featurizer
     from training.loaders import load_dataset
@@ -187,38 +205,38 @@ def prepare_workload(routers: Sequence[str], art_dir: Path, train_queries: int, 
     out: dict[str, Any] = {"cards": list(ds.cards), "prompts": [ds.queries[i] for i in held_idx],
                            "artifacts": {}, "skipped": {}, "fit_seconds": {}, "train": train,
                            "train_rows": len(train_idx), "held_out_rows": len(held_idx)}
-    featurized = False
-    for name in routers:
+    featurized: dict[str, Any] = {}
+    for spec in routers:
+        name, encoder = parse_spec(spec)
         if name not in ROUTERS:
-            out["skipped"][name] = "not in routers/registry.py yet"
+            out["skipped"][spec] = "not in routers/registry.py yet"
             continue
         if not needs_fit(name):
-            out["artifacts"][name] = None
+            out["artifacts"][spec] = None
             continue
-        path = art_dir / f"{name}-{DATASET}-{train_queries}q-seed{seed}.router"
-        if path.exists() and not _loads(path):  # written by an older version of the router: fit again
+        path = art_dir / f"{name}-{DATASET}-{train_queries}q-seed{seed}-{encoder}.router"
+        if path.exists() and not _loads(path, encoder):  # written by an older version of the router: fit again
             path.unlink()
         if not path.exists():
-            if not featurized:
-                train = train.with_features(Featurizer().featurize_dataset(train))
-                out["train"], featurized = train, True
+            if encoder not in featurized:
+                featurized[encoder] = train.with_features(Featurizer(encoder=encoder).featurize_dataset(train))
+            out["train"] = featurized[encoder]
             try:
-                out["fit_seconds"][name] = round(fit_router(name, train, path), 1)
+                out["fit_seconds"][spec] = round(fit_router(name, featurized[encoder], path), 1)
             except Exception as exc:  # a router still being written must not sink the other measurements
-                out["skipped"][name] = f"fit failed: {type(exc).__name__}: {exc}"
+                out["skipped"][spec] = f"fit failed: {type(exc).__name__}: {exc}"
                 continue
-        out["artifacts"][name] = path
+        out["artifacts"][spec] = path
     return out
 
 
-def _loads(path: Path) -> bool:
+def _loads(path: Path, encoder: str) -> bool:
     from routers.base import Router, RouterError
 
     try:
-        Router.load(path)
+        return Router.load(path).encoder_ == encoder
     except RouterError:
         return False
-    return True
 
 
 def pool_yaml(cards: Sequence[Any], backend_url: str, router: str, artifact: Path | None) -> str:

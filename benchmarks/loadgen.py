@@ -24,6 +24,8 @@ from typing import Any, cast
 import httptools
 import orjson
 
+from benchmarks.common import percentile
+
 #: a streamed event that carries answer text (OpenAI, LiteLLM and poolgate spell it with or without a space)
 _CONTENT = re.compile(rb'"content":\s?"[^"]')
 REQUEST_TIMEOUT_S = 60.0
@@ -199,11 +201,7 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return round(ordered[k], 3)
+    return round(percentile(values, q), 3) if values else None
 
 
 def summarize(tally: Tally, elapsed_s: float, sent: int) -> dict[str, Any]:

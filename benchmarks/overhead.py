@@ -37,11 +37,26 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, Child, free_port, load_average, pool_yaml, prepare_workload, run_load
+from benchmarks.common import (
+    REPO,
+    Child,
+    free_port,
+    load_average,
+    parse_spec,
+    pool_yaml,
+    prepare_workload,
+    run_load,
+    spec_label,
+)
 from benchmarks.report import report
 
 LITELLM_VENV = Path.home() / ".cache" / "poolgate" / "litellm-venv"
-ALL_ROUTERS = ("cheapest", "knn", "complexity", "graph")
+#: router specs: a registered name fits on the default encoder (minilm-static); ``:minilm`` on the contextual one
+ALL_ROUTERS = ("cheapest", "knn", "complexity", "graph", "knn:minilm", "complexity:minilm", "graph:minilm")
+PHASES = ("c1", "c32", "stream", "rss")
+#: what a phase left out by ``--only`` reports: no figures (the report prints "-" and verdicts "n/a")
+NOT_MEASURED: dict[str, Any] = {"p50_ms": None, "p99_ms": None, "rps": None, "ttft_p50_ms": None,
+                                "ttft_p99_ms": None, "not_measured": True}
 
 
 @dataclass
@@ -65,15 +80,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--stream-requests", type=int, default=150, help="measured streamed requests (concurrency 1)")
     p.add_argument("--chunks", type=int, default=16, help="content events per streamed answer")
     p.add_argument("--rss-at", default="5000,20000", help="total requests after which RSS is read")
-    p.add_argument("--rss-for", default="litellm,cheapest,knn", help="targets that get the RSS phase ('all')")
+    p.add_argument("--rss-for", default="litellm,cheapest,knn,knn:minilm",
+                   help="targets that get the RSS phase ('all')")
     p.add_argument("--full", action="store_true", help="RSS phase for every target")
     p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no ratios)")
+    p.add_argument("--only", default=",".join(PHASES),
+                   help="phases to measure, comma-separated, of " + ",".join(PHASES) + " (default: all)")
     p.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV, help="venv of litellm[proxy] (made if missing)")
     p.add_argument("--train-queries", type=int, default=1500, help="LLMRouter queries the learned routers fit on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--artifacts", type=Path, default=REPO / ".poolgate" / "bench" / "artifacts")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
-    return p.parse_args()
+    args = p.parse_args()
+    args.phases = {x for x in args.only.split(",") if x}
+    if not args.phases or args.phases - set(PHASES):
+        p.error(f"--only takes phases of {','.join(PHASES)}")
+    return args
 
 
 def ensure_litellm(venv: Path) -> tuple[Path, str]:
@@ -113,10 +135,11 @@ def start_litellm(exe: Path, work: Path, backend_port: int) -> tuple[Target, str
     return Target("litellm", port, "bench", key, child), config
 
 
-def start_poolgate(router: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int) -> Target:
+def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int) -> Target:
     port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
+    router = spec_label(spec)  # names its files and its results
     pool = work / f"pool-{router}.yaml"
-    pool.write_text(pool_yaml(cards, f"http://127.0.0.1:{backend_port}/v1", router, artifact))
+    pool.write_text(pool_yaml(cards, f"http://127.0.0.1:{backend_port}/v1", parse_spec(spec)[0], artifact))
     env = {"POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work / f'poolgate-{router}.db'}",
            "POOLGATE_SPOOL_DIR": str(work / f"spool-{router}"),
            "POOLGATE_EMBEDDING_CACHE_DIR": str(work / f"embeddings-{router}"),  # fresh: no cached prompt
@@ -146,12 +169,17 @@ def measure(t: Target, direct: Target, args: argparse.Namespace, prompts: Path, 
     r: dict[str, Any] = {"load_average_start": load_average()}
     if t.child is not None:
         r["rss_mb_ready"] = t.child.rss_mb()
-    r["direct_c1"] = load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
-    r["c1"] = load(t, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
-    r["c32"] = load(t, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128)
-    r["stream"] = load(t, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10, stream=True)
+    on = args.phases
+    if "c1" in on:
+        r["direct_c1"] = load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
+    r["c1"] = load(t, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50) if "c1" in on \
+        else NOT_MEASURED
+    r["c32"] = load(t, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128) if "c32" in on \
+        else NOT_MEASURED
+    r["stream"] = load(t, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10, stream=True) \
+        if "stream" in on else NOT_MEASURED
     r["rss_mb"] = {}
-    if with_rss and t.child is not None:
+    if with_rss and "rss" in on and t.child is not None:
         for checkpoint in rss_at:
             if t.served < checkpoint:
                 r[f"fill_{checkpoint}"] = load(t, prompts, work, concurrency=32, requests=checkpoint - t.served)
@@ -196,11 +224,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         print("direct backend ...", flush=True)
+        on = args.phases
         results["direct"] = {
-            "c1": load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50),
-            "c32": load(direct, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128),
+            "c1": load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
+            if "c1" in on else NOT_MEASURED,
+            "c32": load(direct, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128)
+            if "c32" in on else NOT_MEASURED,
             "stream": load(direct, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10,
-                           stream=True),
+                           stream=True) if "stream" in on else NOT_MEASURED,
         }
         if not args.no_litellm:
             exe, version = ensure_litellm(args.litellm_venv)
@@ -228,8 +259,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 res = measure(target, direct, args, prompts, work, rss_at, router in rss_for)
             finally:
                 stop(target)
-            res["logged_rows"] = logged_rows(work / f"poolgate-{router}.db")
-            results[f"poolgate-{router}"] = res
+            res["logged_rows"] = logged_rows(work / f"poolgate-{spec_label(router)}.db")
+            results[f"poolgate-{spec_label(router)}"] = res
     finally:
         backend.stop()
     out["results"] = results

@@ -16,6 +16,11 @@ TARGETS: tuple[tuple[str, str, str, float], ...] = (
     ("poolgate-knn", "rps_ratio", ">=", 2.0),
     ("poolgate-complexity", "added_p50_ratio", "<=", 1.0),
     ("poolgate-complexity", "rps_ratio", ">=", 2.0),
+    # the same routers on the contextual encoder (docs/encoders.md), against the same goals
+    ("poolgate-knn-minilm", "added_p50_ratio", "<=", 1.0),
+    ("poolgate-knn-minilm", "rps_ratio", ">=", 2.0),
+    ("poolgate-complexity-minilm", "added_p50_ratio", "<=", 1.0),
+    ("poolgate-complexity-minilm", "rps_ratio", ">=", 2.0),
 )
 RSS_GROWTH_GOAL = 1.10
 

@@ -1,7 +1,10 @@
 """Per-query routing decision time of every servable router, featurization included, one query at a time and in
-batches; and the gateway's embedding path (``gateway.embedding.MiniLMEncoder``, bfloat16, one thread) against
-the featurizer's float32 one (``training.features.Featurizer``): speed, cosine, and what the learned routers
-decide with each (agreement of the chosen model, mean quality and cost of the choices on held-out queries).
+batches, each learned router twice: on ``minilm-static`` (the default) and on ``minilm`` embeddings (spec
+``knn:minilm``; see docs/encoders.md); and the gateway's embedding paths (``gateway.embedding.MiniLMEncoder``,
+bfloat16, one thread, and the static encoder) against the featurizer's float32 one
+(``training.features.Featurizer``): speed, cosine, and what the learned routers decide with the bfloat16 and
+float32 MiniLM embeddings (agreement of the chosen model, mean quality and cost of the choices on held-out
+queries).
 
 One command (from the repository root): ``python benchmarks/routers.py`` (``--help`` for the knobs).
 
@@ -27,15 +30,17 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import REPO, fmt, needs_fit, prepare_workload, table
+from benchmarks.common import MINILM_SUFFIX, REPO, fmt, needs_fit, parse_spec, prepare_workload, table
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def servable() -> list[str]:
+    """Every servable router, and each one that reads embeddings once more on ``minilm`` ones."""
     from routers.registry import get_router_class, router_names
 
-    return [n for n in router_names() if not get_router_class(n).evaluation_only]
+    names = [n for n in router_names() if not get_router_class(n).evaluation_only]
+    return names + [n + MINILM_SUFFIX for n in names if get_router_class(n).requires_embeddings]
 
 
 def featurize(texts: list[str], embed: Embed | None) -> Any:
@@ -76,29 +81,32 @@ def time_decide(router: Any, cards: list[Any], feats: list[Any], batched: bool) 
     return (time.perf_counter() - started) * 1000 / n
 
 
-def load_router(name: str, artifact: Path | None) -> Any:
+def load_router(spec: str, artifact: Path | None) -> Any:
     from routers.base import Router
     from routers.registry import make_router
 
-    return Router.load(artifact) if artifact is not None else make_router(name)
+    return Router.load(artifact) if artifact is not None else make_router(parse_spec(spec)[0])
 
 
-def decision_times(wl: dict[str, Any], names: list[str], encoder: Embed, single_n: int, batch_n: int,
+def decision_times(wl: dict[str, Any], names: list[str], encoders: dict[str, Embed], single_n: int, batch_n: int,
                    batch: int) -> list[dict[str, Any]]:
-    """Per router: featurize / decide / total ms per query, single and batched (distinct queries each pass)."""
+    """Per router: featurize / decide / total ms per query, single and batched (distinct queries each pass),
+    with the embeddings of the encoder the router was fitted on."""
     prompts: list[str] = wl["prompts"]
-    featurize(["warm up the tokenizers"], encoder)
     single_q, batch_q = prompts[:single_n], prompts[single_n : single_n + batch_n]
     plain = {"single": time_featurize(single_q, None, 1), "batched": time_featurize(batch_q, None, batch)}
-    # distinct queries for the embedding passes too: the encoder has no cache, but be explicit about it
-    embedded = {"single": time_featurize(prompts[-single_n:], encoder, 1),
-                "batched": time_featurize(prompts[-single_n - batch_n : -single_n], encoder, batch)}
+    # distinct queries for the embedding passes too: the encoders have no cache, but be explicit about it
+    embedded = {}
+    for name, encoder in encoders.items():
+        featurize(["warm up the tokenizers"], encoder)
+        embedded[name] = {"single": time_featurize(prompts[-single_n:], encoder, 1),
+                          "batched": time_featurize(prompts[-single_n - batch_n : -single_n], encoder, batch)}
     rows = []
     for name in names:
         router = load_router(name, wl["artifacts"][name])
         row: dict[str, Any] = {"router": name, "embeddings": router.requires_embeddings}
         for mode in ("single", "batched"):
-            feat_ms, feats = (embedded if router.requires_embeddings else plain)[mode]
+            feat_ms, feats = (embedded[router.encoder_] if router.requires_embeddings else plain)[mode]
             dec_ms = time_decide(router, wl["cards"], feats, batched=mode == "batched")
             row[mode] = {"featurize_ms": round(feat_ms, 3), "decide_ms": round(dec_ms, 3),
                          "total_ms": round(feat_ms + dec_ms, 3)}
@@ -111,10 +119,12 @@ def decision_times(wl: dict[str, Any], names: list[str], encoder: Embed, single_
 def embedding_speed(prompts: list[str], n_single: int, n_batch: int, batch: int) -> list[dict[str, Any]]:
     """ms per query of each embedding path, single and batched, on fresh queries for each path."""
     from gateway.embedding import MiniLMEncoder
+    from gateway.static_embedding import StaticEncoder
     from training.features import Featurizer
 
-    paths: list[tuple[str, Embed, Callable[[], None]]] = []
-    ref = Featurizer(disk_cache=False)
+    paths: list[tuple[str, Embed, Callable[[], None]]] = [("StaticEncoder (minilm-static)", StaticEncoder(),
+                                                           lambda: None)]
+    ref = Featurizer(disk_cache=False, encoder="minilm")
     paths.append(("featurizer float32 (torch default threads)", ref.embed, lambda: None))
     for dtype, threads in (("float32", 1), ("bfloat16", 1), ("bfloat16", 2)):
         enc = MiniLMEncoder(dtype=dtype, threads=threads)
@@ -159,7 +169,7 @@ def decision_agreement(wl: dict[str, Any], names: list[str], n: int, encoder: Em
     index = {q: i for i, q in enumerate(ds.queries)}
     queries = wl["prompts"][:n]
     rows = np.asarray([index[q] for q in queries])
-    ref = featurize(queries, Featurizer().embed)
+    ref = featurize(queries, Featurizer(encoder="minilm").embed)
     fast = featurize(queries, encoder)
     cos = (ref.embeddings * fast.embeddings).sum(axis=1)
     model_col = {m: j for j, m in enumerate(ds.models)}
@@ -167,7 +177,7 @@ def decision_agreement(wl: dict[str, Any], names: list[str], n: int, encoder: Em
     out = []
     for name in names:
         router = load_router(name, wl["artifacts"][name])
-        if not router.requires_embeddings:
+        if not router.requires_embeddings or router.encoder_ != "minilm":
             continue
         picks = {}
         for label, f in (("float32", ref), ("serving", fast)):
@@ -197,6 +207,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gateway.embedding import MiniLMEncoder
+    from gateway.static_embedding import StaticEncoder
 
     names = [n for n in args.routers.split(",") if n] or servable()
     print("preparing the workload (fitting routers not cached yet) ...", flush=True)
@@ -207,7 +218,8 @@ def main() -> None:
     encoder.thread_setup()
     encoder(["warm up"])
     print("decision time per router ...", flush=True)
-    decisions = decision_times(wl, names, encoder, args.single, args.batched, args.batch)
+    decisions = decision_times(wl, names, {"minilm": encoder, "minilm-static": StaticEncoder()}, args.single,
+                               args.batched, args.batch)
     print("embedding paths ...", flush=True)
     _torch_threads(default_threads)
     speeds = embedding_speed(wl["prompts"], min(100, args.single), min(512, args.batched), args.batch)
@@ -215,7 +227,7 @@ def main() -> None:
     encoder.thread_setup()
     agreement = decision_agreement(wl, names, args.agreement, encoder)
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "skipped": wl["skipped"],
-           "fitted": {n: needs_fit(n) for n in names}, "decision": decisions, "embedding": speeds,
+           "fitted": {n: needs_fit(parse_spec(n)[0]) for n in names}, "decision": decisions, "embedding": speeds,
            "agreement": agreement}
     print(render(out))
     args.out.parent.mkdir(parents=True, exist_ok=True)
