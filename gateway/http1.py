@@ -10,6 +10,9 @@ What it does: ``POST`` only, the request head and body in one write; ``http`` an
 store); a response head, then a body (``Content-Length``, chunked, or up to the connection's end) yielded as it
 comes, with reading paused while more than ``HIGH_WATER`` bytes wait to be consumed. A connection returns to its
 origin's pool when its response was read whole and may be kept alive; idle ones close after ``keepalive_s``.
+A request sent on a kept-alive connection that the server closes without a byte of answer is sent once more on a
+new connection: that is the server's idle timer firing as the request went out (uvicorn, so vLLM, closes idle
+connections after 5 s), not a failure of the backend.
 Timeouts are httpx's: ``connect`` for the TCP (and TLS) connect, ``read`` for any wait for response bytes.
 Failures are httpx's exceptions, named as the dispatcher and relay expect: ``ConnectError``/``ConnectTimeout``,
 ``ReadTimeout``, ``ReadError`` (reset before the head), ``RemoteProtocolError`` (closed before the head or
@@ -56,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self.error: httpx.TransportError | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.last_activity = 0.0
+        self.answered = False  # whether any byte of this exchange's response has come
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,6 +67,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -217,8 +222,18 @@ class Http1Pool:
         await self._slots.acquire()
         conn: _Connection | None = None
         try:
-            conn = self._reuse(origin) or await self._connect(origin, timeout.connect)
-            await self._send(conn, request, timeout.read)
+            conn = self._reuse(origin)
+            if conn is not None:
+                try:
+                    await self._send(conn, request, timeout.read)
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    if conn.answered:
+                        raise
+                    conn.close()  # closed unanswered as the request went out: the server's idle timer, not a fault
+                    conn = None
+            if conn is None:
+                conn = await self._connect(origin, timeout.connect)
+                await self._send(conn, request, timeout.read)
         except BaseException:
             if conn is not None:
                 conn.close()
