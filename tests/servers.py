@@ -27,6 +27,8 @@ class ServerThread:
 
     def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         self.port = port or free_port()
+        # a backend made to hang keeps its request open: shut down without waiting for it past 2 s
+        options = {"timeout_graceful_shutdown": 2, **options}
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 access_log=False, **options)
         self.server = uvicorn.Server(config)

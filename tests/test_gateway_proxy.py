@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -142,22 +144,25 @@ def test_mid_stream_failure_ends_with_error_event_and_error_row(fake_backends, g
 def test_breaker_opens_after_failures_and_closes_after_probe(fake_backends, gateway):
     cheap, cs = fake_backends("cheap", "500")
     _, ss = fake_backends("strong")
-    extra = "breaker:\n  failure_threshold: 2\n  reset_after_s: 0.5\n"
+    # open long enough that the checks below fit on a loaded machine; then wait for half-open, not a fixed time
+    extra = "breaker:\n  failure_threshold: 2\n  reset_after_s: 3\n"
     gw = gateway(two_backend_pool(cs.url, ss.url) + extra)
     body = {"model": "auto", "messages": [{"role": "user", "content": "q"}]}
-    for _ in range(2):
-        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).headers["x-poolgate-backend"] == "strong"
-    hits = len(cheap.requests)
-    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body)
-    assert r.headers["x-poolgate-backend"] == "strong" and len(cheap.requests) == hits  # open: skipped
-    assert httpx.get(f"{gw.url}/health/ready").json()["breakers"]["cheap"] == "open"
-    cheap.mode = "ok"
-    import time
-
-    time.sleep(0.6)
-    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body)  # half-open probe succeeds
-    assert r.headers["x-poolgate-backend"] == "cheap"
-    assert httpx.get(f"{gw.url}/health/ready").json()["breakers"]["cheap"] == "closed"
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        for _ in range(2):
+            assert client.post("/v1/chat/completions", json=body).headers["x-poolgate-backend"] == "strong"
+        hits = len(cheap.requests)
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.headers["x-poolgate-backend"] == "strong" and len(cheap.requests) == hits  # open: skipped
+        assert client.get("/health/ready").json()["breakers"]["cheap"] == "open"
+        cheap.mode = "ok"
+        deadline = time.monotonic() + 30
+        while client.get("/health/ready").json()["breakers"]["cheap"] != "half_open":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = client.post("/v1/chat/completions", json=body)  # half-open probe succeeds
+        assert r.headers["x-poolgate-backend"] == "cheap"
+        assert client.get("/health/ready").json()["breakers"]["cheap"] == "closed"
 
 
 def test_all_backends_failing_gives_502_openai_error_and_one_row(fake_backends, gateway):

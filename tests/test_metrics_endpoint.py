@@ -78,7 +78,8 @@ def test_metrics_count_requests_tokens_cost_latency_decisions_breakers_and_rejec
     assert value(text, "poolgate_upstream_seconds_count", backend="cheap") == 3
     assert value(text, "poolgate_upstream_seconds_count", backend="broken") == 1
     assert value(text, "poolgate_overhead_seconds_count") == 4  # every request that reached a backend
-    assert 0 < value(text, "poolgate_overhead_seconds_sum") < 4 * 0.25
+    # the gateway's own time, not the backend's: well under a second a request even on a loaded machine
+    assert 0 < value(text, "poolgate_overhead_seconds_sum") < 4 * 1.0
     assert value(text, "poolgate_routing_decisions_total", pool="auto", router="cheapest", backend="cheap") == 3
     assert value(text, "poolgate_routing_decisions_total", router="direct", backend="broken") == 1
     assert value(text, "poolgate_breaker_state", backend="broken", state="open") == 1

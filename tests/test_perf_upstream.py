@@ -28,7 +28,7 @@ from tests.servers import ServerThread, free_port
 from tests.tcpproxy import TcpProxy
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-PAUSE_S = 1.0  # how long the slow routes stay silent: longer than the tests' timeouts, short for teardown
+PAUSE_S = 3.0  # how long the slow routes stay silent: well past the tests' 1 s read timeouts, short for teardown
 
 
 async def echo(request: Request) -> Response:
@@ -99,7 +99,7 @@ async def test_post_returns_the_answer_and_sends_body_and_headers(client: httpx.
 async def test_stream_yields_events_before_the_backend_finishes_then_times_out(
     client: httpx.AsyncClient, url: str
 ) -> None:
-    request = client.build_request("POST", f"{url}/stall", content=b"{}", timeout=httpx.Timeout(0.3, connect=2.0))
+    request = client.build_request("POST", f"{url}/stall", content=b"{}", timeout=httpx.Timeout(1.0, connect=2.0))
     response = await client.send(request, stream=True)
     seen = b""
     with pytest.raises(httpx.ReadTimeout):
@@ -116,7 +116,7 @@ async def test_nothing_listening_is_a_connect_error(client: httpx.AsyncClient) -
 
 async def test_backend_that_never_answers_is_a_read_timeout(client: httpx.AsyncClient, url: str) -> None:
     with pytest.raises(httpx.ReadTimeout):
-        await client.post(f"{url}/hang", content=BODY, timeout=httpx.Timeout(0.3, connect=2.0))
+        await client.post(f"{url}/hang", content=BODY, timeout=httpx.Timeout(1.0, connect=2.0))
 
 
 async def test_stream_cut_mid_body_is_a_transport_error(client: httpx.AsyncClient, url: str) -> None:
@@ -136,7 +136,7 @@ async def test_gzip_answer_is_decoded_by_httpx_as_over_httpcore(client: httpx.As
 
 JSON = {"content-type": "application/json"}
 T = httpx.Timeout(5.0, connect=2.0)
-SHORT = httpx.Timeout(0.3, connect=2.0)
+SHORT = httpx.Timeout(1.0, connect=2.0)
 
 
 @pytest.fixture

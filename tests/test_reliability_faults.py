@@ -24,11 +24,13 @@ STRONG = {"input_price": 10, "output_price": 30}
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "what is 2+2?"}]}
 
 
-def pool(cheap_url: str, strong_url: str, cheap_retries: int = 0, extra: str = "") -> str:
+def pool(cheap_url: str, strong_url: str, cheap_retries: int = 0, extra: str = "", cheap_timeout_s: float = 1.0) -> str:
+    """cheap (the one that fails) times out after ``cheap_timeout_s``; strong (the fallback) has room to spare
+    for a loaded machine."""
     return f"""
 backends:
-{backend_yaml("cheap", cheap_url, retries=cheap_retries, read_timeout_s=1.0, **CHEAP)}
-{backend_yaml("strong", strong_url, retries=0, read_timeout_s=1.0, **STRONG)}
+{backend_yaml("cheap", cheap_url, retries=cheap_retries, read_timeout_s=cheap_timeout_s, **CHEAP)}
+{backend_yaml("strong", strong_url, retries=0, read_timeout_s=30.0, **STRONG)}
 pools:
   - name: auto
     members: [cheap, strong]
@@ -146,7 +148,7 @@ def test_retries_on_the_same_backend_are_each_recorded_before_fallback(fake_back
 def test_slow_first_byte_within_the_timeout_is_waited_for_not_abandoned(fake_backends, gateway):
     cheap, cs = fake_backends("cheap", delay_s=0.4)
     strong, ss = fake_backends("strong")
-    gw = gateway(pool(cs.url, ss.url))
+    gw = gateway(pool(cs.url, ss.url, cheap_timeout_s=5.0))
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={**BODY, "stream": True}, timeout=15)
     assert r.status_code == 200 and r.headers["x-poolgate-backend"] == "cheap" and strong.requests == []
     row = one_row(gw)
@@ -186,7 +188,7 @@ def test_mid_stream_failure_ends_with_an_error_event_and_one_error_row(fake_back
 
 
 def test_429_with_retry_after_falls_back_at_once_and_holds_the_backend_off(fake_backends, gateway):
-    cheap, cs = fake_backends("cheap", "429", retry_after="1")
+    cheap, cs = fake_backends("cheap", "429", retry_after="3")  # held off long enough for the checks below
     _, ss = fake_backends("strong")
     gw = gateway(pool(cs.url, ss.url, cheap_retries=3))
     client = httpx.Client(base_url=gw.url, timeout=15)
@@ -197,7 +199,10 @@ def test_429_with_retry_after_falls_back_at_once_and_holds_the_backend_off(fake_
     assert second.headers["x-poolgate-backend"] == "strong" and len(cheap.requests) == 1  # still held off
     assert client.get("/health/ready").json()["breakers"]["cheap"] == "open"
     cheap.mode = "ok"
-    time.sleep(1.1)
+    deadline = time.monotonic() + 30
+    while client.get("/health/ready").json()["breakers"]["cheap"] != "half_open":  # the 3 s are over
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     third = client.post("/v1/chat/completions", json=BODY)
     assert third.headers["x-poolgate-backend"] == "cheap" and len(cheap.requests) == 2
     rows = {r["id"]: r for r in wait_rows(gw.settings.database_url, 3)}
@@ -238,7 +243,7 @@ async def test_breaker_opens_and_recovers_under_concurrent_load_without_failing_
     cheap, cs = fake_backends("cheap", "500")
     _, ss = fake_backends("strong")
     extra = "breaker:\n  failure_threshold: 3\n  reset_after_s: 0.3\n"
-    gw = gateway(pool(cs.url, ss.url, extra=extra))
+    gw = gateway(pool(cs.url, ss.url, extra=extra, cheap_timeout_s=30.0))  # healed cheap may be slow when busy
     results: list[tuple[float, float, str]] = []  # (sent, answered, backend)
     marks: dict[str, float] = {}
 
