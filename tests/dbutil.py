@@ -28,8 +28,9 @@ def fetch_rows(url: str) -> list[dict[str, Any]]:
         return pool.submit(asyncio.run, run()).result()
 
 
-def wait_rows(url: str, n: int, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-    """Poll until at least ``n`` rows exist (the writer is asynchronous); return all rows."""
+def wait_rows(url: str, n: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Poll until at least ``n`` rows exist (the writer is asynchronous; a loaded machine may take seconds);
+    return all rows."""
     deadline = time.monotonic() + timeout_s
     rows = fetch_rows(url)
     while len(rows) < n and time.monotonic() < deadline:

@@ -86,9 +86,17 @@ def test_every_demo_request_is_logged_with_tokens_and_cost(demo):
     url, db = demo
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
     before = len(wait_rows(db, 0, timeout_s=0))
+    ids = set()
     for _ in range(3):
-        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "What is 12 * 7?"}])
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "What is 12 * 7?"}])
+        ids.add(raw.headers["x-poolgate-request-id"])
     rows = wait_rows(db, before + 3)
-    assert len(rows) >= before + 3
-    assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["cost_usd"] > 0 for r in rows)
-    assert {r["pool"] for r in rows} >= {"auto"}
+    deadline = time.monotonic() + 30  # earlier tests' rows may still be landing: wait for these three
+    while not ids <= {r["id"] for r in rows} and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = wait_rows(db, 0, timeout_s=0)
+    mine = [r for r in rows if r["id"] in ids]
+    assert len(mine) == 3
+    assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["cost_usd"] > 0 for r in mine)
+    assert {r["pool"] for r in mine} == {"auto"}
