@@ -106,10 +106,18 @@ def journal_files(spool_dir: Path) -> list[Path]:
 
 
 def journaled_ids(spool_dir: Path) -> list[str]:
-    """Request ids of the rows in a spool directory's journal files, in journal order."""
+    """Request ids of the rows in a spool directory's journal files, in journal order.
+
+    A file the gateway deletes between the glob and the read (its rows just written) is skipped."""
     from gateway.store.spool import read_segment
 
-    return [row["id"] for path in journal_files(spool_dir) for row in read_segment(path)]
+    ids = []
+    for path in journal_files(spool_dir):
+        try:
+            ids += [row["id"] for row in read_segment(path)]
+        except FileNotFoundError:
+            continue
+    return ids
 
 
 def drop_redis_prefix(url: str, prefix: str) -> None:

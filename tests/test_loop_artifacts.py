@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,8 @@ async def test_promoted_version_is_served_after_a_poll_and_rollback_returns_to_p
     assert await route_backend(routing) == ("cheap", "cheapest", "builtin")  # a candidate is not served
     await store.promote("auto", rec.version)
     reloader.start()  # the periodic poll, not a forced one, picks the promotion up
-    for _ in range(100):
-        if routing.runtimes["auto"].router_version == "v1":
-            break
+    deadline = time.monotonic() + 30.0
+    while routing.runtimes["auto"].router_version != "v1" and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert await route_backend(routing) == ("strong", "best-single", "v1")
     await store.rollback("auto")

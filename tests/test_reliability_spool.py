@@ -48,10 +48,15 @@ def spooled_rows(spool_dir: Path) -> list[dict[str, Any]]:
     """Rows waiting in the spool's segments (what a restart would replay).
 
     Only complete lines count: the gateway may be appending to a segment while a test reads it, and a line without
-    its newline yet is a write in progress, not a row (reading it would fail on half a JSON object)."""
+    its newline yet is a write in progress, not a row (reading it would fail on half a JSON object). A segment
+    the gateway deletes between the glob and the read (replayed meanwhile) is skipped."""
     rows = []
     for segment in sorted(spool_dir.glob("segment-*.jsonl")):
-        *complete, _in_progress = segment.read_bytes().split(b"\n")
+        try:
+            data = segment.read_bytes()
+        except FileNotFoundError:
+            continue
+        *complete, _in_progress = data.split(b"\n")
         rows += [json.loads(line) for line in complete if line.strip()]
     return rows
 

@@ -92,8 +92,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             pool = tmp / "pool.yaml"
             strong = backend_yaml("strong", backend.url, input_price=PRICES[0], output_price=PRICES[1], retries=0)
             pool.write_text(f"backends:\n{strong}\npools:\n  - name: premium\n    members: [strong]\n")
+            # redis_timeout_s: a limit check stalled on a loaded CI machine waits instead of failing open (rpm),
+            # which would admit requests beyond the exact counts the tests assert
             settings = {"database_url": db, "redis_url": base_redis, "redis_key_prefix": prefix,
-                        "auth_enabled": True, "master_key": MASTER}
+                        "redis_timeout_s": 5.0, "auth_enabled": True, "master_key": MASTER}
             replicas = [GatewayProcess(pool, tmp / f"replica-{i}", **settings) for i in range(3)]
             with ThreadPoolExecutor(3) as pool_exec:  # started together, as a Deployment's pods are
                 list(pool_exec.map(lambda r: r.start(), replicas))
@@ -126,6 +128,18 @@ def rows_of_key(db: str, key_id: str, n: int, timeout_s: float = 20.0) -> list[d
         time.sleep(0.1)
 
 
+def wait_nothing_reserved(cluster: Cluster, key_id: str, timeout_s: float = 30.0) -> None:
+    """Until the key's usage (in the shared Redis) holds no reservation: no request of the key is in flight."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        key = httpx.get(f"{cluster.urls[0]}/admin/keys/{key_id}", headers={"authorization": f"Bearer {MASTER}"},
+                        timeout=30).json()
+        if key["usage"] is not None and key["usage"]["reserved_usd"] == 0:
+            return
+        assert time.monotonic() < deadline, f"key {key_id} still holds a reservation after {timeout_s}s: {key}"
+        time.sleep(0.02)
+
+
 def test_rpm_limit_is_exact_across_three_replicas(cluster):
     n = 15
     key = cluster.new_key(name="rpm-3", rpm=n)
@@ -140,9 +154,11 @@ def test_budget_holds_across_three_replicas_and_the_log_agrees_with_redis(cluste
     budget = 0.0035
     key = cluster.new_key(name="budget-3", budget_usd=budget, period="day")
     statuses = asyncio.run(hammer(cluster.urls, key["secret"], 90))
-    while statuses[-1] != 429 and len(statuses) < 400:  # then one at a time until refused with nothing in flight
-        time.sleep(0.05)
+    while True:  # then one at a time, rotating replicas, until a refusal with nothing else in flight
+        wait_nothing_reserved(cluster, key["id"])  # every earlier request settled: only spent money can refuse
         statuses += asyncio.run(hammer(cluster.urls[len(statuses) % 3:][:1], key["secret"], 1))
+        if statuses[-1] == 429 or len(statuses) > 400:
+            break
     rows = rows_of_key(cluster.db, key["id"], len(statuses))
     spent = sum(r["cost_usd"] for r in rows if r["status"] == "ok")
     print(f"\nbudget ${budget}: {statuses.count(200)} answered over 3 replicas, logged spend ${spent:.6f} "
