@@ -213,7 +213,7 @@ async def proxied() -> AsyncIterator[tuple[CuttableProxy, Any, str]]:
     await proxy.start()
     prefix = f"pgtest:{uuid.uuid4().hex[:10]}:"
     lim = _redis_limiter(f"redis://127.0.0.1:{proxy.port}/{db}", prefix,
-                         policy={"rpm": "open", "tpm": "closed", "budget": "closed"}, retry_s=0.3, timeout_s=0.2)
+                         policy={"rpm": "open", "tpm": "closed", "budget": "closed"}, retry_s=0.3, timeout_s=1.0)
     yield proxy, lim, prefix
     await lim.close()
     await proxy.cut() if proxy.server and proxy.server.is_serving() else None
@@ -236,7 +236,7 @@ async def test_redis_unreachable_follows_the_policy_per_limit_and_recovers(
     started = time.perf_counter()
     let_through = await lim.reserve(rpm_key, rid(), 1, 0)  # rpm fails open: admitted although over its rpm
     assert not let_through.held
-    assert time.perf_counter() - started < 1.0  # connection refused or timeout_s, never a hang
+    assert time.perf_counter() - started < 5.0  # connection refused or timeout_s (1 s), never a hang
     with pytest.raises(LimitsUnavailable) as info:  # budget fails closed
         await lim.reserve(budget_key, rid(), 1, 500)
     assert info.value.limits == ["budget"]
