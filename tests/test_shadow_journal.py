@@ -88,6 +88,7 @@ def test_row_waiting_for_a_slow_shadow_is_journaled_and_only_its_final_version_i
     assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 1}).status_code == 404
     assert [r["shadow"] for r in journaled(spool_dir) if r["id"] == rid] == [PENDING_SHADOW]
     assert fetch_rows(gw.settings.database_url) == []
+    assert pinned_files_gauge(gw.url) == 1  # what an operator sees of it
 
     GATE.set()
     rows = wait_rows(gw.settings.database_url, 1)
@@ -99,3 +100,10 @@ def test_row_waiting_for_a_slow_shadow_is_journaled_and_only_its_final_version_i
         time.sleep(0.05)
     assert journaled(spool_dir) == []
     assert len(fetch_rows(gw.settings.database_url)) == 1
+    assert pinned_files_gauge(gw.url) == 0
+
+
+def pinned_files_gauge(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    [line] = [ln for ln in text.splitlines() if ln.startswith("poolgate_log_journal_pinned_files ")]
+    return float(line.split()[1])
