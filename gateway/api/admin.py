@@ -149,8 +149,14 @@ async def report(
     since: datetime | None = Query(default=None), until: datetime | None = Query(default=None),
     key_id: str | None = None, services: Services = Depends(get_services),
 ) -> JSONResponse:
-    """Totals of the request log per (key, pool, backend): requests, errors, tokens, cost, mean latency."""
+    """Totals of the request log per (key, pool, backend): requests, errors, tokens, cost, mean latency.
+
+    Rows this replica still holds in its writer's queue (up to one flush interval) are written first, so a report
+    asked right after some requests counts them; other replicas' queued rows appear within their flush interval."""
     from gateway.store.models import Request as Row
+
+    if services.writer.queue_depth:
+        await services.writer.flush()
 
     cols = (Row.key_id, Row.pool, Row.backend)
     query = select(
