@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 import gateway.replay
-from tests.dbutil import wait_rows
+from tests.conftest import wait_until
+from tests.dbutil import fetch_rows
 from tests.servers import free_port
 
 SAMPLE = [orjson.loads(line) for line in (Path(gateway.replay.__file__).parent / "sample" / "gsm8k_sample.jsonl")
@@ -85,18 +86,13 @@ async def test_async_streaming_client_and_direct_backend(demo):
 def test_every_demo_request_is_logged_with_tokens_and_cost(demo):
     url, db = demo
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
-    before = len(wait_rows(db, 0, timeout_s=0))
     ids = set()
     for _ in range(3):
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "What is 12 * 7?"}])
         ids.add(raw.headers["x-poolgate-request-id"])
-    rows = wait_rows(db, before + 3)
-    deadline = time.monotonic() + 30  # earlier tests' rows may still be landing: wait for these three
-    while not ids <= {r["id"] for r in rows} and time.monotonic() < deadline:
-        time.sleep(0.05)
-        rows = wait_rows(db, 0, timeout_s=0)
-    mine = [r for r in rows if r["id"] in ids]
+    wait_until(lambda: ids <= {r["id"] for r in fetch_rows(db)}, 30, "the three requests' rows")
+    mine = [r for r in fetch_rows(db) if r["id"] in ids]
     assert len(mine) == 3
     assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] > 0 and r["cost_usd"] > 0 for r in mine)
     assert {r["pool"] for r in mine} == {"auto"}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
 
-from tests.conftest import backend_yaml
+from tests.conftest import backend_yaml, wait_until
 from tests.dbutil import wait_rows
 
 
@@ -156,10 +154,8 @@ def test_breaker_opens_after_failures_and_closes_after_probe(fake_backends, gate
         assert r.headers["x-poolgate-backend"] == "strong" and len(cheap.requests) == hits  # open: skipped
         assert client.get("/health/ready").json()["breakers"]["cheap"] == "open"
         cheap.mode = "ok"
-        deadline = time.monotonic() + 30
-        while client.get("/health/ready").json()["breakers"]["cheap"] != "half_open":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: client.get("/health/ready").json()["breakers"]["cheap"] == "half_open", 30,
+                   "the breaker to turn half-open")
         r = client.post("/v1/chat/completions", json=body)  # half-open probe succeeds
         assert r.headers["x-poolgate-backend"] == "cheap"
         assert client.get("/health/ready").json()["breakers"]["cheap"] == "closed"

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from gateway.cli import main
 from gateway.replay.data import ReplayRecord, ReplayStore
 from gateway.replay.server import create_replay_app
+from tests.conftest import wait_until
 from tests.dbutil import fetch_rows, wait_rows
 from tests.servers import ServerThread
 
@@ -104,13 +105,6 @@ class Load:
             t.join(timeout=60)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_feedback_train_promote_hot_swap_under_load_and_report(gateway, replay, tmp_path: Path) -> None:
     server, store = replay
     pool_yaml = replay_pool(server.url)
@@ -144,11 +138,11 @@ def test_feedback_train_promote_hot_swap_under_load_and_report(gateway, replay, 
 
     # 3. the running gateway switches to v1 on the admin reload while requests keep flowing; none fails
     with Load(gw.url, later) as load:
-        wait_for(lambda: any(v == "builtin" for _, v, *_ in list(load.results)), 30.0,
+        wait_until(lambda: any(v == "builtin" for _, v, *_ in list(load.results)), 30.0,
                  "a request routed by the builtin router before the reload")
         status = httpx.post(f"{gw.url}/admin/routers/reload", headers=ADMIN, timeout=120).json()
         swapped = time.monotonic()
-        wait_for(lambda: any(start > swapped for *_, start, _ in list(load.results)), 30.0,
+        wait_until(lambda: any(start > swapped for *_, start, _ in list(load.results)), 30.0,
                  "a request started after the swap")
     assert status["pools"]["auto"]["version"] == "v1" and status["pools"]["auto"]["last_error"] is None, status
     assert load.results and all(code == 200 for code, *_ in load.results), {c for c, *_ in load.results}

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import backend_yaml
+from tests.conftest import backend_yaml, wait_until
 from tests.dbutil import wait_rows
 from tests.tcpproxy import TcpProxy
 
@@ -199,10 +199,8 @@ def test_429_with_retry_after_falls_back_at_once_and_holds_the_backend_off(fake_
     assert second.headers["x-poolgate-backend"] == "strong" and len(cheap.requests) == 1  # still held off
     assert client.get("/health/ready").json()["breakers"]["cheap"] == "open"
     cheap.mode = "ok"
-    deadline = time.monotonic() + 30
-    while client.get("/health/ready").json()["breakers"]["cheap"] != "half_open":  # the 3 s are over
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: client.get("/health/ready").json()["breakers"]["cheap"] == "half_open", 30,
+               "the 3 s hold-off to end")
     third = client.post("/v1/chat/completions", json=BODY)
     assert third.headers["x-poolgate-backend"] == "cheap" and len(cheap.requests) == 2
     rows = {r["id"]: r for r in wait_rows(gw.settings.database_url, 3)}

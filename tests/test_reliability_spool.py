@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from tests.conftest import backend_yaml, journaled_ids
+from tests.conftest import backend_yaml, journaled_ids, wait_until
 from tests.dbutil import fetch_rows, wait_rows
 from tests.procs import GatewayProcess
 from tests.servers import ServerThread, free_port
@@ -59,13 +59,6 @@ def spooled_rows(spool_dir: Path) -> list[dict[str, Any]]:
         *complete, _in_progress = data.split(b"\n")
         rows += [json.loads(line) for line in complete if line.strip()]
     return rows
-
-
-def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def writer_of(gw: ServerThread) -> Any:
