@@ -28,7 +28,10 @@ from tests.servers import ServerThread, free_port
 from tests.tcpproxy import TcpProxy
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-PAUSE_S = 3.0  # how long the slow routes stay silent: well past the tests' 1 s read timeouts, short for teardown
+PAUSE_S = 3.0  # how long the slow routes stay silent: well past SHORT's 1 s read timeout, short for teardown
+JSON = {"content-type": "application/json"}
+T = httpx.Timeout(5.0, connect=2.0)
+SHORT = httpx.Timeout(1.0, connect=2.0)  # for the slow routes: times out long before they speak again
 
 
 async def echo(request: Request) -> Response:
@@ -71,6 +74,16 @@ async def zipped(request: Request) -> Response:
     return Response(gzip.compress(b'{"ok": true}'), media_type="application/json", headers={"content-encoding": "gzip"})
 
 
+async def read_until_timeout(response: httpx.Response) -> bytes:
+    """The body bytes that came before reading it raised ``ReadTimeout`` (it must); the response is closed."""
+    seen = b""
+    with pytest.raises(httpx.ReadTimeout):
+        async for chunk in response.aiter_raw():
+            seen += chunk
+    await response.aclose()
+    return seen
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/hang", hang, methods=["POST"]),
@@ -99,14 +112,9 @@ async def test_post_returns_the_answer_and_sends_body_and_headers(client: httpx.
 async def test_stream_yields_events_before_the_backend_finishes_then_times_out(
     client: httpx.AsyncClient, url: str
 ) -> None:
-    request = client.build_request("POST", f"{url}/stall", content=b"{}", timeout=httpx.Timeout(1.0, connect=2.0))
+    request = client.build_request("POST", f"{url}/stall", content=b"{}", timeout=SHORT)
     response = await client.send(request, stream=True)
-    seen = b""
-    with pytest.raises(httpx.ReadTimeout):
-        async for chunk in response.aiter_raw():
-            seen += chunk
-    await response.aclose()
-    assert seen.count(b"data: ") == 2
+    assert (await read_until_timeout(response)).count(b"data: ") == 2
 
 
 async def test_nothing_listening_is_a_connect_error(client: httpx.AsyncClient) -> None:
@@ -116,7 +124,7 @@ async def test_nothing_listening_is_a_connect_error(client: httpx.AsyncClient) -
 
 async def test_backend_that_never_answers_is_a_read_timeout(client: httpx.AsyncClient, url: str) -> None:
     with pytest.raises(httpx.ReadTimeout):
-        await client.post(f"{url}/hang", content=BODY, timeout=httpx.Timeout(1.0, connect=2.0))
+        await client.post(f"{url}/hang", content=BODY, timeout=SHORT)
 
 
 async def test_stream_cut_mid_body_is_a_transport_error(client: httpx.AsyncClient, url: str) -> None:
@@ -134,9 +142,6 @@ async def test_gzip_answer_is_decoded_by_httpx_as_over_httpcore(client: httpx.As
 
 # -- AiohttpTransport.post: the dispatcher's path over gateway.http1 ------------------------------------------------
 
-JSON = {"content-type": "application/json"}
-T = httpx.Timeout(5.0, connect=2.0)
-SHORT = httpx.Timeout(1.0, connect=2.0)
 
 
 @pytest.fixture
@@ -162,12 +167,7 @@ async def test_post_answers_and_keeps_one_connection_for_sequential_requests(tra
 async def test_post_streams_events_before_the_backend_finishes_then_times_out(transport: AiohttpTransport,
                                                                               url: str) -> None:
     r = await transport.post(f"{url}/stall", b"{}", JSON, SHORT)
-    seen = b""
-    with pytest.raises(httpx.ReadTimeout):
-        async for chunk in r.aiter_raw():
-            seen += chunk
-    await r.aclose()
-    assert seen.count(b"data: ") == 2
+    assert (await read_until_timeout(r)).count(b"data: ") == 2
 
 
 async def test_post_body_left_unread_drops_its_connection_and_the_next_post_works(transport: AiohttpTransport,
