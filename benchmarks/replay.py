@@ -4,7 +4,8 @@ One command (from the repository root): ``python benchmarks/replay.py`` (``--que
 
 The replay backend answers a prompt it has recorded by a dictionary lookup, and any other prompt with the most
 similar recorded one (TF-IDF cosine, ``gateway.replay.nearest``). Both are timed on the same queries, in
-alternating rounds, over RouteLLM's full GSM8K responses file (``../shared/data/routellm``); the median round
+alternating rounds, over RouteLLM's full GSM8K responses file (found as the training loaders find the data:
+``$POOLGATE_DATA_DIR`` or ``shared/data`` above the repository); the median round
 is reported, with the nearest lookup's cost as a ratio to the exact one measured in the same run.
 """
 
@@ -20,8 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.replay.data import ReplayStore
-
-CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "gsm8k" / "gsm8k_responses.csv"
+from training.loaders import default_data_dir
 
 
 def per_lookup_us(store: ReplayStore, queries: list[str]) -> float:
@@ -33,11 +33,11 @@ def per_lookup_us(store: ReplayStore, queries: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=CSV, help="GSM8K responses CSV")
+    parser.add_argument("--csv", type=Path, default=None, help="GSM8K responses CSV (default: from the data dir)")
     parser.add_argument("--queries", type=int, default=300, help="lookups per round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    store = ReplayStore.load(args.csv)
+    store = ReplayStore.load(args.csv or default_data_dir() / "routellm" / "gsm8k" / "gsm8k_responses.csv")
     records = store.records[: args.queries]
     exact = [rec.prompt for rec in records]
     unseen = [f"What is {rec.prompt[:80]} in total?" for rec in records]  # recorded nowhere: nearest lookup
