@@ -114,19 +114,24 @@ def journal_files(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.glob(JOURNAL_GLOB))
 
 
-def journaled_ids(spool_dir: Path) -> list[str]:
-    """Request ids of the rows in a spool directory's journal files, in journal order.
+def journaled_rows(spool_dir: Path) -> list[dict[str, Any]]:
+    """The rows in a spool directory's journal files, in journal order.
 
     A file the gateway deletes between the glob and the read (its rows just written) is skipped."""
     from gateway.store.spool import read_segment
 
-    ids = []
+    rows = []
     for path in journal_files(spool_dir):
         try:
-            ids += [row["id"] for row in read_segment(path)]
+            rows += read_segment(path)
         except FileNotFoundError:
             continue
-    return ids
+    return rows
+
+
+def journaled_ids(spool_dir: Path) -> list[str]:
+    """Request ids of the rows in a spool directory's journal files, in journal order."""
+    return [row["id"] for row in journaled_rows(spool_dir)]
 
 
 def drop_redis_prefix(url: str, prefix: str) -> None:

@@ -9,20 +9,17 @@ held row after a SIGKILL is in ``test_store_journal.py``.)
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from gateway.store.spool import read_segment
 from gateway.store.writer import PENDING_SHADOW
 from routers import registry
 from routers.base import ModelCard, Prediction, QueryFeatures, Router
-from tests.conftest import backend_yaml
+from tests.conftest import backend_yaml, journaled_rows, wait_until
 from tests.dbutil import fetch_rows, wait_rows
 
 #: Opened by the test when the shadow may answer (and at teardown, so no worker thread outlives the gateway).
@@ -63,30 +60,19 @@ pools:
         GATE.set()  # before the gateway stops (this fixture's teardown runs first)
 
 
-def journaled(spool_dir: Path) -> list[dict[str, Any]]:
-    """Rows of the journal files; a file the gateway deletes between the glob and the read is skipped."""
-    rows = []
-    for f in sorted(spool_dir.glob("journal-*.jsonl")):
-        try:
-            rows += read_segment(f)
-        except FileNotFoundError:
-            continue
-    return rows
-
-
 def test_row_waiting_for_a_slow_shadow_is_journaled_and_only_its_final_version_is_stored(gw: Any) -> None:
     resp = httpx.post(f"{gw.url}/v1/chat/completions",
                       json={"model": "auto", "messages": [{"role": "user", "content": "2+2?"}]})
     assert resp.status_code == 200  # answered while the shadow router is still blocked
     rid = resp.headers["x-poolgate-request-id"]
     spool_dir = gw.settings.spool_dir
-    [held] = [r for r in journaled(spool_dir) if r["id"] == rid]
+    [held] = [r for r in journaled_rows(spool_dir) if r["id"] == rid]
     assert held["shadow"] == PENDING_SHADOW and held["backend"] == "cheap"  # on disk before the shadow finished
 
     # feedback flushes the writer (a whole cycle) before it answers 404: the row is not in the database yet,
     # and the file holding it outlived the cycle that would have deleted it
     assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 1}).status_code == 404
-    assert [r["shadow"] for r in journaled(spool_dir) if r["id"] == rid] == [PENDING_SHADOW]
+    assert [r["shadow"] for r in journaled_rows(spool_dir) if r["id"] == rid] == [PENDING_SHADOW]
     assert fetch_rows(gw.settings.database_url) == []
     assert pinned_files_gauge(gw.url) == 1  # what an operator sees of it
 
@@ -95,10 +81,8 @@ def test_row_waiting_for_a_slow_shadow_is_journaled_and_only_its_final_version_i
     assert [r["id"] for r in rows] == [rid]  # exactly one row
     assert rows[0]["shadow"][BlockingShadowRouter.name]["backend"] == "strong"
     assert httpx.post(f"{gw.url}/v1/feedback", json={"request_id": rid, "score": 1}).status_code == 201
-    deadline = time.monotonic() + 10  # the final row's file goes with the cycle that wrote it
-    while journaled(spool_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert journaled(spool_dir) == []
+    # the final row's file goes with the cycle that wrote it
+    wait_until(lambda: journaled_rows(spool_dir) == [], 10, "the journal to be deleted")
     assert len(fetch_rows(gw.settings.database_url)) == 1
     assert pinned_files_gauge(gw.url) == 0
 
