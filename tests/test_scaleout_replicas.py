@@ -37,6 +37,7 @@ from tests.conftest import (
     redis_url,
     requires_postgres,
     requires_redis,
+    wait_until,
 )
 from tests.dbutil import fetch_rows
 from tests.procs import GatewayProcess
@@ -130,14 +131,13 @@ def rows_of_key(db: str, key_id: str, n: int, timeout_s: float = 20.0) -> list[d
 
 def wait_nothing_reserved(cluster: Cluster, key_id: str, timeout_s: float = 30.0) -> None:
     """Until the key's usage (in the shared Redis) holds no reservation: no request of the key is in flight."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        key = httpx.get(f"{cluster.urls[0]}/admin/keys/{key_id}", headers={"authorization": f"Bearer {MASTER}"},
-                        timeout=30).json()
-        if key["usage"] is not None and key["usage"]["reserved_usd"] == 0:
-            return
-        assert time.monotonic() < deadline, f"key {key_id} still holds a reservation after {timeout_s}s: {key}"
-        time.sleep(0.02)
+
+    def settled() -> bool:
+        usage = httpx.get(f"{cluster.urls[0]}/admin/keys/{key_id}", headers={"authorization": f"Bearer {MASTER}"},
+                          timeout=30).json()["usage"]
+        return usage is not None and usage["reserved_usd"] == 0
+
+    wait_until(settled, timeout_s, f"key {key_id} to hold no reservation")
 
 
 def test_rpm_limit_is_exact_across_three_replicas(cluster):
