@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     embed_s = time.perf_counter() - t0
     train, test = split_by_query(ds, 0.2, args.seed)
     train_ds, test_feats = ds.subset(train), ds.features.subset(test[: args.queries])  # type: ignore[union-attr]
-    test_feats.tasks = None  # as at request time in the gateway
 
     graph = GraphRouter(seed=args.seed, threads=args.threads)
     graph.text_encoder = featurizer.embed
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         times = {}
         for name, router in (("graph", graph), ("knn", knn)):
-            path = router.save(Path(tmp) / f"{name}.pkl")
+            path = router.save(Path(tmp) / f"{name}.router")
             t0 = time.perf_counter()
             loaded = Router.load(path)
             loaded.predict(test_feats.subset([0]), cards)  # warm-up: graph caches its trained node states here

@@ -223,19 +223,12 @@ class ArtifactStore:
 
 
 def load_version(record: VersionRecord) -> Router:
-    """Read a version's artifact, refusing a file whose SHA-256 or router differs from the row (blocking I/O)."""
+    """Read a version's artifact, refusing a file whose SHA-256 or router differs from the row (blocking I/O).
+
+    The digest is checked on the very bytes that are parsed (one read), so swapping the file cannot slip past it."""
     path = Path(record.path)
     try:
-        digest = file_sha256(path)
-    except OSError as exc:
-        raise ArtifactError(f"{record.pool} {record.version}: cannot read {path} ({exc.strerror or exc})") from None
-    if digest != record.sha256:
-        raise ArtifactError(
-            f"{record.pool} {record.version}: {path} has changed since it was registered "
-            f"(sha256 {digest[:12]}..., expected {record.sha256[:12]}...)"
-        )
-    try:
-        router = Router.load(path)
+        router = Router.load(path, sha256=record.sha256)
     except RouterError as exc:
         raise ArtifactError(f"{record.pool} {record.version}: {exc}") from None
     if router.name != record.router:

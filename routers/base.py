@@ -5,12 +5,12 @@ same footing and the user's flags apply to all of them alike.
 
 Routers are pure: no HTTP, no database, no module-level state. Parameters go in ``__init__``
 (which does no work), learning happens in :meth:`Router.fit` (which returns ``self``), and a fitted
-router round-trips through :meth:`Router.save` / :meth:`Router.load` as one artifact file.
+router round-trips through :meth:`Router.save` / :meth:`Router.load` as one artifact file of arrays and JSON
+(:mod:`routers.artifact`; never a pickle).
 """
 
 from __future__ import annotations
 
-import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from routers import artifact
+
 if TYPE_CHECKING:
     from training.dataset import RoutingDataset
-
-ARTIFACT_MAGIC = b"poolgate-router/1\n"
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,6 @@ class QueryFeatures:
     ``embeddings`` is ``[n, d]`` float32 (unit-normalized sentence embeddings) or ``None`` when the
     caller did not compute them (routers whose ``requires_embeddings`` is False never need them).
     ``stats`` is ``[n, k]`` cheap text statistics (see :mod:`routers.features`).
-    ``tasks`` holds a task label per query where one is known (datasets), else ``None``.
     ``prompt_tokens`` is the prompt length in tokens per query.
     ``encoder`` names the sentence encoder that made ``embeddings`` (``minilm``, ``minilm-static``), when known.
     """
@@ -66,7 +65,6 @@ class QueryFeatures:
     stats: np.ndarray
     prompt_tokens: np.ndarray
     embeddings: np.ndarray | None = None
-    tasks: list[str | None] | None = None
     encoder: str | None = None
 
     def __len__(self) -> int:
@@ -80,7 +78,6 @@ class QueryFeatures:
             stats=self.stats[ix],
             prompt_tokens=self.prompt_tokens[ix],
             embeddings=None if self.embeddings is None else self.embeddings[ix],
-            tasks=None if self.tasks is None else [self.tasks[i] for i in ix],
             encoder=self.encoder,
         )
 
@@ -127,9 +124,10 @@ class Router(ABC):
 
     #: set by ``fit``: the model names seen in training (empty for routers that need no training)
     models_: list[str]
-    #: set by ``fit`` of routers that need embeddings: the sentence encoder that made them (``QueryFeatures.encoder``).
-    #: Artifacts from before there was a choice of encoder unpickle with this default.
+    #: set by ``fit`` of routers that need embeddings: the sentence encoder that made them (``QueryFeatures.encoder``)
     encoder_: str = "minilm"
+    #: SHA-256 of the artifact file this router was loaded from (``None`` when it was built in this process)
+    artifact_sha256: str | None = None
 
     def fit(self, dataset: RoutingDataset) -> Self:
         """Learn from a dataset. Baselines that need no data keep this default."""
@@ -166,35 +164,60 @@ class Router(ABC):
         return {p: getattr(self, p) for p in sig.parameters if p != "self" and hasattr(self, p)}
 
     # -- artifacts -------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The fitted state an artifact stores: public attributes ending in ``_`` (sklearn's habit).
+
+        Values must be arrays, numbers, strings, ``None`` or lists / tuples / dicts of those
+        (:mod:`routers.artifact`); a router holding anything else (a torch module) overrides this and
+        :meth:`set_state`."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (the inverse; the constructor has already run)."""
+        for key, value in state.items():
+            if not key.endswith("_") or key.startswith("_"):
+                raise RouterError(f"artifact state has a field {key!r} that is not a fitted attribute")
+            setattr(self, key, value)
+
     def save(self, path: str | Path) -> Path:
-        """Write this fitted router to one artifact file (pickle behind a magic header)."""
+        """Write this fitted router to one artifact file (arrays + JSON manifest, see :mod:`routers.artifact`)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(ARTIFACT_MAGIC)
-            pickle.dump({"router": self.name, "state": self}, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+        meta = {"encoder": self.encoder_ if self.requires_embeddings else None,
+                "models": list(getattr(self, "models_", []))}
+        try:
+            data = artifact.dumps(self.name, self.get_params(), self.get_state(), meta)
+        except artifact.ArtifactFormatError as exc:
+            raise RouterError(f"{self.name}: cannot write an artifact ({exc})") from None
+        artifact.write(path, data)
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Router:
-        """Read an artifact written by :meth:`save`; errors name the file and the reason."""
+    def load(cls, path: str | Path, sha256: str | None = None) -> Router:
+        """Read an artifact written by :meth:`save`; with ``sha256``, only if the bytes read have that digest.
+
+        The file is read once and parsed from those bytes; errors name the file and the reason."""
+        # the registry imports this module, so it is looked up here rather than at import time
+        from routers.registry import get_router_class
+
         path = Path(path)
         try:
-            with path.open("rb") as fh:
-                if fh.read(len(ARTIFACT_MAGIC)) != ARTIFACT_MAGIC:
-                    raise RouterError(f"{path}: not a poolgate router artifact (bad header)")
-                payload = pickle.load(fh)
+            parsed = artifact.parse(artifact.read_bytes(path), sha256)
         except FileNotFoundError as exc:
             raise RouterError(f"{path}: artifact file not found") from exc
-        except RouterError:
-            raise
-        except Exception as exc:  # corrupt pickle, truncated file, missing class
-            raise RouterError(f"{path}: corrupt router artifact ({type(exc).__name__}: {exc})") from exc
-        router = payload.get("state") if isinstance(payload, dict) else None
-        if not isinstance(router, Router):
-            raise RouterError(f"{path}: artifact does not hold a router")
-        if cls is not Router and not isinstance(router, cls):
-            raise RouterError(f"{path}: artifact holds router {router.name!r}, expected {cls.name!r}")
+        except OSError as exc:
+            raise RouterError(f"{path}: cannot read artifact ({exc.strerror or exc})") from None
+        except artifact.ArtifactFormatError as exc:
+            raise RouterError(f"{path}: {exc}") from None
+        try:
+            router_cls = get_router_class(parsed.router)
+        except RouterError as exc:
+            raise RouterError(f"{path}: {exc}") from None
+        if cls is not Router and not issubclass(router_cls, cls):
+            raise RouterError(f"{path}: artifact holds router {parsed.router!r}, expected {cls.name!r}")
+        try:
+            router = router_cls(**parsed.params)
+            router.set_state(parsed.state)
+        except (TypeError, ValueError, KeyError, RouterError) as exc:
+            raise RouterError(f"{path}: artifact does not fit router {parsed.router!r} ({exc})") from None
+        router.artifact_sha256 = parsed.sha256
         return router

@@ -20,7 +20,7 @@ Candidates are matched to trained LLM nodes by name. Any other candidate becomes
 node built from its attributes alone: it has no edges, so it borrows the edge evidence of the trained
 LLMs weighted by description similarity (flagged as borrowed; training does the same for an LLM it
 hides). Its description is embedded with ``text_encoder`` when set (``router.text_encoder =
-featurizer.embed``; never pickled) or found among descriptions registered in the artifact with
+featurizer.embed``; never stored) or found among descriptions registered in the artifact with
 :meth:`GraphRouter.register_models`. Documented fallbacks, so bad input is still scored: an empty or
 unembeddable description -> the mean description embedding of the trained LLMs (it then borrows from
 all of them alike); unknown size or context window -> the trained LLMs' median, with a "missing" flag;
@@ -33,6 +33,7 @@ price`` times exp(predicted residual), in USD per call.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -41,9 +42,6 @@ from torch import Tensor
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.features import unit_rows
-
-# GraphState must stay importable from here: every graph artifact, from before the split into
-# routers/graph_net.py and since, pickles it as routers.graph.GraphState.
 from routers.graph_net import (
     ATTR_NAMES,
     EPS_USD,
@@ -66,7 +64,7 @@ if TYPE_CHECKING:
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
-#: bump when the pickled state layout changes; a mismatched artifact fails at load
+#: bump when the stored state layout changes; a mismatched artifact fails at load
 GRAPH_FORMAT = 1
 
 
@@ -108,7 +106,7 @@ class GraphRouter(Router):
         self.patience = patience
         self.seed = seed
         self.threads = threads
-        #: optional ``texts -> [n, d]`` embeddings, for ``fit`` and for unseen LLMs (never pickled)
+        #: optional ``texts -> [n, d]`` embeddings, for ``fit`` and for unseen LLMs (never stored)
         self.text_encoder: TextEncoder | None = None
 
     def fit(self, dataset: RoutingDataset) -> Self:
@@ -155,14 +153,12 @@ class GraphRouter(Router):
             return Prediction(quality=np.zeros((n, m)), cost_usd=np.zeros((n, m)))
         emb = self._check_embeddings(features.embeddings, n)
         tokens = np.maximum(np.asarray(features.prompt_tokens, dtype=np.float64), 0.0)
-        tasks = list(features.tasks) if features.tasks is not None else [None] * n
         index = {name: j for j, name in enumerate(state.llm_names)}
         cols = torch.tensor([index.get(c.name, -1) for c in candidates], dtype=torch.long)
         with torch.no_grad():
             view, layers = self._trained()
             nb, sim = nearest(emb, state.query_emb, self.k_neighbors)
-            task_index = {t: i for i, t in enumerate(state.task_names)}
-            own = np.asarray([task_index.get(t, -1) if t is not None else -1 for t in tasks], dtype=np.int64)
+            own = np.full(n, -1, dtype=np.int64)  # serving knows no task label: attach through the neighbours
             shares = task_shares(own, state.query_task[nb], len(state.task_names))
             hq = self.net_.encode_query(query_inputs(emb, np.log1p(tokens).astype(np.float32)))
             edges = attach_edges(shares, nb, sim)
@@ -238,32 +234,33 @@ class GraphRouter(Router):
         return unit_rows(vecs)
 
     # -- artifact ----------------------------------------------------------------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": GRAPH_FORMAT, "params": self.get_params()}
-        if hasattr(self, "state_"):
-            out["graph"] = self.state_
-            out["weights"] = {k: v.detach().numpy().copy() for k, v in self.net_.state_dict().items()}
-            out["train_info"] = self.train_info_
-            out["encoder"] = self.encoder_
-        return out
+    def get_state(self) -> dict[str, Any]:
+        """The graph's arrays, the network's weights as arrays, and the fit summary (no torch objects)."""
+        if not hasattr(self, "state_"):
+            return {}
+        return {
+            "format_": GRAPH_FORMAT,
+            "graph_": {f.name: getattr(self.state_, f.name) for f in dataclass_fields(GraphState)},
+            "weights_": {k: v.detach().numpy().copy() for k, v in self.net_.state_dict().items()},
+            "train_info_": self.train_info_,
+            "encoder_": self.encoder_,
+        }
 
-    def __setstate__(self, data: dict[str, Any]) -> None:
-        """Rebuild from an artifact; a mismatch raises ValueError (``Router.load`` names the file)."""
-        if not isinstance(data, dict) or data.get("format") != GRAPH_FORMAT:
-            got = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"graph artifact format {got!r}, this code reads format {GRAPH_FORMAT}")
-        self.__init__(**data["params"])  # type: ignore[misc]
-        if "graph" not in data:
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Rebuild the graph and network from :meth:`get_state`'s output; a mismatch raises ValueError."""
+        if not state:
             return
-        state: GraphState = data["graph"]
-        n, n_llm = state.quality.shape
-        if len(state.query_emb) != n or len(state.llm_names) != n_llm or len(state.task_x) != len(state.task_names):
+        if state.get("format_") != GRAPH_FORMAT:
+            raise ValueError(f"graph artifact format {state.get('format_')!r}, this code reads format {GRAPH_FORMAT}")
+        graph = GraphState(**state["graph_"])
+        n, n_llm = graph.quality.shape
+        if len(graph.query_emb) != n or len(graph.llm_names) != n_llm or len(graph.task_x) != len(graph.task_names):
             raise ValueError("graph arrays disagree in size (queries, LLMs or tasks)")
-        net = GraphNet(state.dim, len(ATTR_NAMES), self.hidden, self.layers, self.dropout)
+        net = GraphNet(graph.dim, len(ATTR_NAMES), self.hidden, self.layers, self.dropout)
         try:
-            net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in data["weights"].items()})
+            net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state["weights_"].items()})
         except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
             detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2]) or str(exc)
             raise ValueError(f"graph weights do not match the network: {detail[:200]}") from None
-        self.set_trained(state, net, data.get("train_info", {}))
-        self.encoder_ = str(data.get("encoder", "minilm"))  # artifacts from before the encoder choice: minilm
+        self.set_trained(graph, net, dict(state.get("train_info_", {})))
+        self.encoder_ = str(state.get("encoder_", "minilm"))

@@ -4,7 +4,7 @@ Used by :class:`routers.graph.GraphRouter` (inference) and ``training/graph_trai
 numpy/torch, no I/O.
 
 - :class:`GraphState`: the trained graph without the weights (task, query and LLM nodes and the
-  query-LLM effect and cost edges), pickled in the artifact;
+  query-LLM effect and cost edges), stored as arrays in the artifact;
 - node inputs: :func:`raw_attributes` of an LLM card (scaled by :func:`scaled_attr`),
   :func:`query_inputs`, and the price prior :func:`price_prior_usd` the cost residual is relative to;
 - attaching query nodes: :func:`nearest` (deterministic cosine top-k), :func:`task_shares` (own task,
@@ -119,7 +119,7 @@ def task_shares(own: np.ndarray, neighbour_tasks: np.ndarray, n_tasks: int) -> n
 
 @dataclass
 class GraphState:
-    """The trained graph without the network weights (numpy; pickled in the artifact)."""
+    """The trained graph without the network weights (numpy; stored as arrays in the artifact)."""
 
     task_names: list[str]
     task_x: np.ndarray  # [T, d] task description embeddings
@@ -146,12 +146,6 @@ class GraphState:
     @property
     def dim(self) -> int:
         return int(self.query_emb.shape[1])
-
-
-# Pickled under the name it had before this module was split out of routers/graph.py (which re-exports it):
-# artifacts from before the split load, and artifacts written now still load in a gateway running older code
-# (a rollback, or replicas mid-upgrade). tests/test_graph_artifact_compat.py checks both directions.
-GraphState.__module__ = "routers.graph"
 
 
 class AttrConv(MessagePassing):

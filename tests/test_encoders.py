@@ -3,7 +3,6 @@ remember the encoder they were fitted with and refuse another, and the gateway s
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from gateway.embedding import Embedders
 from gateway.static_embedding import StaticEncoder
 from routers.base import QueryFeatures, Router, RouterError
 from routers.features import text_stats
-from routers.knn import KNNRouter
 from tests.dbutil import wait_rows
 from tests.servers import ServerThread
 from training.features import Featurizer
@@ -85,12 +83,6 @@ def test_a_router_refuses_embeddings_of_another_encoder_than_it_was_fitted_on(tm
 def test_a_graph_router_artifact_keeps_its_encoder(tmp_path: Path) -> None:
     result = train_router("graph", "routellm-gsm8k", limit=120, encoder="minilm-static", params={"epochs": 2})
     assert Router.load(save_result(result, tmp_path / "graph.router").path).encoder_ == "minilm-static"  # type: ignore[arg-type]
-
-
-def test_an_artifact_from_before_the_encoder_choice_is_a_minilm_router() -> None:
-    router = KNNRouter()
-    router.__dict__.pop("encoder_", None)  # an artifact pickled before routers had the attribute
-    assert pickle.loads(pickle.dumps(router)).encoder_ == "minilm"
 
 
 async def test_gateway_embedders_give_what_the_featurizer_gave_at_training(static: StaticEncoder) -> None:

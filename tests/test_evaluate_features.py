@@ -71,8 +71,8 @@ def test_concurrent_calls_agree_with_one_call(warm) -> None:
     assert shared.stats.encoded <= 2 * len(set(TEXTS))
 
 
-def test_featurize_gives_stats_tokens_tasks_and_optional_embeddings() -> None:
-    feats = Featurizer(disk_cache=False).featurize(["one two three", "x"], tasks=["a", None], embeddings=False)
-    assert feats.embeddings is None and feats.tasks == ["a", None]
+def test_featurize_gives_stats_tokens_and_optional_embeddings_but_no_task_labels() -> None:
+    feats = Featurizer(disk_cache=False).featurize(["one two three", "x"], embeddings=False)
+    assert feats.embeddings is None and not hasattr(feats, "tasks")
     assert feats.prompt_tokens.tolist() == [3.0, 1.0]
     assert feats.stats.shape[0] == 2

@@ -37,7 +37,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     # a new model joins the pool without retraining: its description is embedded into the artifact
     router.register_models([ModelCard(UNSEEN, 0.6, 0.6, size_b=46.7, description=UNSEEN_DESCRIPTION)])
     prices = {c.name: c.input_price for c in ds.cards} | {UNSEEN: 0.6}
-    return router.save(folder / "graph.pkl"), prices
+    return router.save(folder / "graph.router"), prices
 
 
 def test_graph_router_serves_a_mixed_pool_and_a_cost_flag_moves_the_choice(

@@ -29,7 +29,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tryage")
     ds = load_dataset("routellm-gsm8k", limit=100)
     ds = ds.with_features(Featurizer(cache_dir=folder / "emb").featurize_dataset(ds))
-    return TryageRouter(members=1, max_epochs=15, seed=0).fit(ds).save(folder / "tryage.pkl")
+    return TryageRouter(members=1, max_epochs=15, seed=0).fit(ds).save(folder / "tryage.router")
 
 
 def test_tryage_serves_and_a_cost_flag_moves_the_choice_to_the_cheap_model(

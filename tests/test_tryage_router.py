@@ -125,7 +125,7 @@ def test_an_unseen_model_without_attributes_counts_as_the_average_model(router, 
 
 def test_artifact_round_trip_and_registry(router, test_set, tmp_path: Path) -> None:
     feats = test_set[0]
-    loaded = Router.load(router.save(tmp_path / "tryage.pkl"))
+    loaded = Router.load(router.save(tmp_path / "tryage.router"))
     np.testing.assert_array_equal(loaded.predict(feats, CARDS).quality, router.predict(feats, CARDS).quality)
     assert isinstance(make_router("tryage"), TryageRouter)
 

@@ -149,7 +149,7 @@ class Featurizer:
         return np.stack([v for v in found if v is not None]).astype(np.float32, copy=False)
 
     def featurize(
-        self, texts: Sequence[str], tasks: Sequence[str | None] | None = None, embeddings: bool = True
+        self, texts: Sequence[str], embeddings: bool = True
     ) -> QueryFeatures:
         """Text statistics, cl100k_base prompt tokens and (optionally) embeddings for a batch of texts."""
         texts = list(texts)
@@ -158,12 +158,11 @@ class Featurizer:
             stats=text_stats(texts),
             prompt_tokens=count_tokens(texts),
             embeddings=self.embed(texts) if embeddings else None,
-            tasks=None if tasks is None else list(tasks),
             encoder=self.encoder if embeddings else None,
         )
 
     def featurize_dataset(self, ds: RoutingDataset, embeddings: bool = True) -> QueryFeatures:
-        """Features of every query of ``ds`` with its task labels; flushes the disk cache.
+        """Features of every query of ``ds`` (what serving has: no task labels, no answers); flushes the disk cache.
 
         Prompt tokens are the dataset's own, so the objective's cost estimate uses the same counts as the
         dataset's true cost."""
@@ -172,7 +171,6 @@ class Featurizer:
             stats=text_stats(ds.queries),
             prompt_tokens=np.asarray(ds.prompt_tokens, dtype=np.float64),
             embeddings=self.embed(ds.queries) if embeddings else None,
-            tasks=None if ds.tasks is None else list(ds.tasks),
             encoder=self.encoder if embeddings else None,
         )
         self.flush()

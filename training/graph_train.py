@@ -233,7 +233,6 @@ def fit_graph_router(router: GraphRouter, dataset: RoutingDataset) -> GraphRoute
 
 def inductive_eval(
     dataset: RoutingDataset, held_out: str, router: GraphRouter, test_size: float = 0.2, seed: int = 0,
-    use_tasks: bool = True,
 ) -> dict[str, Any]:
     """Fit ``router`` with ``held_out`` absent from the graph, then route the test split over the whole pool,
     adding ``held_out`` at inference by its card alone (description + attributes). ``dataset.features`` must be set.
@@ -256,8 +255,6 @@ def inductive_eval(
     router.fit(dataset.subset(train).select_models([m for m in dataset.models if m != held_out]))
     te = dataset.subset(test)
     feats = dataset.features.subset(test)
-    if not use_tasks:
-        feats.tasks = None
     pred = router.predict(feats, te.cards)
     j, rows, m = te.models.index(held_out), np.arange(len(te)), len(te.models)
     success = te.quality[:, j] >= 0.5
@@ -287,7 +284,7 @@ def inductive_eval(
 
 
 def scenario_table(
-    dataset: RoutingDataset, router_names: list[str], seed: int = 0, use_tasks: bool = True
+    dataset: RoutingDataset, router_names: list[str], seed: int = 0
 ) -> list[dict[str, Any]]:
     """GraphRouter's three scenarios (the objective's presets) for each router on one 80/20 split by query.
 
@@ -304,8 +301,6 @@ def scenario_table(
         raise RouterError("scenario_table needs dataset.features (featurize the dataset first)")
     train, test = split_by_query(dataset, 0.2, seed)
     te, feats = dataset.subset(test), dataset.features.subset(test)
-    if not use_tasks:
-        feats.tasks = None
     truth, rows, out = Prediction(quality=te.quality, cost_usd=te.cost_usd), np.arange(len(te)), []
     for name in router_names:
         router = build_router(name, seed=seed)
@@ -363,7 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="llmrouter")
     ap.add_argument("--held-out", default="", help="inductive: models to hold out (default: each in turn)")
     ap.add_argument("--routers", default="random,best-single,knn,complexity,graph,oracle", help="scenarios")
-    ap.add_argument("--no-tasks", action="store_true", help="route without task labels, as the gateway does")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path(".poolgate/embeddings"))
     ap.add_argument("--encoder", choices=("minilm", "minilm-static"), default="minilm-static",
@@ -377,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = ds.with_features(featurizer.featurize_dataset(ds))
     if args.what == "scenarios":
         print(f"{'router':12} {'scenario':13} {'reward':>7} {'quality':>7} {'cost_usd':>10} {'fit_s':>6}")
-        for r in scenario_table(ds, args.routers.split(","), args.seed, use_tasks=not args.no_tasks):
+        for r in scenario_table(ds, args.routers.split(","), args.seed):
             print(f"{r['router']:12} {r['scenario']:13} {r['reward']:7.4f} {r['quality']:7.4f} {r['cost_usd']:10.3e} "
                   f"{r['fit_s']:6.1f}", flush=True)
         return 0
@@ -386,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.held_out.split(",") if m] or ds.models:
         router = GraphRouter(seed=args.seed)
         router.text_encoder = descriptions.embed
-        res = inductive_eval(ds, name, router, seed=args.seed, use_tasks=not args.no_tasks)
+        res = inductive_eval(ds, name, router, seed=args.seed)
         for scenario in ("quality-first", "balanced", "cost-first"):
             cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (res[scenario][c] for c in cols)]
             print(f"{name:34} {res['true_mean']:6.3f} {res['pred_mean']:6.3f} {res['auc']:5.3f} {scenario:13}",
