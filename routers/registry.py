@@ -21,6 +21,7 @@ ROUTERS: dict[str, str] = {
     "complexity": "routers.complexity:ComplexityRouter",
     "tryage": "routers.tryage:TryageRouter",
     "graph": "routers.graph:GraphRouter",
+    "category": "routers.category:CategoryRouter",
 }
 
 
