@@ -42,6 +42,10 @@ class BackendConfig(BaseModel):
     context_window: int | None = Field(default=None, gt=0)
     capabilities: list[str] = Field(default_factory=list)
     description: str = ""
+    quality: float | None = Field(
+        default=None, ge=0, le=1,
+        description="expected quality in [0, 1] (e.g. a benchmark score): what 'strongest' ranks by when the pool's "
+                    "router was not trained on this backend")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
     retries: int = Field(default=1, ge=0, le=10, description="extra tries on connect errors, 429 and 5xx")
@@ -75,6 +79,7 @@ class BackendConfig(BaseModel):
             context_window=self.context_window,
             capabilities=frozenset(self.capabilities),
             description=self.description,
+            quality=self.quality,
         )
 
 

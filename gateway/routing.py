@@ -20,7 +20,7 @@ from gateway.pools import BackendConfig, PoolConfig, PoolFile
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.baselines import CheapestRouter
 from routers.features import text_stats
-from routers.objective import ConstraintError, FlagError, Flags, decide, preset
+from routers.objective import Calibration, ConstraintError, FlagError, Flags, decide, preset
 from routers.registry import make_router
 
 log = logging.getLogger("poolgate.routing")
@@ -70,13 +70,22 @@ def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Route
     return router, path.stem
 
 
+def member_cards(backends: list[BackendConfig], router: Router) -> list[ModelCard]:
+    """The backends' cards, each ``quality`` (expected quality) filled from what the pool's router learned: a
+    model's mean true quality on its training data (``Calibration.member_quality``); the pool file's ``quality:``
+    stays where the router knows nothing of that backend. ``strongest`` and the caution anchor read it."""
+    learned = Calibration.of(router).member_quality
+    cards = [b.card() for b in backends]
+    return [replace(c, quality=learned[c.name]) if c.name in learned else c for c in cards]
+
+
 def build_runtime(pool_file: PoolFile, config: PoolConfig, base_dir: Path | None = None) -> PoolRuntime:
     backends = [pool_file.backend(m) for m in config.members]
     router, version = load_router(config, base_dir)
     base = preset(config.objective)
     base_flags = Flags.from_mapping(config.flags, base) if config.flags else base
     shadows = {name: make_router(name) for name in config.shadow_routers if name != config.router}
-    return PoolRuntime(config, backends, [b.card() for b in backends], router, version, base_flags, shadows)
+    return PoolRuntime(config, backends, member_cards(backends, router), router, version, base_flags, shadows)
 
 
 class RoutingService:
@@ -123,7 +132,8 @@ class RoutingService:
     def swap_router(self, pool: str, router: Router, version: str) -> None:
         """Serve ``router`` for ``pool`` from the next request on (in-flight requests keep the old one)."""
         old = self.runtimes[pool]
-        self.runtimes[pool] = replace(old, router=router, router_version=version)
+        self.runtimes[pool] = replace(old, router=router, router_version=version,
+                                      cards=member_cards(old.backends, router))
 
     def swap_shadow(self, pool: str, name: str, router: Router, version: str) -> None:
         """Run ``router`` (version ``version``) as ``pool``'s shadow router ``name`` from the next request on."""
@@ -175,14 +185,16 @@ class RoutingService:
         prediction, router_error = await self._predict(router, runtime, prompt_text, prompt_tokens)
         name = router.name if router_error is None else f"{router.name}>cheapest"
         try:
-            ranking, scores = decide(prediction, runtime.cards, flags, prompt_tokens, required_capabilities)
+            calibration = Calibration.of(router) if router_error is None else Calibration()
+            ranking, scores = decide(prediction, runtime.cards, flags, prompt_tokens, required_capabilities,
+                                     calibration)
         except ConstraintError as exc:
             raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.constraint}", code="unsatisfiable") from None
         candidates = [
             {
                 "backend": card.name,
                 "quality": round(float(scores.quality[0, j]), 4),
-                "utility": round(float(scores.utility[0, j]), 4),
+                "utility": round(float(scores.utility[0, j]), 6),
                 "expected_cost_usd": float(scores.expected_cost_usd[0, j]),
                 "feasible": bool(scores.feasible[0, j]),
             }

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
         default="closed", description="as redis_failure_rpm, for budgets (closed: never spend unchecked)")
     key_cache_ttl_s: float = Field(default=10.0, ge=0, description="API key lookups are cached this long")
     budget_pressure_start: float = Field(
-        default=0.5, ge=0, le=1, description="share of a key's budget spent before its cost weight starts to rise")
-    budget_max_cost_weight: float = Field(
-        default=2.0, ge=0, description="cost weight a key's requests reach as its budget runs out")
+        default=0.5, ge=0, le=1, description="share of a key's budget spent before routing starts to save on it")
+    budget_min_quality_target: float = Field(
+        default=0.8, gt=0, le=1,
+        description="quality_target a key's requests are routed with as its budget runs out (from 1 at the start)")

@@ -25,7 +25,7 @@ from typing import Any
 from gateway.routing import PoolRuntime, RouteDecision, RoutingService
 from gateway.store.writer import PENDING_SHADOW, LogWriter
 from routers.base import Router
-from routers.objective import Flags, decide
+from routers.objective import Calibration, Flags, decide
 
 log = logging.getLogger("poolgate.shadow")
 
@@ -115,7 +115,7 @@ class ShadowRecorder:
     ) -> dict[str, Any]:
         features = await self.routing.features(router, text, prompt_tokens)
         pred = await self.routing.predict(router, features, runtime.cards)
-        ranking, scores = decide(pred, runtime.cards, flags, prompt_tokens)
+        ranking, scores = decide(pred, runtime.cards, flags, prompt_tokens, calibration=Calibration.of(router))
         best = ranking[0]
         return {
             "backend": runtime.cards[best].name,

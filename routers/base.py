@@ -44,6 +44,9 @@ class ModelCard:
     description: str = ""
     latency_ms: float | None = None
     output_tokens: float | None = None
+    #: expected quality in [0, 1] when known without a router (pool metadata, e.g. a benchmark score); ``strongest``
+    #: ranks by it and the caution rule anchors on it for models a router was not trained on
+    quality: float | None = None
 
     def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
         """USD for one call with the given token counts at this model's prices."""
@@ -86,19 +89,22 @@ class QueryFeatures:
 class Prediction:
     """Per-query, per-candidate estimates.
 
-    ``quality`` is ``[n_queries, n_candidates]`` in [0, 1]. ``cost_usd`` (USD per call) and
-    ``output_tokens`` are optional: when a router does not model them the objective estimates cost
+    ``quality`` is ``[n_queries, n_candidates]`` in [0, 1]. ``cost_usd`` (USD per call), ``output_tokens`` and
+    ``uncertainty`` are optional: when a router does not model them the objective estimates cost
     from the candidates' prices and their observed or default output length.
     """
 
     quality: np.ndarray
     cost_usd: np.ndarray | None = None
     output_tokens: np.ndarray | None = None
+    #: optional relative uncertainty of each quality estimate (>= 0, about 1 on average; e.g. an ensemble's spread
+    #: over its mean spread): the objective's caution margin is scaled by it
+    uncertainty: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.quality.ndim != 2:
             raise ValueError(f"quality must be 2-D [queries, candidates], got shape {self.quality.shape}")
-        for name in ("cost_usd", "output_tokens"):
+        for name in ("cost_usd", "output_tokens", "uncertainty"):
             arr = getattr(self, name)
             if arr is not None and arr.shape != self.quality.shape:
                 raise ValueError(f"{name} shape {arr.shape} != quality shape {self.quality.shape}")
@@ -128,6 +134,9 @@ class Router(ABC):
     encoder_: str = "minilm"
     #: SHA-256 of the artifact file this router was loaded from (``None`` when it was built in this process)
     artifact_sha256: str | None = None
+    #: set by training (``training.calibrate``): the out-of-fold calibration the objective reads
+    #: (``routers.objective.Calibration.from_dict``); routers built without it get the objective's defaults
+    calibration_: dict[str, Any]
 
     def fit(self, dataset: RoutingDataset) -> Self:
         """Learn from a dataset. Baselines that need no data keep this default."""
@@ -184,8 +193,11 @@ class Router(ABC):
         path = Path(path)
         meta = {"encoder": self.encoder_ if self.requires_embeddings else None,
                 "models": list(getattr(self, "models_", []))}
+        state = self.get_state()
+        if hasattr(self, "calibration_"):  # set by training for every router, whatever its own state
+            state.setdefault("calibration_", self.calibration_)
         try:
-            data = artifact.dumps(self.name, self.get_params(), self.get_state(), meta)
+            data = artifact.dumps(self.name, self.get_params(), state, meta)
         except artifact.ArtifactFormatError as exc:
             raise RouterError(f"{self.name}: cannot write an artifact ({exc})") from None
         artifact.write(path, data)
@@ -217,6 +229,8 @@ class Router(ABC):
         try:
             router = router_cls(**parsed.params)
             router.set_state(parsed.state)
+            if "calibration_" in parsed.state:
+                router.calibration_ = parsed.state["calibration_"]
         except (TypeError, ValueError, KeyError, RouterError) as exc:
             raise RouterError(f"{path}: artifact does not fit router {parsed.router!r} ({exc})") from None
         router.artifact_sha256 = parsed.sha256

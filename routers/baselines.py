@@ -53,17 +53,22 @@ class CheapestRouter(Router):
 
 
 class StrongestRouter(Router):
-    """Always the strongest candidate by its attributes (price, then size); fallback goes down.
+    """Always the candidate of highest expected quality; fallback goes down that order.
 
-    Price is the primary key because it is known for every backend while size often is not
-    (closed models), and in a pool the most expensive model is the one bought for its strength.
+    Expected quality is the card's ``quality`` (filled by the gateway from the pool's learned router, i.e. each
+    model's mean quality on its training data, or from the pool file's ``quality:``). Candidates without one
+    come after those with one, ordered by price (the model bought for its strength), then size. The predicted
+    quality of the top candidate is 1 and the others' lie in (0, 0.01] in rank order, so that the shared objective
+    does not trade the strongest away for a cheaper one unless asked to (an explicit lambda that makes the price
+    gap worth more than 0.99): this is a policy, not an estimate.
     """
 
     name = "strongest"
 
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
-        keys = [(c.input_price + c.output_price, c.size_b or 0.0) for c in candidates]
-        row = _rank_scores(keys, descending=True)
+        keys = [(c.quality is not None, c.quality or 0.0, c.input_price + c.output_price, c.size_b or 0.0)
+                for c in candidates]
+        row = np.asarray([1.0 if s == 1.0 else 0.01 * s for s in _rank_scores(keys, descending=True)])
         return Prediction(quality=np.tile(row, (len(features), 1)))
 
 

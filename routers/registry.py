@@ -6,6 +6,8 @@ A new router is one file in ``routers/`` plus one line in :data:`ROUTERS`.
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from routers.base import Router, RouterError
@@ -46,3 +48,20 @@ def get_router_class(name: str) -> type[Router]:
 def make_router(name: str, **params: Any) -> Router:
     """Instantiate the router registered under ``name`` with constructor ``params``."""
     return get_router_class(name)(**params)
+
+
+def build_router(name: str, params: Mapping[str, Any] | None = None, seed: int | None = None) -> Router:
+    """Instantiate router ``name``; ``seed`` is passed when its constructor takes one. Unknown params: RouterError."""
+    cls = get_router_class(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    kwargs = dict(params or {})
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise RouterError(f"router {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(accepted) or '(none)'}")
+    if seed is not None and "seed" in accepted:
+        kwargs.setdefault("seed", seed)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RouterError(f"router {name!r}: bad parameters ({exc})") from None

@@ -72,15 +72,17 @@ def test_baselines_match_the_reference_policies(result) -> None:
     assert ref["best_single"]["models"] == ["large"]
 
 
-def test_evaluation_holds_out_a_fifth_of_the_unique_texts(result) -> None:
-    assert result.n_queries == 200 and result.n_evaluated == 40
+def test_holdout_scores_a_fifth_of_the_unique_texts_and_kfold_every_query_once(result) -> None:
+    held = evaluate_routers(_dataset(), ["best-single"], protocol="holdout", featurizer=Featurizer(disk_cache=False))
+    assert held.n_queries == 200 and held.n_evaluated == 40
+    assert result.n_evaluated == 200 and result.protocol == "kfold" and len(result.folds) == 5
     assert "pair" not in result.reference  # APGR is for two-model pools only
     assert all("apgr" not in r.metrics for r in result.routers)
 
 
-def test_the_cost_weight_sweep_trades_quality_for_cost(result) -> None:
+def test_the_lambda_sweep_trades_quality_for_cost(result) -> None:
     oracle = _router(result, "oracle")
-    first, last = oracle.point("cost=0"), oracle.point("cost=5")
+    first, last = oracle.point("lambda=0/c"), oracle.point("lambda=5/c")
     assert last.cost_usd < first.cost_usd and last.quality <= first.quality
     assert oracle.point("balanced") is not None and oracle.point("cost-first") is not None
     assert 0 < oracle.metrics["aiq"] <= 1
@@ -88,6 +90,7 @@ def test_the_cost_weight_sweep_trades_quality_for_cost(result) -> None:
 
 def test_folds_evaluate_every_query_once() -> None:
     res = evaluate_routers(_dataset(), ["best-single", "oracle"], folds=4, featurizer=Featurizer(disk_cache=False))
+    assert res.split.startswith("4-fold")
     assert res.n_evaluated == 200
     assert _router(res, "oracle").metrics["quality"] == pytest.approx(_dataset().quality.max(axis=1).mean())
 
@@ -113,9 +116,104 @@ def test_a_failing_router_is_reported_and_the_others_still_run(monkeypatch: pyte
 
 def test_results_serialize_to_json_and_a_self_contained_page(result) -> None:
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["routers"][0]["points"][0]["label"] == "cost=0"
+    assert data["routers"][0]["points"][0]["label"] == "lambda=0/c"
     assert data["routers"][2]["metrics"]["tep_tokens"] is None or isinstance(
         data["routers"][2]["metrics"]["tep_tokens"], float)
     page = render_html(result)
     assert page.count("<svg") >= 2 and "<script" not in page
     assert "src=" not in page and "href=" not in page  # nothing fetched from anywhere
+
+
+class SpyRouter(Router):
+    """Records every batch of features it is asked to predict on (to check what the harness passes)."""
+
+    name = "spy"
+    seen: list[QueryFeatures] = []
+
+    def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
+        SpyRouter.seen.append(features)
+        return Prediction(quality=np.full((len(features), len(candidates)), 0.5))
+
+
+def test_routers_get_serving_features_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from routers.features import text_stats
+    from training.evaluate import SERVING_FIELDS
+
+    monkeypatch.setitem(registry.ROUTERS, "spy", "tests.test_evaluate_harness:SpyRouter")
+    SpyRouter.seen = []
+    ds = _dataset()
+    evaluate_routers(ds, ["spy"], featurizer=Featurizer(disk_cache=False))
+    assert SpyRouter.seen
+    for feats in SpyRouter.seen:
+        assert set(vars(feats)) <= SERVING_FIELDS  # no task label, no answer, nothing from the test rows' truth
+        assert np.array_equal(feats.stats, text_stats(feats.texts))  # derived from the text alone
+
+
+def test_a_batch_carrying_a_field_the_gateway_lacks_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.evaluate as harness
+
+    monkeypatch.setitem(registry.ROUTERS, "spy", "tests.test_evaluate_harness:SpyRouter")
+    real = Featurizer.featurize_dataset
+
+    def leaky(self, ds, embeddings=True):  # type: ignore[no-untyped-def]
+        feats = real(self, ds, embeddings)
+        feats.tasks = list(ds.tasks)  # type: ignore[attr-defined]  # what the old harness handed routers
+        return feats
+
+    monkeypatch.setattr(harness.Featurizer, "featurize_dataset", leaky)
+    res = evaluate_routers(_dataset(), ["spy"], featurizer=Featurizer(disk_cache=False))
+    assert "fields the gateway does not have" in (_router(res, "spy").error or "")
+
+
+def _tasks_dataset() -> RoutingDataset:
+    ds = _dataset()
+    ds.tasks = [("alpha", "beta", "gamma")[(i // 2) % 3] for i in range(len(ds))]
+    return ds
+
+
+def test_leave_one_task_out_scores_each_task_with_a_router_that_never_saw_it() -> None:
+    from training.protocol import outer_folds
+
+    ds = _tasks_dataset()
+    folds, _ = outer_folds(ds, "loto")
+    assert [f.label for f in folds] == ["alpha", "beta", "gamma"]
+    for f in folds:
+        assert {ds.tasks[i] for i in f.test} == {f.label} and f.label not in {ds.tasks[i] for i in f.train}
+    res = evaluate_routers(ds, ["best-single"], protocol="loto", featurizer=Featurizer(disk_cache=False))
+    assert res.folds == ["alpha", "beta", "gamma"] and res.n_evaluated == len(ds)
+    assert set(_router(res, "best-single").per_task) == {"alpha", "beta", "gamma"}
+
+
+def test_near_duplicates_never_straddle_train_and_test() -> None:
+    from training.protocol import outer_folds, split_groups
+
+    ds = _dataset()
+    # the same question re-worded by a template: a trailing space and a changed case are near-duplicates
+    ds.queries = [q if i % 4 < 2 else q.upper() + " " for i, q in enumerate(ds.queries)]
+    groups = split_groups(ds)
+    for f in outer_folds(ds, "kfold", folds=5)[0]:
+        assert not set(groups[f.train]) & set(groups[f.test])
+
+
+def test_intervals_cover_the_mean_and_best_single_differs_from_itself_by_zero(result) -> None:
+    best = _router(result, "best-single")
+    mean, lo, hi = best.intervals["quality_first_quality"]
+    assert lo <= mean <= hi and hi - lo > 0
+    assert best.intervals["quality_first_diff_vs_best_single"] == [0.0, 0.0, 0.0]
+    oracle = _router(result, "oracle")
+    assert oracle.intervals["quality_first_diff_vs_best_single"][1] > 0  # the oracle beats it, paired
+    assert 0.0 <= oracle.metrics["ece_chosen"] <= 1.0
+
+
+def test_cross_protocol_fits_on_one_data_set_and_scores_the_other_with_models_matched_by_name() -> None:
+    from training.protocol import concat_datasets
+
+    train, test = _dataset(), _dataset(seed=3)
+    test = test.select_models(["large", "small", "mid"])  # another column order: matched by name
+    both = concat_datasets(train, test)
+    assert both.models == train.models and np.array_equal(both.quality[len(train):], _dataset(seed=3).quality)
+    res = evaluate_routers(both, ["best-single"], protocol="cross", n_train=len(train),
+                           featurizer=Featurizer(disk_cache=False))
+    assert res.n_evaluated == len(test) and res.folds == ["cross"]
+    with pytest.raises(ValueError, match="different models"):
+        concat_datasets(train, _dataset().select_models(["small", "large"]))

@@ -2,7 +2,9 @@
 
 Four fake backends with different price, size and release date; the pool's router is ``strongest`` with the
 ``quality-first`` preset, so with no flags the dearest backend wins and every change of choice below comes
-from the flags alone (the shared objective: utility = quality - sum_k weight_k * minmax(attribute_k)).
+from the flags alone (the shared objective: utility = quality - lambda * cost_usd - size * size_b
+- recency * age_years - ..., each in its own unit). ``strongest`` is a policy (the top candidate 1.0, the others
+at most 0.01), so a flag moves it only when its weight makes the attribute gap worth more than 0.99.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ pools:
     members: [{", ".join(BACKENDS)}]
     router: strongest
     objective: quality-first
-    flags: {{cost: 20}}
+    flags: {{cost: 1000}}
 """
     return gateway(pool)
 
@@ -67,7 +69,7 @@ def test_without_flags_the_strongest_backend_is_chosen(client):
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [({"cost": 20}, "cheap"), ({"size": 20}, "small"), ({"recency": 20}, "new")],
+    [({"cost": 1000}, "cheap"), ({"size": 0.01}, "small"), ({"recency": 1}, "new")],
 )
 def test_a_weight_in_extra_body_moves_the_choice_to_the_backend_it_favours(client, flags, expected):
     backend, echoed = chosen(client, extra_body={"poolgate": {"flags": flags}})
@@ -77,17 +79,17 @@ def test_a_weight_in_extra_body_moves_the_choice_to_the_backend_it_favours(clien
 
 
 def test_flags_in_the_x_poolgate_flags_header_apply(client):
-    backend, echoed = chosen(client, extra_headers={"X-Poolgate-Flags": json.dumps({"size": 20})})
-    assert backend == "small" and echoed["size"] == 20
+    backend, echoed = chosen(client, extra_headers={"X-Poolgate-Flags": json.dumps({"size": 0.01})})
+    assert backend == "small" and echoed["size"] == 0.01
 
 
 def test_body_flags_override_header_flags_key_by_key(client):
     backend, echoed = chosen(
-        client, extra_headers={"X-Poolgate-Flags": json.dumps({"cost": 20, "size": 1})},
-        extra_body={"poolgate": {"flags": {"cost": 0, "recency": 20}}},
+        client, extra_headers={"X-Poolgate-Flags": json.dumps({"cost": 1000, "size": 0.0001})},
+        extra_body={"poolgate": {"flags": {"cost": 0, "recency": 1}}},
     )
     assert backend == "new"
-    assert echoed["cost"] == 0 and echoed["recency"] == 20 and echoed["size"] == 1
+    assert echoed["cost"] == 0 and echoed["recency"] == 1 and echoed["size"] == 0.0001
 
 
 def test_request_flags_override_the_pool_preset(client):
@@ -98,7 +100,7 @@ def test_request_flags_override_the_pool_preset(client):
 
 def test_a_constraint_filters_before_the_weights_decide(client):
     # only "strong" has a 128k window: the cost weight cannot pick "cheap" any more
-    flags = {"cost": 20, "min_context": 100000}
+    flags = {"cost": 1000, "min_context": 100000}
     assert chosen(client, extra_body={"poolgate": {"flags": flags}})[0] == "strong"
     # under a budget that rules out "strong", quality-first takes the next strongest
     budget = {"max_cost_usd": 0.005}
@@ -143,12 +145,12 @@ def test_a_bad_flag_in_the_header_names_the_flag(client):
 
 
 def test_the_flags_used_are_logged_with_the_decision(client, gw):
-    backend, _ = chosen(client, extra_body={"poolgate": {"flags": {"cost": 20, "verbosity": 0.5}}})
+    backend, _ = chosen(client, extra_body={"poolgate": {"flags": {"cost": 1000, "verbosity": 0.5}}})
     rows = wait_rows(gw.settings.database_url, 1)
     assert len(rows) == 1
     row = rows[0]
     assert row["backend"] == backend == "cheap"
-    assert row["flags"]["cost"] == 20 and row["flags"]["verbosity"] == 0.5 and row["flags"]["quality"] == 1.0
+    assert row["flags"]["cost"] == 1000 and row["flags"]["verbosity"] == 0.5 and row["flags"]["quality"] == 1.0
     by_name = {c["backend"]: c for c in row["candidates"]}
     assert set(by_name) == set(BACKENDS)
     assert max(by_name.values(), key=lambda c: c["utility"])["backend"] == "cheap"
@@ -156,9 +158,9 @@ def test_the_flags_used_are_logged_with_the_decision(client, gw):
 
 def test_streaming_requests_echo_the_flags_too(client):
     with client.chat.completions.with_streaming_response.create(
-        model="auto", messages=MESSAGES, stream=True, extra_body={"poolgate": {"flags": {"recency": 20}}},
+        model="auto", messages=MESSAGES, stream=True, extra_body={"poolgate": {"flags": {"recency": 1}}},
     ) as resp:
         text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
         assert resp.headers["x-poolgate-backend"] == "new"
-        assert json.loads(resp.headers["x-poolgate-flags"])["recency"] == 20
+        assert json.loads(resp.headers["x-poolgate-flags"])["recency"] == 1
     assert text == "answer from new"

@@ -32,7 +32,7 @@ pools:
     members: [strong, cheap]
     router: strongest
     objective: quality-first
-    flags: {{cost: 20}}
+    flags: {{cost: 1000}}
 """
     return gateway(pool, auth_enabled=True, master_key=MASTER)
 
@@ -51,17 +51,17 @@ def chosen(client: openai.OpenAI, model: str = "auto", **kw: Any) -> tuple[str, 
 
 def test_a_key_default_applies_when_the_request_says_nothing(gw: Any) -> None:
     assert chosen(client_for(gw, None))[0] == "strong"
-    backend, flags = chosen(client_for(gw, {"cost": 20}))
-    assert backend == "cheap" and flags["cost"] == 20
+    backend, flags = chosen(client_for(gw, {"cost": 1000}))
+    assert backend == "cheap" and flags["cost"] == 1000
 
 
 def test_the_request_overrides_the_key_and_the_key_overrides_the_pool(gw: Any) -> None:
-    frugal_key = client_for(gw, {"cost": 20})
+    frugal_key = client_for(gw, {"cost": 1000})
     assert chosen(frugal_key, extra_body={"poolgate": {"flags": {"cost": 0}}})[0] == "strong"
     lavish_key = client_for(gw, {"cost": 0})
-    assert chosen(lavish_key, model="frugal")[0] == "strong"  # the pool says cost 20, the key says 0
-    backend, flags = chosen(lavish_key, model="frugal", extra_headers={"X-Poolgate-Flags": '{"cost": 20}'})
-    assert backend == "cheap" and flags["cost"] == 20
+    assert chosen(lavish_key, model="frugal")[0] == "strong"  # the pool says cost 1000, the key says 0
+    backend, flags = chosen(lavish_key, model="frugal", extra_headers={"X-Poolgate-Flags": '{"cost": 1000}'})
+    assert backend == "cheap" and flags["cost"] == 1000
 
 
 def test_a_key_with_a_bad_default_flag_is_refused_when_created(gw: Any) -> None:

@@ -64,7 +64,7 @@ pools:
     assert first.headers["x-poolgate-router"] == "graph"  # not the fallback "graph>cheapest"
     assert first.headers["x-poolgate-backend"] in urls
     cheap = client.chat.completions.with_raw_response.create(
-        model="auto", messages=messages, extra_body={"poolgate": {"flags": {"cost": 5}}})
+        model="auto", messages=messages, extra_body={"poolgate": {"flags": {"cost": 100000}}})
     assert cheap.headers["x-poolgate-backend"] == "gemma-2-9b-it"  # the cheapest, once cost dominates
     rows = sorted(wait_rows(gw.settings.database_url, 2), key=lambda r: r["created_at"])
     predicted = {c["backend"]: c["quality"] for c in rows[0]["candidates"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,23 +122,50 @@ def test_budget_is_refused_at_zero_with_insufficient_quota(gw: Any) -> None:
     assert usage["spent_usd"] - key["budget_usd"] <= strong_cost  # over by less than one request
 
 
-def test_budget_pressure_raises_the_cost_weight_until_routing_prefers_the_cheap_model(gw: Any) -> None:
+def _best_single_artifact(folder: Path) -> Path:
+    """A best-single router that learned cheap 0.6 and strong 0.9 mean quality (no calibration: the objective's
+    price-ratio rule then turns a quality target into lambda)."""
+    import numpy as np
+
+    from routers.base import ModelCard
+    from routers.baselines import BestSingleRouter
+    from training.dataset import RoutingDataset
+
+    quality = np.asarray([[1.0, 1.0]] * 6 + [[0.0, 1.0]] * 3 + [[0.0, 0.0]] * 1)
+    cards = [ModelCard("cheap", *CHEAP), ModelCard("strong", *STRONG)]
+    ds = RoutingDataset("toy", [f"q{i}" for i in range(10)], ["cheap", "strong"], quality, np.ones(10),
+                        np.ones((10, 2)), np.ones((10, 2)), cards)
+    return BestSingleRouter().fit(ds).save(folder / "best-single.router")
+
+
+def test_budget_pressure_lowers_the_quality_target_until_routing_prefers_the_cheap_model(
+        fake_backends: Any, gateway: Any, tmp_path: Path) -> None:
+    _, cs = fake_backends("cheap")
+    _, ss = fake_backends("strong")
+    pool = pool_yaml(cs.url, ss.url) + f"""
+  - name: judged
+    members: [cheap, strong]
+    router: best-single
+    artifact: {_best_single_artifact(tmp_path)}
+    objective: quality-first
+"""
+    gw = gateway(pool, auth_enabled=True, master_key=MASTER, budget_min_quality_target=0.2)
     strong_cost = (7 * STRONG[0] + 3 * STRONG[1]) / 1e6
     key = new_key(gw, budget_usd=strong_cost * 6.2, period="day")
-    seen: list[tuple[str, float]] = []
+    seen: list[tuple[str, float | None]] = []
     for _ in range(7):
-        resp = chat(gw, key["secret"], "smart", max_tokens=3)
-        assert resp.status_code == 200
-        seen.append((resp.headers["x-poolgate-backend"], json.loads(resp.headers["x-poolgate-flags"])["cost"]))
+        resp = chat(gw, key["secret"], "judged", max_tokens=3)
+        assert resp.status_code == 200, resp.text
+        seen.append((resp.headers["x-poolgate-backend"],
+                     json.loads(resp.headers["x-poolgate-flags"])["budget_quality_target"]))
     backends = [b for b, _ in seen]
-    weights = [w for _, w in seen]
-    # quality-first (cost 0) while at most half the budget is spent; then the weight climbs linearly towards 2.0.
-    # 'strongest' scores strong 1.0 and cheap 0.5, so the cheap model wins once the weight passes 0.5
-    # (62.5% spent): after four strong answers 4/6.2 = 64.5% is gone
-    assert weights[:4] == [0.0, 0.0, 0.0, 0.0]
-    assert weights[4] == pytest.approx(2.0 * ((4 / 6.2) - 0.5) / 0.5)
-    assert weights == sorted(weights) and weights[-1] < 2.0
-    assert backends == ["strong"] * 4 + ["cheap"] * 3
+    targets = [1.0 if t is None else t for _, t in seen]
+    # quality-first (lambda 0) while at most half the budget is spent; then the target falls linearly towards 0.2
+    # and lambda = (1 - t) / cost(strong): strong (0.9) loses to cheap (0.6) once (1 - t)(1 - price ratio) > 0.3
+    assert targets[:3] == [1.0, 1.0, 1.0] and targets == sorted(targets, reverse=True) and targets[-1] > 0.2
+    k = backends.index("cheap")
+    assert 3 <= k <= 6 and backends == ["strong"] * k + ["cheap"] * (7 - k)
+    assert 1 - targets[k] > 0.3 > (1 - targets[k - 1]) * (1 - (CHEAP[0] + CHEAP[1]) / (STRONG[0] + STRONG[1]))
 
 
 def test_key_default_flags_apply_and_the_request_overrides_them(gw: Any) -> None:

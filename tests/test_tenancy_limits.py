@@ -6,13 +6,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from gateway.limits import InProcessLimiter, KeyRevoked, Limiter, LimitExceeded, LimitSpec, LimitsUnavailable
-from gateway.limits.base import period_window, pressured_cost_weight
+from gateway.limits.base import period_window, pressured_quality_target
 from tests.conftest import redis_url
 
 REDIS_SKIP = "POOLGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0): Redis limiter tests skipped"
@@ -274,12 +275,23 @@ async def test_a_dead_redis_port_with_every_limit_open_admits_everything() -> No
 # -- pure rules --------------------------------------------------------------------------------------------
 
 
-def test_budget_pressure_raises_the_cost_weight_linearly_after_the_start_share() -> None:
-    assert pressured_cost_weight(0.5, left_fraction=0.8, start=0.5, max_weight=2.0) == 0.5  # 20% spent: untouched
-    assert pressured_cost_weight(0.5, left_fraction=0.5, start=0.5, max_weight=2.0) == 0.5
-    assert pressured_cost_weight(0.5, left_fraction=0.25, start=0.5, max_weight=2.0) == pytest.approx(1.25)
-    assert pressured_cost_weight(0.5, left_fraction=0.0, start=0.5, max_weight=2.0) == pytest.approx(2.0)
-    assert pressured_cost_weight(3.0, left_fraction=0.0, start=0.5, max_weight=2.0) == 3.0  # never lowered
+def test_budget_pressure_lowers_the_quality_target_linearly_after_the_start_share() -> None:
+    assert pressured_quality_target(left_fraction=0.8, start=0.5, floor=0.8) == 1.0  # 20% spent: untouched
+    assert pressured_quality_target(left_fraction=0.5, start=0.5, floor=0.8) == 1.0
+    assert pressured_quality_target(left_fraction=0.25, start=0.5, floor=0.8) == pytest.approx(0.9)
+    assert pressured_quality_target(left_fraction=0.0, start=0.5, floor=0.8) == pytest.approx(0.8)
+
+
+def test_budget_pressure_only_ever_raises_lambda() -> None:
+    import numpy as np
+
+    from routers.objective import NO_CALIBRATION, Flags, resolve_lambda
+
+    cost = np.asarray([[0.001, 0.01]])
+    explicit = Flags(cost=500.0)
+    assert resolve_lambda(replace(explicit, budget_quality_target=0.9), NO_CALIBRATION, cost)[0] == 500.0
+    assert resolve_lambda(replace(Flags(cost=0.0), budget_quality_target=0.9), NO_CALIBRATION, cost)[0] == \
+        pytest.approx(0.1 / 0.01)
 
 
 def test_budget_periods_follow_the_utc_calendar() -> None:

@@ -55,11 +55,11 @@ pools:
     assert first.headers["x-poolgate-router"] == "tryage"
     assert first.headers["x-poolgate-backend"] == STRONG  # GPT-4 is right more often on GSM8K
     cheap = client.chat.completions.with_raw_response.create(
-        model="auto", messages=messages, extra_body={"poolgate": {"flags": {"cost": 5}}})
+        model="auto", messages=messages, extra_body={"poolgate": {"flags": {"cost": 100000}}})
     assert cheap.headers["x-poolgate-backend"] == WEAK
-    assert json.loads(cheap.headers["x-poolgate-flags"])["cost"] == 5
+    assert json.loads(cheap.headers["x-poolgate-flags"])["cost"] == 100000
     rows = sorted(wait_rows(gw.settings.database_url, 2), key=lambda r: r["created_at"])
     predicted = {c["backend"]: c["quality"] for c in rows[0]["candidates"]}
     # calibrated probabilities of a correct answer, not ranks: both strictly inside (0, 1), GPT-4 above Mixtral
     assert 0 < predicted[WEAK] < predicted[STRONG] < 1
-    assert rows[1]["flags"]["cost"] == 5 and rows[1]["backend"] == WEAK
+    assert rows[1]["flags"]["cost"] == 100000 and rows[1]["backend"] == WEAK

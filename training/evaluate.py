@@ -1,87 +1,60 @@
-"""The evaluation harness: fit routers on a split, route the held-out queries, and score the choices.
+"""The evaluation harness: fit routers on the outer folds of a protocol, route the held-out queries, score choices.
 
-For every router: fit on the training rows (evaluation-only routers such as the oracle: on the test rows),
-predict on the test rows, and let the shared objective (:func:`routers.objective.choose_batch`) choose across
-a sweep of cost weights (quality weight 1) plus the objective's presets. Every number comes from the
-dataset's *true* quality, tokens and cost of the chosen cells. With ``folds`` the test rows of all folds are
-pooled (each query is tested exactly once). Routers are built by name from the registry, with no special cases.
+For every router and outer fold (:mod:`training.protocol`): fit on the fold's training rows -- with its
+out-of-fold calibration for the objective (:func:`training.calibrate.fit_calibrated`), made on inner folds of
+those rows only -- then predict the held-out rows from **serving features only** (:func:`serving_features`:
+exactly what the gateway builds per request: text, text statistics, prompt tokens, the router's embedding; no
+task label, no answer), and let the shared objective choose at each operating point: the presets
+(``quality-first``, ``balanced``, ``cost-first``) and a lambda sweep scaled to the data's prices. Every number
+comes from the data set's *true* quality, tokens and cost of the chosen cells, pooled over the outer folds.
+Evaluation-only routers (the oracle) are fitted on the rows they score. Routers are built from the registry.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from routers.base import ModelCard
-from routers.objective import PRESETS, Flags, choose_batch
-from routers.registry import get_router_class
-from training import metrics
+from routers.base import QueryFeatures
+from routers.objective import PRESETS, Calibration, Flags, choose_batch, score
+from routers.registry import build_router, get_router_class
+from training.calibrate import cards_for, fit_calibrated, needs_training
 from training.dataset import RoutingDataset
 from training.features import Featurizer
-from training.splits import kfold_by_query, split_by_query
-from training.train_router import build_router
+from training.protocol import OuterFold, outer_folds
+from training.results import RouterResult, SweepPoint, router_metrics
 
-#: cost weights of the sweep (quality weight 1). Predicted quality and min-max normalized cost both span [0, 1],
-#: so most decisions flip between 0 and 1: the grid is dense there to give the curve (and AIQ) resolution.
-DEFAULT_COST_WEIGHTS: tuple[float, ...] = (
-    0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 5.0,
-)
+#: lambda sweep in units of 1 / (expected cost of the training rows' best single member per query)
+SWEEP_SCALES: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+                                   3.0, 5.0, 10.0, 30.0, 100.0, 1000.0)
 #: the operating point a report's main columns describe
 OPERATING_POINT = "quality-first"
-
-
-@dataclass
-class SweepPoint:
-    """One operating point: the flags used and the true outcome of the choices they produced."""
-
-    label: str
-    quality_weight: float
-    cost_weight: float
-    quality: float
-    cost_usd: float
-    tokens: float
-    shares: dict[str, float]
-
-
-@dataclass
-class RouterResult:
-    """Everything measured for one router. ``error`` is set (and the rest empty) when it failed."""
-
-    name: str
-    points: list[SweepPoint] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    threshold_curve: dict[str, list[float]] | None = None
-    fit_seconds: float = 0.0
-    predict_seconds: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    #: ``--sweep`` operating points (flag combinations; see training/sweep.py), kept apart from ``points``
-    sweep: list[SweepPoint] = field(default_factory=list)
-
-    def point(self, label: str) -> SweepPoint | None:
-        return next((p for p in self.points if p.label == label), None)
+#: the fields a router may receive at prediction time: what the gateway's routing service fills in
+SERVING_FIELDS: frozenset[str] = frozenset({"texts", "stats", "prompt_tokens", "embeddings", "encoder"})
 
 
 @dataclass
 class EvaluationResult:
-    """A whole evaluation: the data set, how it was split, the references, and one result per router."""
+    """A whole evaluation: the data set, the protocol, the references, and one result per router."""
 
     dataset: str
     n_queries: int
     n_evaluated: int
     models: list[str]
     seed: int
-    folds: int | None
+    protocol: str
     split: str
     assumptions: dict[str, Any]
     reference: dict[str, Any]
     routers: list[RouterResult]
     featurize_seconds: float = 0.0
     embedding: dict[str, Any] = field(default_factory=dict)
+    calibration: str = "query"
+    folds: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``nan`` becomes ``None``)."""
@@ -100,170 +73,149 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def sweep_flags(cost_weights: Sequence[float]) -> list[tuple[str, Flags]]:
-    """(label, flags) per operating point: ``cost=w`` for each weight (quality 1), then every preset."""
-    out = [(f"cost={w:g}", Flags(quality=1.0, cost=float(w))) for w in cost_weights]
+def serving_features(features: QueryFeatures, rows: np.ndarray) -> QueryFeatures:
+    """The held-out rows' features as the gateway would give them; ValueError if the batch carries anything else
+    (a field the gateway does not have, such as task labels or answers, must never reach ``predict``)."""
+    extra = {f.name for f in fields(features)} - SERVING_FIELDS
+    if extra or set(vars(features)) - SERVING_FIELDS:
+        raise ValueError(f"features carry fields the gateway does not have at serving time: {sorted(extra)}")
+    return features.subset(rows)
+
+
+def sweep_flags(c_ref: float) -> list[tuple[str, Flags]]:
+    """(label, flags) of the lambda sweep for a best-member cost ``c_ref`` (USD per query), then the presets."""
+    out = [(f"lambda={s:g}/c", Flags(cost=s / c_ref if c_ref > 0 else 0.0)) for s in SWEEP_SCALES]
     return out + list(PRESETS.items())
 
 
-def eval_cards(ds: RoutingDataset, train_idx: np.ndarray) -> list[ModelCard]:
-    """The dataset's cards, with each unknown ``output_tokens`` set to the model's mean completion tokens on
-    the *training* rows (so the objective's cost estimate never peeks at the test answers)."""
-    cards = []
-    for j, card in enumerate(ds.cards):
-        if card.output_tokens is None and len(train_idx):
-            card = replace(card, output_tokens=float(ds.completion_tokens[train_idx, j].mean()))
-        cards.append(card)
-    return cards
-
-
 @dataclass
-class _Fold:
-    train: np.ndarray
-    test: np.ndarray
-    cards: list[ModelCard]
+class _FoldRun:
+    choices: list[np.ndarray]  # per operating point, [n_test] chosen column
+    predicted: np.ndarray  # [n_test, m] predicted quality
+    lam: list[float]  # per operating point, mean lambda used
 
 
-def _run_router(name: str, ds: RoutingDataset, folds: list[_Fold], flags: list[tuple[str, Flags]], seed: int
-                ) -> tuple[np.ndarray, np.ndarray, RouterResult]:
-    """Fit/predict per fold; returns (choices [n_points, n_eval], predicted quality [n_eval, m], result)."""
-    result = RouterResult(name=name)
-    choices, qualities = [], []
-    for fold in folds:
-        router = build_router(name, seed=seed)
-        fit_rows = fold.test if router.evaluation_only else fold.train
-        start = time.perf_counter()
-        router.fit(ds.subset(fit_rows))
-        result.fit_seconds += time.perf_counter() - start
-        assert ds.features is not None
-        feats = ds.features.subset(fold.test)
-        start = time.perf_counter()
-        pred = router.predict(feats, fold.cards)
-        result.predict_seconds += time.perf_counter() - start
-        if pred.quality.shape != (len(fold.test), len(ds.models)):
-            raise ValueError(f"router {name!r} predicted shape {pred.quality.shape}, "
-                             f"expected {(len(fold.test), len(ds.models))}")
-        choices.append(np.stack([choose_batch(pred, fold.cards, f, feats.prompt_tokens) for _, f in flags]))
-        qualities.append(np.clip(pred.quality, 0.0, 1.0))
-        result.params = _clean(router.get_params()) | {
-            k: _clean(getattr(router, k)) for k in ("k_",) if hasattr(router, k)}
-    return np.concatenate(choices, axis=1), np.concatenate(qualities), result
+def _fit(name: str, ds: RoutingDataset, fold: OuterFold, seed: int, calibration: str):  # type: ignore[no-untyped-def]
+    probe = build_router(name, seed=seed)
+    if probe.evaluation_only:
+        return probe.fit(ds.subset(fold.test))
+    if not needs_training(probe):
+        return probe.fit(ds.subset(fold.train))
+    return fit_calibrated(name, ds.subset(fold.train), seed=seed, mode=calibration)
 
 
-def _outcome(ds: RoutingDataset, rows: np.ndarray, choice: np.ndarray) -> tuple[float, float, float]:
-    return (metrics.mean_quality(ds.quality[rows], choice), metrics.mean_cost(ds.cost_usd[rows], choice),
-            metrics.mean_cost(ds.total_tokens[rows], choice))
+def _run_fold(name: str, ds: RoutingDataset, fold: OuterFold, flags: list[tuple[str, Flags]], seed: int,
+              calibration: str, res: RouterResult) -> _FoldRun:
+    start = time.perf_counter()
+    router = _fit(name, ds, fold, seed, calibration)
+    res.fit_seconds += time.perf_counter() - start
+    assert ds.features is not None
+    feats = serving_features(ds.features, fold.test)
+    cards = cards_for(ds, fold.train)
+    start = time.perf_counter()
+    pred = router.predict(feats, cards)
+    res.predict_seconds += time.perf_counter() - start
+    if pred.quality.shape != (len(fold.test), len(ds.models)):
+        raise ValueError(f"router {name!r} predicted shape {pred.quality.shape}, "
+                         f"expected {(len(fold.test), len(ds.models))}")
+    calib = Calibration.of(router)
+    choices, lams = [], []
+    for _, fl in flags:
+        choices.append(choose_batch(pred, cards, fl, feats.prompt_tokens, calib))
+        lams.append(float(score(pred, cards, fl, feats.prompt_tokens, calib).lam.mean()))
+    # constructor parameters, and the scalars fit chose (k_, C_, confidence_, ...): the choices made on inner folds
+    chosen = {k: v for k, v in vars(router).items()
+              if k.endswith("_") and not k.startswith("_") and isinstance(v, int | float | str)}
+    res.params = _clean(router.get_params() | chosen)
+    res.calibrations.append(_clean(getattr(router, "calibration_", {})))
+    return _FoldRun(choices, np.clip(np.asarray(pred.quality, dtype=np.float64), 0.0, 1.0), lams)
 
 
-def _single_policy(ds: RoutingDataset, folds: list[_Fold], pick: str) -> np.ndarray:
-    """Per-query choice of a fixed model picked per fold on the training rows ('best' quality or 'cheapest')."""
+def _single_policy(ds: RoutingDataset, folds: list[OuterFold], pick: str) -> np.ndarray:
+    """Per test row, the column of a fixed model picked per fold on its training rows ('best' or 'cheapest')."""
     out = []
     for f in folds:
-        if pick == "best":
-            j = int(np.argmax(ds.quality[f.train].mean(axis=0)))
-        else:
-            j = int(np.argmin(ds.cost_usd[f.train].mean(axis=0)))
-        out.append(np.full(len(f.test), j))
+        col = ds.quality[f.train].mean(axis=0) if pick == "best" else -ds.cost_usd[f.train].mean(axis=0)
+        out.append(np.full(len(f.test), int(np.argmax(col))))
     return np.concatenate(out)
 
 
-def _references(ds: RoutingDataset, rows: np.ndarray, folds: list[_Fold]) -> dict[str, Any]:
-    best = _single_policy(ds, folds, "best")
-    cheap = _single_policy(ds, folds, "cheapest")
+def _references(ds: RoutingDataset, rows: np.ndarray, folds: list[OuterFold]) -> dict[str, Any]:
     ref: dict[str, Any] = {}
-    for key, choice in (("best_single", best), ("cheapest", cheap)):
-        q, c, t = _outcome(ds, rows, choice)
-        names = sorted({ds.models[int(j)] for j in np.unique(choice)})
-        ref[key] = {"models": names, "quality": q, "cost_usd": c, "tokens": t}
+    for key, pick in (("best_single", "best"), ("cheapest", "cheapest")):
+        choice = _single_policy(ds, folds, pick)
+        sel = np.arange(len(rows)), choice
+        ref[key] = {"models": sorted({ds.models[int(j)] for j in np.unique(choice)}), "choice": choice.tolist(),
+                    "quality": float(ds.quality[rows][sel].mean()), "cost_usd": float(ds.cost_usd[rows][sel].mean()),
+                    "tokens": float(ds.total_tokens[rows][sel].mean())}
     cost = ds.cost_usd[rows]
     ref["aiq_cost_range"] = [float(cost.min(axis=1).mean()), float(cost.max(axis=1).mean())]
     ref["per_model"] = {m: {"quality": float(ds.quality[rows, j].mean()), "cost_usd": float(cost[:, j].mean())}
                         for j, m in enumerate(ds.models)}
+    ref["oracle_quality"] = float(ds.quality[rows].max(axis=1).mean())
     if len(ds.models) == 2:
         strong = int(np.argmax(ds.cost_usd[folds[0].train].mean(axis=0)))
         ref["pair"] = {"strong": ds.models[strong], "weak": ds.models[1 - strong]}
     return ref
 
 
-def _curve_metrics(ds: RoutingDataset, rows: np.ndarray, res: RouterResult, pred_q: np.ndarray,
-                   ref: dict[str, Any]) -> None:
-    sweep = [p for p in res.points if p.label.startswith("cost=")] or res.points
-    xs = np.asarray([p.cost_usd for p in res.points])
-    ys = np.asarray([p.quality for p in res.points])
-    lo, hi = ref["aiq_cost_range"]
-    best, cheap = ref["best_single"], ref["cheapest"]
-    op = res.point(OPERATING_POINT) or sweep[0]
-    res.metrics = {
-        "quality": op.quality, "cost_usd": op.cost_usd, "tokens": op.tokens,
-        "aiq": metrics.aiq(xs, ys, lo, hi),
-        "quality_at_ref_cost": metrics.quality_at_cost(xs, ys, best["cost_usd"]),
-        "cost_at_ref_quality": metrics.cost_at_quality(xs, ys, best["quality"]),
-        "savings_vs_best_single": metrics.savings(xs, ys, best["cost_usd"], best["quality"]),
-        "tep_tokens": metrics.tep(op.quality, op.tokens, cheap["quality"], cheap["tokens"]),
-        "tep_usd": metrics.tep(op.quality, op.cost_usd, cheap["quality"], cheap["cost_usd"]),
-    }
-    if "pair" in ref:
-        s, w = ds.models.index(ref["pair"]["strong"]), ds.models.index(ref["pair"]["weak"])
-        q_s, q_w = ds.quality[rows, s], ds.quality[rows, w]
-        frac, qual = metrics.threshold_curve(pred_q[:, s] - pred_q[:, w], q_s, q_w)
-        res.threshold_curve = {"strong_fraction": frac.tolist(), "quality": qual.tolist()}
-        args = (frac, qual, float(q_w.mean()), float(q_s.mean()))
-        res.metrics |= {"apgr": metrics.apgr(*args), "cpt50": metrics.cpt(*args, pct=0.5),
-                        "cpt80": metrics.cpt(*args, pct=0.8)}
-
-
 def evaluate_routers(
     dataset: RoutingDataset,
     router_names: Sequence[str],
     seed: int = 0,
-    folds: int | None = None,
+    protocol: str = "kfold",
+    folds: int = 5,
     featurizer: Featurizer | None = None,
-    cost_weights: Sequence[float] | None = None,
-    test_size: float = 0.2,
+    calibration: str = "query",
+    n_train: int | None = None,
     extra_flags: Sequence[tuple[str, Flags]] = (),
+    bootstrap: int = 1000,
 ) -> EvaluationResult:
-    """Evaluate each named router on ``dataset`` (see the module docstring); unknown names raise RouterError.
-
-    A router that raises while fitting or predicting is recorded with ``error`` set; the others still run.
-    ``extra_flags``: more (label, flags) operating points, recorded in ``RouterResult.sweep`` only.
-    """
+    """Evaluate each named router on ``dataset`` under ``protocol`` (see the module docstring and
+    :mod:`training.protocol`; ``n_train``: the number of training rows for ``cross``). Unknown names raise
+    RouterError; a router that raises while fitting or predicting is recorded with ``error`` set."""
     classes = [get_router_class(n) for n in router_names]  # fail fast on unknown names
     featurizer = featurizer or Featurizer()
     start = time.perf_counter()
     feats = featurizer.featurize_dataset(dataset, embeddings=any(c.requires_embeddings for c in classes))
     featurize_seconds = time.perf_counter() - start
     ds = dataset.with_features(feats)
-    if folds:
-        pairs = kfold_by_query(ds, folds, seed)
-        split = f"{folds}-fold cross-validation by unique query text (seed {seed}); metrics on pooled test folds"
-    else:
-        pairs = [split_by_query(ds, test_size, seed)]
-        split = f"{1 - test_size:.0%}/{test_size:.0%} train/test by unique query text (seed {seed})"
-    fold_list = [_Fold(tr, te, eval_cards(ds, tr)) for tr, te in pairs]
+    fold_list, split = outer_folds(ds, protocol, folds, seed, n_train)
+    fold_list = [f for f in fold_list if len(f.test) and len(f.train)]
     rows = np.concatenate([f.test for f in fold_list])
-    flags = sweep_flags(DEFAULT_COST_WEIGHTS if cost_weights is None else cost_weights)
     ref = _references(ds, rows, fold_list)
     results = []
     for name in router_names:
+        res = RouterResult(name=name)
         try:
-            choice, pred_q, res = _run_router(name, ds, fold_list, [*flags, *extra_flags], seed)
+            runs = [_run_fold(name, ds, f, _fold_flags(ds, f, extra_flags), seed, calibration, res)
+                    for f in fold_list]
         except Exception as exc:  # one broken router must not hide the others' numbers
             results.append(RouterResult(name=name, error=f"{type(exc).__name__}: {exc}"))
             continue
-        for i, ((label, fl), ch) in enumerate(zip([*flags, *extra_flags], choice, strict=True)):
-            q, c, t = _outcome(ds, rows, ch)
-            shares = {m: float((ch == j).mean()) for j, m in enumerate(ds.models)}
-            point = SweepPoint(label, fl.quality, fl.cost, q, c, t, shares)
-            (res.points if i < len(flags) else res.sweep).append(point)
-        _curve_metrics(ds, rows, res, pred_q, ref)
-        op = next((i for i, (label, _) in enumerate(flags) if label == OPERATING_POINT), 0)
-        res.metrics["best_choice_rate"] = metrics.best_choice_rate(ds.quality[rows], choice[op])
+        labels = [label for label, _ in _fold_flags(ds, fold_list[0], extra_flags)]
+        n_main = len(labels) - len(extra_flags)
+        choice = [np.concatenate([r.choices[i] for r in runs]) for i in range(len(labels))]
+        lams = [float(np.mean([r.lam[i] for r in runs])) for i in range(len(labels))]
+        predicted = np.vstack([r.predicted for r in runs])
+        for i, (label, ch) in enumerate(zip(labels, choice, strict=True)):
+            point = SweepPoint.of(label, lams[i], ds, rows, ch)
+            (res.points if i < n_main else res.sweep).append(point)
+        router_metrics(res, ds, rows, dict(zip(labels, choice, strict=True)), predicted, ref, bootstrap, seed)
         results.append(res)
+    ref["best_single"].pop("choice")
+    ref["cheapest"].pop("choice")
     return EvaluationResult(
         dataset=ds.name, n_queries=len(ds), n_evaluated=len(rows), models=list(ds.models), seed=seed,
-        folds=folds, split=split, assumptions=dict(ds.assumptions), reference=ref, routers=results,
-        featurize_seconds=featurize_seconds,
+        protocol=protocol, split=split, assumptions=dict(ds.assumptions), reference=ref, routers=results,
+        featurize_seconds=featurize_seconds, calibration=calibration, folds=[f.label for f in fold_list],
         embedding={"encoder": featurizer.encoder, "hits": featurizer.stats.hits, "encoded": featurizer.stats.encoded,
                    "encode_seconds": featurizer.stats.encode_seconds},
     )
 
+
+def _fold_flags(ds: RoutingDataset, fold: OuterFold, extra: Sequence[tuple[str, Flags]]) -> list[tuple[str, Flags]]:
+    """The fold's operating points: the lambda sweep scaled to its training rows' best member, the presets, extras."""
+    best = int(np.argmax(ds.quality[fold.train].mean(axis=0)))
+    c_ref = float(ds.cost_usd[fold.train, best].mean())
+    return [*sweep_flags(c_ref), *extra]

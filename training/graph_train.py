@@ -294,8 +294,8 @@ def scenario_table(
     """
     from routers.base import Prediction
     from routers.objective import PRESETS, choose_batch, score
+    from routers.registry import build_router
     from training.splits import split_by_query
-    from training.train_router import build_router
 
     if dataset.features is None:
         raise RouterError("scenario_table needs dataset.features (featurize the dataset first)")

@@ -106,7 +106,7 @@ def render_html(result: EvaluationResult) -> str:
         hulls.append((name, list(hx), list(hy)))
     singles = [(f"always {m}", v["quality"]) for m, v in result.reference["per_model"].items()]
     parts = [f"<h1>poolgate evaluate: {html.escape(result.dataset)}</h1>", _table_html(result),
-             "<h2>Quality vs cost (sweep of the objective's cost weight)</h2>",
+             "<h2>Quality vs cost (sweep of the objective's lambda, quality per USD)</h2>",
              svg_plot(sweep, "mean cost, USD per 1,000 queries", "mean quality", singles),
              "<h2>Non-decreasing convex hulls (what AIQ integrates)</h2>",
              svg_plot(hulls, "mean cost, USD per 1,000 queries", "mean quality", singles)]

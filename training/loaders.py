@@ -250,11 +250,16 @@ def _routellm_assumptions(
 
 # -- LLMRouter -----------------------------------------------------------------------------------
 def load_llmrouter(
-    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None, path: Path | None = None
 ) -> RoutingDataset:
-    """Nine scored models, fourteen tasks; cost = price x (query tokens + assumed output length)."""
+    """Nine scored models, fourteen tasks; cost = price x (query tokens + assumed output length).
+
+    ``path``: a scores file of the same format to read instead of ``scores_train.jsonl`` (prices from the
+    ``llms.json`` beside it, else the data folder's)."""
     folder = data_dir / "llmrouter"
     llms_path = folder / "llms.json"
+    if path is not None and (path.parent / "llms.json").is_file():
+        llms_path = path.parent / "llms.json"
     try:
         llms = json.loads(llms_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -263,7 +268,7 @@ def load_llmrouter(
         raise DatasetError(f"{llms_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(llms, dict):
         raise DatasetError(f"{llms_path}: expected an object keyed by model name")
-    path = folder / "scores_train.jsonl"
+    path = path or folder / "scores_train.jsonl"
     queries: list[str] = []
     tasks: list[str] = []
     scores: list[dict[str, Any]] = []
@@ -312,7 +317,8 @@ def load_llmrouter(
         "cost": f"input_price x query tokens + output_price x {out_tok:g} assumed output tokens",
         "output_tokens_assumed": out_tok,
     }
-    return _assemble("llmrouter", queries, cards, quality, count_tokens(queries),
+    name = "llmrouter" if path.name == "scores_train.jsonl" else path.stem
+    return _assemble(name, queries, cards, quality, count_tokens(queries),
                      np.full((len(queries), len(models)), out_tok), tasks, assumptions)
 
 
@@ -330,10 +336,12 @@ def _parse_size(value: Any) -> float | None:
 
 # -- EllieSQL ------------------------------------------------------------------------------------
 def load_elliesql(
-    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None
+    data_dir: Path, cfg: dict[str, Any], cfg_path: Path, limit: int | None = None, path: Path | None = None
 ) -> RoutingDataset:
-    """Three pipeline tiers; quality from the cheapest-solving-tier label; cost from the config assumption."""
-    path = data_dir / "elliesql" / "bird_dev_tiers.jsonl"
+    """Three pipeline tiers; quality from the cheapest-solving-tier label; cost from the config assumption.
+
+    ``path``: a file of the same format to read instead of ``bird_dev_tiers.jsonl``."""
+    path = path or data_dir / "elliesql" / "bird_dev_tiers.jsonl"
     tiers = _need(cfg, "tiers", str(cfg_path))
     price = _need(cfg, "price", str(cfg_path))
     p_in = float(_need(price, "input", f"{cfg_path}: price"))
@@ -379,7 +387,8 @@ def load_elliesql(
         "tiers": _jsonable(tiers),
         "cost": "ASSUMED: (question + tier input_tokens) x input price + tier output_tokens x output price",
     }
-    return _assemble("elliesql", queries, cards, quality, prompt, completion, tasks, assumptions)
+    name = "elliesql" if path.name == "bird_dev_tiers.jsonl" else path.stem
+    return _assemble(name, queries, cards, quality, prompt, completion, tasks, assumptions)
 
 
 def _render_schema(schema: Any) -> str:

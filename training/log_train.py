@@ -26,7 +26,8 @@ from gateway.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_
 from gateway.pools import PoolConfig, PoolFile
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
-from routers.objective import Flags, choose_batch, preset, score
+from routers.objective import Calibration, Flags, choose_batch, preset, score
+from training.calibrate import fit_calibrated, preset_summary
 from training.dataset import RoutingDataset
 from training.features import DEFAULT_ENCODER
 from training.from_logs import (
@@ -102,7 +103,7 @@ def evaluate_policy(router: Router, data: RoutingDataset, observed: np.ndarray, 
     """
     assert data.features is not None
     cards, prompt = data.cards, np.asarray(data.prompt_tokens, dtype=np.float64)
-    choice = choose_batch(router.predict(data.features, cards), cards, flags, prompt)
+    choice = choose_batch(router.predict(data.features, cards), cards, flags, prompt, Calibration.of(router))
     truth = score(Prediction(quality=data.quality, cost_usd=data.cost_usd), cards, flags, prompt)
     cheap = choose_batch(CheapestRouter().predict(data.features, cards), cards, flags, prompt)
     q, c, t = mean_quality(data.quality, choice), mean_cost(data.cost_usd, choice), mean_cost(data.total_tokens, choice)
@@ -172,7 +173,7 @@ def fit_and_compare(
     base_dir: Path | None, cache_dir: Path | None,
 ) -> tuple[Router, dict[str, Any], dict[str, Any] | None, str, dict[str, dict[str, Any]], int, int]:
     """Split, impute, fit the candidate and evaluate it beside the serving version (see the module doc)."""
-    from training.train_router import build_router
+    from routers.registry import build_router
 
     candidate = build_router(req.router, req.params, req.seed)
     try:
@@ -189,7 +190,7 @@ def fit_and_compare(
     train, test = data.subset(train_idx), data.subset(test_idx)
     means = column_means(train)
     train_ds, test_ds = impute(train, means), impute(test, means)
-    candidate.fit(train_ds)
+    candidate = fit_calibrated(req.router, train_ds, req.params, req.seed)
     flags = pool_flags(config)
     cand = evaluate_policy(candidate, test_ds, test.observed, flags)
     refs = {
@@ -229,6 +230,7 @@ async def train_from_logs(
         "observed_fraction": float(data.observed.mean()), "flags": pool_flags(config).as_dict(),
         "test_size": req.test_size, "seed": req.seed,
         "encoder": router.encoder_ if router.requires_embeddings else None,
+        "presets": preset_summary(router),
     }
     record = await store.register(
         req.pool, router, metrics=metrics, n_rows=len(data.dataset), params=dict(req.params) or None,

@@ -14,17 +14,24 @@ from rich.text import Text
 
 from training.evaluate import OPERATING_POINT, EvaluationResult, RouterResult
 
-#: metric key -> (column header, formatter); formulas are in training/metrics.py
+#: metric key -> (column header, formatter); formulas are in training/metrics.py and training/results.py
 METRIC_NOTES: dict[str, str] = {
-    "quality": f"mean true quality of the chosen model at the {OPERATING_POINT} operating point (cost weight 0)",
+    "quality": f"mean true quality of the chosen model at the {OPERATING_POINT} operating point (lambda 0), "
+    "with its bootstrap 95 % interval over queries",
+    "d best": "paired difference of that quality to always-best-single (the best model of each fold's training "
+    "rows) and its paired bootstrap 95 % interval: above 0 means the router beats best-single",
     "best%": "Tryage's routing accuracy: share of queries whose chosen model is the best available (ties count)",
-    "cost": "mean USD per query of those choices, shown per 1,000 queries",
-    "aiq": "RouterBench AIQ: mean height of the non-decreasing convex hull of the cost-weight sweep over "
+    "cost": "mean USD per query of the quality-first choices, shown per 1,000 queries",
+    "bal Q%/$%": "balanced preset (quality_target 0.97): quality and cost as % of always-best-single's",
+    "cf Q%/$%": "cost-first preset (quality_target 0.90): quality and cost as % of always-best-single's",
+    "aiq": "RouterBench AIQ: mean height of the non-decreasing convex hull of the lambda sweep over "
     "[cheapest possible, dearest possible] mean cost",
     "savings": "1 - (cost at which the router's hull reaches the best single model's quality) / its cost",
-    "q@ref$": "quality of the router's hull at the best single model's cost",
-    "tep": "EllieSQL TEP: (dQ/Q_ref)/(dT/T_ref) against always-cheapest, in tokens and in USD",
-    "apgr": "RouteLLM APGR over a 10-quantile threshold sweep of the strong-minus-weak predicted quality",
+    "ece": "expected calibration error of the chosen model's predicted vs realized quality (10 bins)",
+    "tep": "EllieSQL TEP of the balanced choices: (dQ/Q_ref)/(dT/T_ref), dQ = Q - Q_ref, dT = T - T_ref, "
+    "against always-cheapest (T in tokens)",
+    "apgr": "RouteLLM APGR over a 10-quantile threshold sweep of the strong-minus-weak predicted quality "
+    "(with its bootstrap 95 % interval)",
     "cpt": "RouteLLM CPT(x%): strong-model call share needed to recover x% of the weak-to-strong quality gap",
 }
 
@@ -41,28 +48,44 @@ def fmt_pct(value: Any) -> str:
     return f"{100 * value:.1f}%"
 
 
+def fmt_ci(values: list[float] | None, digits: int = 3, signed: bool = False) -> str:
+    """``0.612 [0.601, 0.623]``."""
+    if not values or any(v is None for v in values):
+        return "-"
+    sign = "+" if signed else ""
+    v, lo, hi = values
+    return f"{v:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
 def table_headers(result: EvaluationResult) -> list[str]:
     """Column headers of the results table (APGR/CPT only for two-model pools)."""
-    head = ["router", "quality", "best%", "$/1k q", "tokens/q", "AIQ", "savings", "Q@ref$", "TEP tok", "TEP $"]
-    return head + (["APGR", "CPT50", "CPT80"] if "pair" in result.reference else [])
+    head = ["router", "quality [95% CI]", "d best-single [95% CI]", "best%", "$/1k q", "bal Q%/$%", "cf Q%/$%",
+            "AIQ", "savings", "ECE", "TEP tok"]
+    return head + (["APGR [95% CI]", "CPT50", "CPT80"] if "pair" in result.reference else [])
+
+
+def _ratio(m: dict[str, float], key: str) -> str:
+    q, c = m.get(f"{key}_quality_ratio"), m.get(f"{key}_cost_ratio")
+    return f"{fmt_pct(q)}/{fmt_pct(c)}"
 
 
 def metric_cells(result: EvaluationResult, r: RouterResult) -> list[str]:
     """One router's formatted row under :func:`table_headers` (router name first)."""
-    m = r.metrics
-    cells = [r.name, fmt_num(m["quality"]), fmt_pct(m.get("best_choice_rate")), fmt_num(1000 * m["cost_usd"], 4),
-             fmt_num(m["tokens"], 1),
-             fmt_num(m["aiq"]), fmt_pct(m["savings_vs_best_single"]), fmt_num(m["quality_at_ref_cost"]),
-             fmt_num(m["tep_tokens"], 2), fmt_num(m["tep_usd"], 2)]
+    m, ci = r.metrics, r.intervals
+    cells = [r.name, fmt_ci(ci.get("quality_first_quality")), fmt_ci(ci.get("quality_first_diff_vs_best_single"),
+                                                                       signed=True),
+             fmt_pct(m.get("best_choice_rate")), fmt_num(1000 * m["cost_usd"], 4), _ratio(m, "balanced"),
+             _ratio(m, "cost_first"), fmt_num(m["aiq"]), fmt_pct(m["savings_vs_best_single"]),
+             fmt_num(m.get("ece_chosen")), fmt_num(m["tep_tokens"], 2)]
     if "pair" in result.reference:
-        cells += [fmt_num(m.get("apgr")), fmt_pct(m.get("cpt50")), fmt_pct(m.get("cpt80"))]
+        cells += [fmt_ci(ci.get("apgr")), fmt_pct(m.get("cpt50")), fmt_pct(m.get("cpt80"))]
     return cells
 
 
 def results_table(result: EvaluationResult) -> Table:
     """One row per router; the main columns describe the quality-first operating point."""
-    table = Table(title=f"poolgate evaluate: {result.dataset} ({result.n_evaluated} test queries of "
-                  f"{result.n_queries})", title_justify="left")
+    table = Table(title=f"poolgate evaluate: {result.dataset}, protocol {result.protocol} ({result.n_evaluated} "
+                  f"test queries of {result.n_queries})", title_justify="left")
     headers = [*table_headers(result), "fit s"]
     for h in headers:
         table.add_column(h, justify="left" if h == "router" else "right")
@@ -70,14 +93,34 @@ def results_table(result: EvaluationResult) -> Table:
         if r.error:
             table.add_row(r.name, Text(f"error: {r.error}", style="red"), *[""] * (len(headers) - 2))
         else:
-            table.add_row(*metric_cells(result, r), fmt_num(r.fit_seconds, 2))
+            table.add_row(*metric_cells(result, r), fmt_num(r.fit_seconds, 1))
+    return table
+
+
+def per_task_table(result: EvaluationResult) -> Table | None:
+    """Quality-first quality per task: best-single, then each router (its difference to best-single)."""
+    shown = [r for r in result.routers if not r.error and r.per_task and r.name != "best-single"]
+    if not shown:
+        return None
+    table = Table(title="per task: quality-first quality (difference to best-single)", title_justify="left")
+    table.add_column("task")
+    table.add_column("n", justify="right")
+    table.add_column("best-single", justify="right")
+    for r in shown:
+        table.add_column(r.name, justify="right")
+    for task, row in shown[0].per_task.items():
+        cells = [task, f"{int(row['n'])}", fmt_num(row["best_single"])]
+        cells += [f"{r.per_task[task]['quality']:.3f} ({r.per_task[task]['quality'] - row['best_single']:+.3f})"
+                  for r in shown]
+        table.add_row(*cells)
     return table
 
 
 def context_lines(result: EvaluationResult) -> list[str]:
     """The split, the references, per-model outcomes and every stated price/cost assumption."""
     ref = result.reference
-    lines = [f"split: {result.split}",
+    lines = [f"protocol: {result.protocol}: {result.split}; routers calibrated on inner folds "
+             f"(mode {result.calibration!r}) of each outer fold's training rows only",
              f"featurizer: {result.embedding.get('encoder', 'minilm')} encoder, {result.featurize_seconds:.2f} s "
              f"(embeddings cached {result.embedding.get('hits', 0)}, "
              f"encoded {result.embedding.get('encoded', 0)} in {result.embedding.get('encode_seconds', 0.0):.2f} s)"]
@@ -99,11 +142,18 @@ def context_lines(result: EvaluationResult) -> list[str]:
     return lines
 
 
-def print_report(result: EvaluationResult, console: Console | None = None) -> None:
-    """The table, then the context lines, on ``console`` (default: stdout)."""
+def print_report(result: EvaluationResult, console: Console | None = None, per_task: bool | None = None) -> None:
+    """The table, the per-task table (``per_task``; default: when there are at most 20 tasks), then the context
+    lines, on ``console`` (default: stdout)."""
     # a pipe or a file gets a wide table rather than rich's 80-column default
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
-    console.print(Group(results_table(result), Text("\n".join(context_lines(result)))))
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    parts: list[Any] = [results_table(result)]
+    tasks = per_task_table(result)
+    n_tasks = len(tasks.rows) if tasks is not None else 0
+    if tasks is not None and (per_task or (per_task is None and n_tasks <= 20)):
+        parts.append(tasks)
+    parts.append(Text("\n".join(context_lines(result))))
+    console.print(Group(*parts))
 
 
 def write_json(result: EvaluationResult, path: Path) -> Path:

@@ -20,29 +20,37 @@ from rich.console import Console
 from rich.table import Table
 
 from routers.objective import Flags
-from training.evaluate import EvaluationResult, RouterResult, SweepPoint
+from training.dataset import RoutingDataset
+from training.evaluate import EvaluationResult
+from training.results import RouterResult, SweepPoint
 
+#: lambda in units of 1 / (mean cost of the data's best single model per query); size per billion parameters;
+#: verbosity per 1,000 expected output tokens (routers/objective.py)
 SWEEP_COST: tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0)
-SWEEP_SIZE: tuple[float, ...] = (0.0, 0.2, 0.5)
-SWEEP_VERBOSITY: tuple[float, ...] = (0.0, 0.2, 0.5)
+SWEEP_SIZE: tuple[float, ...] = (0.0, 0.0005, 0.002)
+SWEEP_VERBOSITY: tuple[float, ...] = (0.0, 0.05, 0.2)
 
 
-def flag_label(flags: Flags) -> str:
-    """``cost=0.5,size=0.2``: the non-default weights of a sweep point (``quality=1`` is implied)."""
-    parts = [f"{k}={getattr(flags, k):g}" for k in ("cost", "size", "verbosity", "recency", "latency")
-             if getattr(flags, k)]
+def flag_label(flags: Flags, c_ref: float = 1.0) -> str:
+    """``cost=0.5/c,size=0.002``: the non-default weights of a sweep point (lambda in units of 1 / c_ref)."""
+    parts = [f"cost={(flags.cost or 0.0) * c_ref:g}/c"] if flags.cost else []
+    parts += [f"{k}={getattr(flags, k):g}" for k in ("size", "verbosity", "recency", "latency") if getattr(flags, k)]
     return ",".join(parts) or "cost=0"
 
 
 def sweep_grid(
-    cost: Sequence[float] = SWEEP_COST, size: Sequence[float] = SWEEP_SIZE,
+    dataset: RoutingDataset | None = None, cost: Sequence[float] = SWEEP_COST, size: Sequence[float] = SWEEP_SIZE,
     verbosity: Sequence[float] = SWEEP_VERBOSITY,
 ) -> list[tuple[str, Flags]]:
-    """(label, flags) for every combination of the weights (quality weight 1)."""
+    """(label, flags) for every combination of the weights (quality weight 1); lambda is ``cost / c`` with ``c``
+    the mean cost per query of ``dataset``'s best single model (1 USD without a data set)."""
+    c_ref = 1.0
+    if dataset is not None and len(dataset):
+        c_ref = float(dataset.cost_usd[:, int(np.argmax(dataset.quality.mean(axis=0)))].mean()) or 1.0
     grid = []
     for c, s, v in itertools.product(cost, size, verbosity):
-        flags = Flags(quality=1.0, cost=float(c), size=float(s), verbosity=float(v))
-        grid.append((flag_label(flags), flags))
+        flags = Flags(quality=1.0, cost=float(c) / c_ref, size=float(s), verbosity=float(v))
+        grid.append((flag_label(flags, c_ref), flags))
     return grid
 
 

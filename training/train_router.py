@@ -7,7 +7,6 @@ when the router asks for them, from the shared on-disk cache), ``fit``, ``save``
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Mapping
@@ -16,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from routers.base import Router, RouterError
-from routers.registry import get_router_class
+from routers.registry import build_router
+from training.calibrate import fit_calibrated, preset_summary
 from training.dataset import RoutingDataset
 from training.features import DEFAULT_ENCODER
+from training.protocol import split_groups
 
 log = logging.getLogger("poolgate.training")
 
@@ -34,23 +35,6 @@ class TrainResult:
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-
-
-def build_router(name: str, params: Mapping[str, Any] | None = None, seed: int | None = None) -> Router:
-    """Instantiate router ``name``; ``seed`` is passed when its constructor takes one. Unknown params: RouterError."""
-    cls = get_router_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    kwargs = dict(params or {})
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise RouterError(f"router {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                          f"known: {', '.join(accepted) or '(none)'}")
-    if seed is not None and "seed" in accepted:
-        kwargs.setdefault("seed", seed)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise RouterError(f"router {name!r}: bad parameters ({exc})") from None
 
 
 def attach_features(
@@ -78,8 +62,11 @@ def train_router(
     limit: int | None = None,
     cache_dir: Path | None = None,
     encoder: str = DEFAULT_ENCODER,
+    calibration: str = "query",
 ) -> TrainResult:
-    """Fit router ``router`` on all rows of ``dataset`` (a name for :func:`training.loaders.load_dataset`, or data).
+    """Fit router ``router`` on all rows of ``dataset`` (a name for :func:`training.loaders.load_dataset`, or data),
+    with its out-of-fold calibration for the objective (:func:`training.calibrate.fit_calibrated`, ``calibration``
+    is its inner-fold mode).
 
     ``limit`` keeps the loader's fixed random sample of that many rows (names only). ``encoder``: the sentence
     encoder of the embeddings (``minilm`` or ``minilm-static``; the artifact remembers it).
@@ -95,10 +82,12 @@ def train_router(
         data = dataset
     data = attach_features(data, model.requires_embeddings, cache_dir, encoder)
     start = time.perf_counter()
-    model.fit(data)
+    groups = split_groups(data) if calibration != "none" else None
+    model = fit_calibrated(router, data, params, seed if seed is not None else 0, calibration, groups=groups)
     seconds = time.perf_counter() - start
     describe = getattr(model, "describe", None)
     summary = describe() if callable(describe) else {}
+    summary["presets"] = preset_summary(model)
     log.info("trained %s on %s (%d rows) in %.2fs", router, data.name, len(data), seconds)
     return TrainResult(model, data.name, len(data), list(data.models), seconds, summary)
 

@@ -7,6 +7,7 @@ one ``Error: ...`` line and exits with code 2, never a traceback.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -37,11 +38,20 @@ def router_list(spec: str) -> list[str]:
 
 
 @click.command()
-@click.option("--dataset", "dataset_name", required=True, help=f"One of: {', '.join(DATASET_NAMES)}.")
+@click.option("--dataset", "dataset_name", default=None, help=f"One of: {', '.join(DATASET_NAMES)}.")
+@click.option("--train", "train_spec", default=None,
+              help="Cross-dataset: fit on this data set (a name or a file in a loader's format) ...")
+@click.option("--test", "test_spec", default=None, help="... and score on this one (models matched by name).")
+@click.option("--train-tasks", default=None,
+              help="Cross-task: fit on these comma-separated tasks of --dataset, score on the rest.")
+@click.option("--protocol", type=click.Choice(["kfold", "loto", "holdout"]), default="kfold", show_default=True,
+              help="kfold: grouped k-fold; loto: leave-one-task-out; holdout: one grouped 80/20 split.")
 @click.option("--routers", "routers_spec", default="knn", show_default=True,
               help="Comma-separated registry names; random, best-single and oracle are always added.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split and of seeded routers.")
-@click.option("--folds", default=None, type=click.IntRange(min=2), help="k-fold CV by unique query (default: 80/20).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of seeded routers.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Outer folds of kfold.")
+@click.option("--calibration", type=click.Choice(["query", "task", "none"]), default="query", show_default=True,
+              help="Inner folds of each router's calibration: by query groups, by task, or no calibration.")
 @click.option("--limit", default=None, type=click.IntRange(min=2), help="Evaluate a fixed random sample of N rows.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Write <dataset>.json and <dataset>.html here.")
@@ -51,34 +61,81 @@ def router_list(spec: str) -> list[str]:
               help="Embedding cache (default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings).")
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="Sentence encoder of the embeddings (default: POOLGATE_EMBEDDING_ENCODER or minilm-static).")
+@click.option("--per-task/--no-per-task", default=None, help="Print the per-task table (default: up to 20 tasks).")
 @click.option("--sweep", is_flag=True, default=False,
-              help="Also trace each router's quality-vs-cost Pareto front across cost/size/verbosity flag weights.")
-def evaluate(dataset_name: str, routers_spec: str, seed: int, folds: int | None, limit: int | None,
+              help="Also trace each router's quality-vs-cost Pareto front across lambda/size/verbosity weights.")
+def evaluate(dataset_name: str | None, train_spec: str | None, test_spec: str | None, train_tasks: str | None,
+             protocol: str, routers_spec: str, seed: int, folds: int, calibration: str, limit: int | None,
              out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None, encoder: str | None,
-             sweep: bool) -> None:
-    """Evaluate routers on a data set: print the table, optionally write JSON and an HTML report."""
+             per_task: bool | None, sweep: bool) -> None:
+    """Evaluate routers under an honest protocol: print the table, optionally write JSON and an HTML report."""
     from routers.base import RouterError
     from routers.registry import get_router_class
 
-    if dataset_name not in DATASET_NAMES:
-        _fail(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASET_NAMES)}")
     names = router_list(routers_spec)
     for name in names:
         try:
             get_router_class(name)
         except RouterError as exc:
             _fail(str(exc))
+    dataset, n_train, protocol = _load(dataset_name, train_spec, test_spec, train_tasks, protocol, limit, data_dir)
+    run = RunOptions(protocol=protocol, folds=folds, seed=seed, calibration=calibration, n_train=n_train,
+                     per_task=per_task, sweep=sweep, encoder=encoder)
+    _run(dataset, names, run, out_dir, cache_dir)
+
+
+@dataclass
+class RunOptions:
+    """How one evaluation runs (see the command's options)."""
+
+    protocol: str = "kfold"
+    folds: int = 5
+    seed: int = 0
+    calibration: str = "query"
+    n_train: int | None = None
+    per_task: bool | None = None
+    sweep: bool = False
+    encoder: str | None = None
+
+
+def _load(dataset_name: str | None, train_spec: str | None, test_spec: str | None, train_tasks: str | None,
+          protocol: str, limit: int | None, data_dir: Path | None) -> tuple[RoutingDataset, int | None, str]:
+    """(data set, training rows for the cross protocol or None, protocol)."""
+    from training.load_file import load_named_or_file
     from training.loaders import DatasetError, load_dataset
+    from training.protocol import concat_datasets
 
+    if (train_spec is None) != (test_spec is None):
+        _fail("give both --train and --test, or neither")
+    if train_spec is not None and (dataset_name is not None or train_tasks is not None):
+        _fail("--train/--test replace --dataset and --train-tasks")
+    if train_spec is None and dataset_name is None:
+        _fail("give --dataset, or --train and --test")
     try:
+        if train_spec is not None and test_spec is not None:
+            train, test = load_named_or_file(train_spec, data_dir), load_named_or_file(test_spec, data_dir)
+            return concat_datasets(train, test), len(train), "cross"
+        assert dataset_name is not None
+        if dataset_name not in DATASET_NAMES:
+            _fail(f"unknown dataset {dataset_name!r}; known: {', '.join(DATASET_NAMES)}")
         dataset = load_dataset(dataset_name, data_dir=data_dir, limit=limit)
-    except DatasetError as exc:
+    except (DatasetError, ValueError) as exc:
         _fail(str(exc))
-    _run(dataset, names, seed, folds, out_dir, cache_dir, sweep, encoder)
+    if train_tasks is None:
+        return dataset, None, protocol
+    wanted = {t.strip() for t in train_tasks.split(",") if t.strip()}
+    known = set(dataset.tasks or [])
+    if not wanted or not wanted <= known or wanted == known:
+        _fail(f"--train-tasks must name some but not all tasks of {dataset.name}; known: {', '.join(sorted(known))}")
+    inside = [i for i, t in enumerate(dataset.tasks or []) if t in wanted]
+    outside = [i for i, t in enumerate(dataset.tasks or []) if t not in wanted]
+    train, test = dataset.subset(inside), dataset.subset(outside)
+    train.name, test.name = f"{dataset.name}[{','.join(sorted(wanted))}]", f"{dataset.name}[other tasks]"
+    return concat_datasets(train, test), len(train), "cross"
 
 
-def _run(dataset: RoutingDataset, names: list[str], seed: int, folds: int | None, out_dir: Path | None,
-         cache_dir: Path | None, sweep: bool = False, encoder: str | None = None) -> None:
+def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Path | None,
+         cache_dir: Path | None) -> None:
     from gateway.settings import Settings
     from training.evaluate import evaluate_routers
     from training.features import Featurizer
@@ -90,17 +147,19 @@ def _run(dataset: RoutingDataset, names: list[str], seed: int, folds: int | None
     if cache_dir is None:
         cache_dir = settings.embedding_cache_dir
     featurizer = Featurizer(cache_dir=cache_dir, disk_cache=cache_dir is not None,
-                            encoder=encoder or settings.embedding_encoder, static_table_dir=settings.static_table_dir)
+                            encoder=run.encoder or settings.embedding_encoder,
+                            static_table_dir=settings.static_table_dir)
     try:
-        result = evaluate_routers(dataset, names, seed=seed, folds=folds, featurizer=featurizer,
-                                  extra_flags=sweep_grid() if sweep else ())
+        result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,
+                                  featurizer=featurizer, calibration=run.calibration, n_train=run.n_train,
+                                  extra_flags=sweep_grid(dataset) if run.sweep else ())
     except ValueError as exc:  # e.g. too few distinct queries to split or fold
         _fail(str(exc))
-    print_report(result)
-    if sweep:
+    print_report(result, per_task=run.per_task)
+    if run.sweep:
         print_sweep(result)
     if out_dir is not None:
-        stem = result.dataset
+        stem = result.dataset.replace("/", "_")
         try:
             json_path = write_json(result, out_dir / f"{stem}.json")
             html_path = write_html(result, out_dir / f"{stem}.html")

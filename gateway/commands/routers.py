@@ -105,7 +105,18 @@ def version_line(r: VersionRecord) -> str:
     score = "-" if util is None else f"{util:.4f}" + ("" if base is None else f" (serving then {base:.4f})")
     encoder = f" on {r.metrics['encoder']}" if r.metrics.get("encoder") else ""
     return (f"{r.pool:<12} {r.version:<6} {r.router + encoder:<26} {r.status:<12} rows {r.n_rows:<6} "
-            f"held-out utility {score:<28} created {r.created_at:%Y-%m-%d %H:%M:%S}")
+            f"held-out utility {score:<28} created {r.created_at:%Y-%m-%d %H:%M:%S}{preset_text(r.metrics)}")
+
+
+def preset_text(metrics: dict[str, Any]) -> str:
+    """``  presets: balanced lambda 41.2 (oof 97.1% quality, 38.0% cost), ...`` from a version's calibration."""
+    presets = metrics.get("presets") or {}
+    parts = [f"{name} lambda {p['lambda']:.4g} (oof {100 * p['oof_quality_fraction']:.1f}% quality, "
+             f"{100 * p['oof_cost_fraction']:.1f}% cost)"
+             for name, p in presets.items() if isinstance(p, dict) and name != "quality-first"]
+    if not parts:
+        return "\n    presets: uncalibrated (quality_target resolves by the price-ratio rule)"
+    return f"\n    presets: {'; '.join(parts)}; caution {presets.get('caution', 0):g}"
 
 
 notify_option = click.option("--notify", "notify_urls", multiple=True, metavar="URL",

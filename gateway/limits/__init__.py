@@ -14,7 +14,7 @@ from gateway.limits.base import (
     LimitSpec,
     LimitsUnavailable,
     Reservation,
-    pressured_cost_weight,
+    pressured_quality_target,
 )
 from gateway.limits.local import InProcessLimiter
 from gateway.settings import Settings
@@ -29,7 +29,7 @@ __all__ = [
     "LimitsUnavailable",
     "Reservation",
     "make_limiter",
-    "pressured_cost_weight",
+    "pressured_quality_target",
 ]
 
 

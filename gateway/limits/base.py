@@ -169,14 +169,13 @@ def budget_retry_after(period: str) -> float:
     return TOTAL_BUDGET_RETRY_S if left is None else max(1.0, left)
 
 
-def pressured_cost_weight(weight: float, left_fraction: float, start: float, max_weight: float) -> float:
-    """The cost weight a key's request is routed with once ``1 - left_fraction`` of its budget is gone.
+def pressured_quality_target(left_fraction: float, start: float, floor: float) -> float:
+    """The quality target a key's request is routed with once ``1 - left_fraction`` of its budget is gone.
 
     Rule: pressure p = clamp((spent_fraction - start) / (1 - start), 0, 1) where spent_fraction = 1 - left_fraction;
-    the weight moves linearly from the flags' own ``weight`` (p = 0) to ``max(weight, max_weight)`` (p = 1).
-    So nothing changes until ``start`` of the budget is spent; just before exhaustion the weight is ``max_weight``.
+    the target moves linearly from 1 (p = 0: no pressure) to ``floor`` (p = 1). The objective then uses at least the
+    lambda of that target (:func:`routers.objective.resolve_lambda`), so pressure only ever makes routing cheaper.
     """
     spent = 1.0 - min(1.0, max(0.0, left_fraction))
     p = 0.0 if start >= 1.0 else min(1.0, max(0.0, (spent - start) / (1.0 - start)))
-    top = max(weight, max_weight)
-    return weight + (top - weight) * p
+    return 1.0 - (1.0 - floor) * p

@@ -25,7 +25,7 @@ from gateway.limits.base import (
     LimitExceeded,
     LimitsUnavailable,
     Reservation,
-    pressured_cost_weight,
+    pressured_quality_target,
     to_nano,
 )
 from gateway.metrics import Metrics
@@ -159,16 +159,15 @@ class Tenancy:
         return prompt_tokens + out_tokens, cost
 
     def _pressure(self, reservation: Reservation) -> Callable[[Flags], Flags] | None:
-        """Budget pressure on the cost weight (rule: ``gateway.limits.base.pressured_cost_weight``)."""
+        """Budget pressure on the quality target (rule: ``gateway.limits.base.pressured_quality_target``)."""
         left = reservation.budget_left_fraction
         start = self.settings.budget_pressure_start
         if left is None or 1.0 - left <= start:
             return None
-        top = self.settings.budget_max_cost_weight
+        target = pressured_quality_target(left, start, self.settings.budget_min_quality_target)
 
         def adjust(flags: Flags) -> Flags:
-            weight = pressured_cost_weight(flags.cost, left, start, top)
-            return flags if weight == flags.cost else replace(flags, cost=weight)
+            return flags if target >= 1.0 else replace(flags, budget_quality_target=target)
 
         return adjust
 
