@@ -181,13 +181,14 @@ class Dispatcher:
                 if status >= 400:
                     wait = parse_retry_after(response.header("retry-after"))
                     return status, _upstream_message(status, body), None, wait
+                body = scrubber.answer(body)  # before parsing: the text the row keeps is scrubbed too
                 parsed, problem = _completion(body)
                 if parsed is None:
                     ctype = response.header("content-type") or "no content-type"
                     return status, f"upstream HTTP {status} answer is not a JSON completion ({problem}; {ctype}, " \
                                    f"{len(body)} bytes: {_preview(body)})", None, None
                 return status, None, UpstreamResult(
-                    None, status, [], body=scrubber.answer(body), parsed=parsed,  # type: ignore[arg-type]
+                    None, status, [], body=body, parsed=parsed,  # type: ignore[arg-type]
                     content_type=response.header("content-type") or "application/json",
                 ), None
             chunks = response.aiter_raw()
