@@ -85,6 +85,7 @@ class _Connection(asyncio.Protocol):
         self.last_activity = 0.0
         self.answered = False  # whether any byte of this exchange's response has come
         self.head_bytes = 0  # bytes received before the head was complete
+        self.header_bytes = 0  # of the header lines parsed so far
         self.body_bytes = 0
         self.max_body = self.limits.max_response_bytes
         self.deadline: float | None = None  # loop time by which the exchange must be over
@@ -141,14 +142,19 @@ class _Connection(asyncio.Protocol):
             self._refuse(RemoteProtocolError(f"upstream response has more than {self.limits.max_header_count} "
                                              "headers"))
             return
+        self.header_bytes += len(name) + len(value) + 4  # exact, where head_bytes may include body bytes
+        if self.header_bytes > self.limits.max_header_bytes:
+            self._refuse(RemoteProtocolError(f"upstream response head is over {self.limits.max_header_bytes} bytes"))
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.error is not None:
             return
         status = self.parser.get_status_code()
-        if status < 200:  # an informational answer (100, 103): the real one follows
+        if status < 200:  # an informational answer (100, 103): the real one follows (head_bytes goes on counting)
             self.headers = []
+            self.header_bytes = 0
             return
         self.status, self.head_done = status, True
         self._wake()
