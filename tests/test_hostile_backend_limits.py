@@ -117,6 +117,7 @@ def test_stream_over_the_size_cap_is_cut_with_an_error_event_and_an_error_row(
         gw = gateway(pool(bad.url, good.url), max_stream_bytes=MIB)
         text, error = stream_text(gw)
         [row] = wait_rows(gw.settings.database_url, 1)
+    print(f"stream over the cap: {len(text)} content characters relayed, then {error}")
     assert error is not None and "over the limit of 1048576 bytes" in error.message
     assert 0.5 * MIB < len(text) <= MIB  # what came before the cap was relayed
     assert row["status"] == "error" and row["error_type"] == "upstream_response_too_large"
@@ -154,6 +155,8 @@ def test_answer_trickling_past_the_total_deadline_ends_within_it(
                 .choices[0].message.content or "", None
         elapsed = time.monotonic() - started
         [row] = wait_rows(gw.settings.database_url, 1)
+    print(f"trickle ({'stream' if stream else 'plain'}): {elapsed:.1f} s, row {row['status']}, "
+          f"attempts {[(a['backend'], a['error']) for a in row['attempts']]}")
     assert elapsed < 12  # the trickle lasts 15 s; the deadline is 2 s (loose: a loaded machine is slow)
     if stream:  # bytes had reached the client: no fallback, an error event
         assert text == "first" and error is not None and "TotalTimeout" in error.message
