@@ -15,6 +15,9 @@ sequence of distinct prompts (held-out LLMRouter queries, so embedding caches do
 - streaming (concurrency 1): time to first token, and the time added over the direct backend;
 - RSS of the gateway after 5k and 20k requests in total (``--rss-for`` picks which targets).
 
+With ``--compare-tree DIR`` every poolgate configuration is measured twice, this tree's and then DIR's (another
+checkout of poolgate, run with its own code), and the report adds their ratios: a change's cost, in one run.
+
 It prints a table, the ratios to LiteLLM against the issue's targets, and writes everything as JSON.
 """
 
@@ -91,6 +94,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--artifacts", type=Path, default=REPO / ".poolgate" / "bench" / "artifacts")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
+    p.add_argument("--compare-tree", type=Path, default=None,
+                   help="another source tree of poolgate (e.g. main's, from `git archive main | tar -x -C DIR`): "
+                        "each router is measured on it too, right after this tree, as poolgate-<router>@base")
     args = p.parse_args()
     args.phases = {x for x in args.only.split(",") if x}
     if not args.phases or args.phases - set(PHASES):
@@ -135,9 +141,11 @@ def start_litellm(exe: Path, work: Path, backend_port: int) -> tuple[Target, str
     return Target("litellm", port, "bench", key, child), config
 
 
-def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int) -> Target:
+def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int,
+                   tree: Path | None = None) -> Target:
+    """``poolgate serve`` of this tree, or of the source tree ``tree`` (its files named ``<router>@base``)."""
     port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
-    router = spec_label(spec)  # names its files and its results
+    router = spec_label(spec) + ("@base" if tree is not None else "")  # names its files and its results
     pool = work / f"pool-{router}.yaml"
     pool.write_text(pool_yaml(cards, f"http://127.0.0.1:{backend_port}/v1", parse_spec(spec)[0], artifact))
     env = {"POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work / f'poolgate-{router}.db'}",
@@ -145,8 +153,11 @@ def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Pat
            "POOLGATE_EMBEDDING_CACHE_DIR": str(work / f"embeddings-{router}"),  # fresh: no cached prompt
            # like LiteLLM's master key: every request's bearer key is checked
            "POOLGATE_AUTH_ENABLED": "true", "POOLGATE_MASTER_KEY": key}
+    if tree is not None:  # python -m runs the tree's gateway package (the working directory comes first)
+        env["PYTHONPATH"] = str(tree.resolve())
     child = Child(f"poolgate-{router}", [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(pool),
-                                         "--port", str(port)], work / f"poolgate-{router}.log", env).start()
+                                         "--port", str(port)], work / f"poolgate-{router}.log", env,
+                  cwd=tree.resolve() if tree is not None else None).start()
     child.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180)
     return Target(f"poolgate-{router}", port, "bench", key, child)
 
@@ -244,23 +255,26 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["litellm"] = measure(target, direct, args, prompts, work, rss_at, "litellm" in rss_for)
             finally:
                 stop(target)
+        trees: list[Path | None] = [None] if args.compare_tree is None else [None, args.compare_tree]
         for router in routers:
             if router not in wl["artifacts"]:
                 print(f"poolgate {router}: skipped ({wl['skipped'].get(router)})", flush=True)
                 continue
-            print(f"poolgate, router {router} ...", flush=True)
-            try:
-                target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port)
-            except RuntimeError as exc:  # one configuration that cannot start must not sink the others
-                out["workload"]["skipped"][router] = f"poolgate did not start: {str(exc).splitlines()[-1]}"
-                print(f"  ! {out['workload']['skipped'][router]}", flush=True)
-                continue
-            try:
-                res = measure(target, direct, args, prompts, work, rss_at, router in rss_for)
-            finally:
-                stop(target)
-            res["logged_rows"] = logged_rows(work / f"poolgate-{spec_label(router)}.db")
-            results[f"poolgate-{spec_label(router)}"] = res
+            for tree in trees:
+                label = spec_label(router) + ("@base" if tree is not None else "")
+                print(f"poolgate, router {router}{f' (tree {tree})' if tree else ''} ...", flush=True)
+                try:
+                    target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port, tree)
+                except RuntimeError as exc:  # one configuration that cannot start must not sink the others
+                    out["workload"]["skipped"][label] = f"poolgate did not start: {str(exc).splitlines()[-1]}"
+                    print(f"  ! {out['workload']['skipped'][label]}", flush=True)
+                    continue
+                try:
+                    res = measure(target, direct, args, prompts, work, rss_at, router in rss_for)
+                finally:
+                    stop(target)
+                res["logged_rows"] = logged_rows(work / f"poolgate-{label}.db")
+                results[f"poolgate-{label}"] = res
     finally:
         backend.stop()
     out["results"] = results

@@ -100,6 +100,10 @@ def report(out: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         vrows = [[v["target"], v["metric"], fmt(v["value"], 3), f"{v['op']} {v['goal']}",
                   "MET" if v["met"] else ("n/a" if v["value"] is None else "MISSED")] for v in verdicts]
         lines.append(table(["configuration", "metric", "value", "goal", "verdict"], vrows))
+    comparisons = _comparisons(derived_all)
+    if comparisons:
+        lines += ["", "this tree against --compare-tree (same run; added latency and TTFT: lower is better):"]
+        lines.append(table(["configuration", "metric", "this tree", "base", "this/base"], comparisons))
     for name, d in derived_all.items():
         d.update(ratios(d, derived_all["litellm"]) if "litellm" in derived_all and name != "litellm" else {})
     out["derived"] = derived_all
@@ -121,3 +125,17 @@ def _verdicts(d: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             verdicts.append({"target": name, "metric": "rss_last/rss_first", "value": value, "op": "<=",
                              "goal": RSS_GROWTH_GOAL, "met": value <= RSS_GROWTH_GOAL})
     return verdicts
+
+
+def _comparisons(d: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Rows (configuration, metric, this tree, base, ratio) for every ``<name>@base`` target and its ``<name>``."""
+    rows = []
+    for name, base in d.items():
+        mine = d.get(name.removesuffix("@base")) if name.endswith("@base") else None
+        if mine is None:
+            continue
+        for metric in ("added_p50_ms", "added_p99_ms", "added_ttft_ms", "rps"):
+            a, b = mine.get(metric), base.get(metric)
+            ratio = None if a is None or not b else a / b
+            rows.append([name.removesuffix("@base"), metric, fmt(a), fmt(b), fmt(ratio, 3)])
+    return rows

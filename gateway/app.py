@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
@@ -18,6 +17,7 @@ from gateway.deps import Services
 from gateway.dispatch import Dispatcher
 from gateway.embedding import Embedders
 from gateway.errors import install_error_handlers
+from gateway.http1 import Http1Transport
 from gateway.limits import make_limiter
 from gateway.limits.tenancy import Tenancy
 from gateway.metrics import Metrics
@@ -27,7 +27,7 @@ from gateway.reload import start_closed_loop, stop_closed_loop
 from gateway.routing import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
-from gateway.upstream import AiohttpTransport
+from gateway.upstream import Transport, limits_from
 
 log = logging.getLogger("poolgate")
 
@@ -41,9 +41,9 @@ def resolve_pool_file(settings: Settings) -> tuple[PoolFile, Path]:
 def create_app(
     settings: Settings | None = None,
     pool_file: PoolFile | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: Transport | None = None,
 ) -> FastAPI:
-    """Build the gateway. ``transport`` replaces the network for the upstream client (tests)."""
+    """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``)."""
     settings = settings or Settings()
     if pool_file is None:
         pool_file, base_dir = resolve_pool_file(settings)
@@ -58,9 +58,7 @@ def create_app(
         embedders = Embedders(settings.embedding_batch_window_ms, settings.static_table_dir)
         embedders.preload(routing.encoders_needed())
         routing.embedder = embedders.embed
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        upstream = transport or AiohttpTransport(max_connections=1000)  # httpcore's pool costs ~1 ms/request
-        client = httpx.AsyncClient(transport=upstream, limits=limits, timeout=httpx.Timeout(120.0, connect=5.0))
+        upstream = transport or Http1Transport(limits_from(settings))  # every backend call goes through it
         breakers = BreakerRegistry(pool_file.breaker.failure_threshold, pool_file.breaker.reset_after_s)
         engine = make_engine(settings.database_url)
         writer = LogWriter(engine, settings)
@@ -75,8 +73,11 @@ def create_app(
         keys = KeyStore(engine, settings.key_cache_ttl_s)
         tenancy = Tenancy(settings, pool_file, keys, make_limiter(settings), metrics, writer)
         app.state.services = Services(
-            settings=settings, pool_file=pool_file, routing=routing, client=client, breakers=breakers,
-            dispatcher=Dispatcher(client, breakers), engine=engine, writer=writer, metrics=metrics, tenancy=tenancy,
+            settings=settings, pool_file=pool_file, routing=routing, upstream=upstream, breakers=breakers,
+            dispatcher=Dispatcher(upstream, breakers, max_response_bytes=settings.max_response_bytes,
+                                  max_stream_bytes=settings.max_stream_bytes,
+                                  pool_timeout_s=settings.upstream_pool_timeout_s),
+            engine=engine, writer=writer, metrics=metrics, tenancy=tenancy,
         )
 
         await start_closed_loop(app.state.services, settings.artifacts_dir, settings.router_reload_interval_s)
@@ -86,7 +87,7 @@ def create_app(
             await stop_closed_loop(app.state.services)
             await tenancy.close()
             await writer.stop()
-            await client.aclose()
+            await upstream.aclose()
             await engine.dispose()
             embedders.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
@@ -17,6 +16,7 @@ from gateway.pools import PoolFile
 from gateway.routing import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter
+from gateway.upstream import Transport
 
 if TYPE_CHECKING:
     from gateway.reload import RouterReloader
@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     pool_file: PoolFile
     routing: RoutingService
-    client: httpx.AsyncClient
+    upstream: Transport  # every backend call goes through it (gateway.upstream)
     breakers: BreakerRegistry
     dispatcher: Dispatcher
     engine: AsyncEngine

@@ -1,54 +1,61 @@
-"""Dispatch a request down the router's ranking over one shared ``httpx.AsyncClient`` (over the gateway's
-``AiohttpTransport`` its requests go through ``AiohttpTransport.post``, a shorter path; see gateway.upstream).
+"""Dispatch a request down the router's ranking over the gateway's one upstream transport (``gateway.upstream``).
 
 For each ranked backend (skipping those whose breaker is open) it tries up to ``1 + retries`` times,
-with exponential backoff, on connect errors, timeouts, 429 and 5xx. It falls back to the next
-backend only while nothing has reached the client: a non-streaming answer is buffered whole; for a
-stream, the first body chunk is read before the backend is committed to, so a backend that stalls
-before its first byte still falls back. Other 4xx answers are the client's fault and are returned
-as they are, without fallback.
+with exponential backoff, on connect errors, timeouts, 429 and 5xx, and on a 200 that is not an answer: a plain
+body that is not a JSON completion (HTML, empty, malformed, an ``error`` object), a stream that does not start
+as an event stream, a body over the size cap. It falls back to the next backend only while nothing has reached
+the client: a non-streaming answer is buffered whole (at most ``max_response_bytes``); for a stream, the first
+body chunk is read before the backend is committed to, so a backend that stalls before its first byte still falls
+back. Other 4xx answers are the client's fault and are returned as they are, without fallback. Each attempt is
+bounded by the backend's ``connect_timeout_s``, ``read_timeout_s`` (any silence) and ``timeout_s`` (the whole
+exchange, a stream's last byte included).
 
 A 429 or 503 with ``Retry-After`` is obeyed: that backend is not retried within the request, its breaker
 holds it off for the time asked (at most ``RETRY_AFTER_CAP_S``), and the request falls back at once. When
 every backend that answered said 429, the client gets 429 (with the shortest Retry-After) instead of 502.
+
+Upstream text on its way to the client or the log is scrubbed of the backend's key (``gateway.scrub``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway.breaker import BreakerRegistry
 from gateway.pools import BackendConfig
-from gateway.upstream import direct_transport
+from gateway.scrub import NO_SECRET, Scrubber, scrub_secrets
+from gateway.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
 #: A backend's Retry-After is obeyed up to this long (a bogus header must not bench a backend for hours).
 RETRY_AFTER_CAP_S = 300.0
-_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{6,}")
+#: How a body that is an event stream may begin (after blank lines): a field name or a comment.
+_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 
 
 @dataclass
 class UpstreamResult:
-    """A backend that answered. Non-streaming: ``body``; streaming: ``stream`` (first chunk included)."""
+    """A backend that answered. Non-streaming: ``body`` (and ``parsed``, the JSON object of a 2xx answer);
+    streaming: ``stream`` (first chunk included)."""
 
     backend: BackendConfig
     status: int
     attempts: list[dict[str, Any]]
     body: bytes = b""
+    parsed: dict[str, Any] | None = None
     content_type: str = "application/json"
-    response: httpx.Response | None = None
+    response: UpstreamResponse | None = None
     stream: AsyncIterator[bytes] | None = None
     first_byte_at: float | None = None
+    scrubber: Scrubber = NO_SECRET
 
 
 @dataclass
@@ -62,17 +69,16 @@ class AllBackendsFailed(Exception):
 
 
 class Dispatcher:
-    def __init__(self, client: httpx.AsyncClient, breakers: BreakerRegistry) -> None:
-        self.client = client
-        self.breakers = breakers
-        self._direct = direct_transport(client)  # its HTTP/1.1 path without httpx's client layers (gateway.upstream)
+    """Tries a request's ranked backends over ``transport``; plain answers over ``max_response_bytes`` and
+    streams over ``max_stream_bytes`` are failures; ``pool_timeout_s`` bounds the wait for a connection."""
 
-    async def _send(self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout) -> httpx.Response:
-        """POST upstream; the response head is in, its body still to be read."""
-        if self._direct is not None:
-            return await self._direct.post(url, content, headers, timeout)
-        request = self.client.build_request("POST", url, content=content, headers=headers, timeout=timeout)
-        return await self.client.send(request, stream=True)
+    def __init__(self, transport: Transport, breakers: BreakerRegistry, *, max_response_bytes: int = 16 * 2**20,
+                 max_stream_bytes: int = 64 * 2**20, pool_timeout_s: float = 10.0) -> None:
+        self.transport = transport
+        self.breakers = breakers
+        self.max_response_bytes = max_response_bytes
+        self.max_stream_bytes = max_stream_bytes
+        self.pool_timeout_s = pool_timeout_s
 
     @staticmethod
     def upstream_payload(payload: dict[str, Any], backend: BackendConfig, stream: bool) -> bytes:
@@ -122,58 +128,68 @@ class Dispatcher:
     ) -> UpstreamResult | None:
         breaker = self.breakers.get(backend.name)
         content = self.upstream_payload(payload, backend, stream)
-        # a stream is relayed as raw bytes, so it must come uncompressed; a whole answer is decoded by httpx
+        # a stream is relayed as raw bytes, so it must come uncompressed; a whole answer is decoded on reading
         headers = {"content-type": "application/json", "accept-encoding": "identity" if stream else "gzip, deflate"}
         key = backend.api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
-        timeout = httpx.Timeout(backend.read_timeout_s, connect=backend.connect_timeout_s)
+        scrubber = Scrubber(key)
+        timeouts = Timeouts(connect=backend.connect_timeout_s, read=backend.read_timeout_s, total=backend.timeout_s,
+                            pool=self.pool_timeout_s)
         url = f"{backend.base_url}/chat/completions"
         for i in range(backend.retries + 1):
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
             started = time.perf_counter()
-            outcome = await self._attempt(url, content, headers, timeout, stream)
+            status, error, result, retry_after = await self._attempt(url, content, headers, timeouts, stream,
+                                                                     scrubber)
             elapsed = (time.perf_counter() - started) * 1000
-            status, error, result, retry_after = outcome
             if error:  # upstream error text reaches the client and the log: never with a secret in it
                 error = scrub_secrets(error, key)
             attempt = {"backend": backend.name, "status": status, "error": error, "latency_ms": round(elapsed, 2)}
             attempts.append(attempt)
             if result is not None:
                 breaker.record_success()
-                result.backend, result.attempts = backend, attempts
+                result.backend, result.attempts, result.scrubber = backend, attempts, scrubber
                 return result
-            if status is not None and status not in RETRYABLE_STATUS:
+            if status is not None and status >= 400 and status not in RETRYABLE_STATUS:
                 # the client's mistake (or the backend's verdict on it): pass it through, no fallback
                 breaker.record_success()
                 return UpstreamResult(backend, status, attempts, body=error_body(status, error))
             if retry_after is not None and status in (429, 503):
                 breaker.hold_off(min(retry_after, RETRY_AFTER_CAP_S))  # told when to come back: not before
                 break
-            breaker.record_failure()
+            breaker.record_failure()  # including a 200 that was not an answer
             if not breaker.allow():
                 break
         return None
 
     async def _attempt(
-        self, url: str, content: bytes, headers: dict[str, str], timeout: httpx.Timeout, stream: bool
+        self, url: str, content: bytes, headers: dict[str, str], timeouts: Timeouts, stream: bool, scrubber: Scrubber
     ) -> tuple[int | None, str | None, UpstreamResult | None, float | None]:
         """One HTTP exchange: (status, error text, result-if-usable, Retry-After seconds if the backend sent it)."""
+        cap = self.max_stream_bytes if stream else self.max_response_bytes
         try:
-            response = await self._send(url, content, headers, timeout)
-        except httpx.HTTPError as exc:
-            return None, _describe(exc), None, None
+            response = await self.transport.request("POST", url, headers, content, timeouts, cap)
+        except UpstreamError as exc:
+            return None, describe(exc), None, None
+        status = response.status
         try:
-            if response.status_code >= 400 or not stream:
+            if status >= 400 or not stream:
                 body = await response.aread()
                 await response.aclose()
-                if response.status_code >= 400:
-                    wait = parse_retry_after(response.headers.get("retry-after"))
-                    return response.status_code, _upstream_message(response.status_code, body), None, wait
-                ctype = response.headers.get("content-type", "application/json")
-                return 200, None, UpstreamResult(
-                    None, response.status_code, [], body=body, content_type=ctype  # type: ignore[arg-type]
+                if status >= 400:
+                    wait = parse_retry_after(response.header("retry-after"))
+                    return status, _upstream_message(status, body), None, wait
+                body = scrubber.answer(body)  # before parsing: the text the row keeps is scrubbed too
+                parsed, problem = _completion(body)
+                if parsed is None:
+                    ctype = response.header("content-type") or "no content-type"
+                    return status, f"upstream HTTP {status} answer is not a JSON completion ({problem}; {ctype}, " \
+                                   f"{len(body)} bytes: {_preview(body)})", None, None
+                return status, None, UpstreamResult(
+                    None, status, [], body=body, parsed=parsed,  # type: ignore[arg-type]
+                    content_type=response.header("content-type") or "application/json",
                 ), None
             chunks = response.aiter_raw()
             first = await chunks.__anext__()
@@ -181,14 +197,19 @@ class Dispatcher:
         except StopAsyncIteration:
             await response.aclose()
             return None, "upstream closed the stream before sending anything", None, None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             await response.aclose()
-            return None, _describe(exc), None, None
-        return 200, None, UpstreamResult(
+            return None, describe(exc), None, None
+        if not _looks_like_sse(first):
+            await response.aclose()
+            ctype = response.header("content-type") or "no content-type"
+            return status, f"upstream HTTP {status} answer to a stream request is not an event stream ({ctype}: " \
+                           f"{_preview(first)})", None, None
+        return status, None, UpstreamResult(
             None,  # type: ignore[arg-type]
-            200,
+            status,
             [],
-            content_type=response.headers.get("content-type", "text/event-stream"),
+            content_type=response.header("content-type") or "text/event-stream",
             response=response,
             stream=_prepend(first, chunks),
             first_byte_at=first_at,
@@ -201,12 +222,29 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
         yield chunk
 
 
-def scrub_secrets(text: str, *secrets: str | None) -> str:
-    """``text`` without the given secrets or any ``Bearer <token>`` (some providers echo the key they got)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _BEARER.sub("Bearer ***", text)
+def _completion(body: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object of a 2xx answer, or None and what is wrong with it."""
+    if not body.strip():
+        return None, "empty body"
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, "not JSON"
+    if not isinstance(parsed, dict):
+        return None, f"a JSON {type(parsed).__name__}, not an object"
+    if "error" in parsed and "choices" not in parsed:
+        return None, "an error object"
+    return parsed, ""
+
+
+def _looks_like_sse(first: bytes) -> bool:
+    """Whether a stream's first chunk can be the start of an event stream (a field, a comment, blank lines)."""
+    head = first.lstrip(b"\r\n")[:8]
+    return not head or any(s.startswith(head[: len(s)]) for s in _SSE_STARTS)
+
+
+def _preview(body: bytes) -> str:
+    return repr(body[:120].decode("utf-8", "replace"))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -224,18 +262,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def _describe(exc: httpx.HTTPError) -> str:
-    kind = type(exc).__name__
-    text = str(exc)
-    return f"{kind}: {text}" if text else kind
-
-
 def _upstream_message(status: int, body: bytes) -> str:
     try:
         data = orjson.loads(body)
-        msg = data.get("error", {}).get("message") if isinstance(data, dict) else None
     except orjson.JSONDecodeError:
-        msg = None
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    elif err is None and isinstance(data, dict):  # vLLM: {"object": "error", "message": ...}
+        err = data.get("message")
+    msg = err if isinstance(err, str) else None
     return f"upstream HTTP {status}: {msg or body[:200].decode('utf-8', 'replace')}"
 
 

@@ -1,8 +1,9 @@
 """Prometheus metrics of one gateway process, served at ``GET /metrics`` (text exposition format).
 
 One :class:`Metrics` per app (its own ``CollectorRegistry``, no module globals). Request metrics are recorded
-from the finished log row (``observe``), so every request that produced a row is counted exactly once, streams
-included (their row is finished when the stream ends). Breaker states and the log queue are read at scrape time.
+from each finished request record (``observe``, a ``gateway.record.RequestRecord``), so every request that
+produced a row is counted exactly once, streams included (their record is finished when the stream ends).
+Breaker states and the log queue are read at scrape time.
 
 Series: ``poolgate_requests_total{pool,backend,status}``, ``poolgate_overhead_seconds`` (gateway time before the
 client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`` (per attempt),
@@ -28,6 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
+
+from gateway.record import RequestRecord
 
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -110,31 +113,31 @@ class Metrics:
     def limit_rejection(self, limit: str) -> None:
         self.limit_rejections.labels(limit).inc()
 
-    def observe(self, row: dict[str, Any]) -> None:
-        """Record one finished request from its log row."""
-        pool = row.get("pool") or ""
-        backend = row.get("backend") or ""
-        self.requests.labels(pool, backend, str(row.get("http_status", 0))).inc()
+    def observe(self, record: RequestRecord) -> None:
+        """Record one finished request from its record (counts are checked non-negative by ``finish``)."""
+        pool = record.pool or ""
+        backend = record.backend or ""
+        self.requests.labels(pool, backend, str(record.http_status)).inc()
         upstream_ms = 0.0
-        for attempt in row.get("attempts") or ():
+        for attempt in record.attempts:
             ms = attempt.get("latency_ms") or 0.0
             upstream_ms += ms
             if attempt.get("status") is not None or attempt.get("error") != "circuit open":
                 self.upstream.labels(attempt.get("backend") or "").observe(ms / 1000)
-        first_byte_ms = row.get("ttft_ms") if row.get("stream") else row.get("latency_ms")
-        if first_byte_ms is not None and row.get("attempts"):
+        first_byte_ms = record.ttft_ms if record.stream else record.latency_ms
+        if first_byte_ms is not None and record.attempts:
             self.overhead.observe(max(0.0, first_byte_ms - upstream_ms) / 1000)
-        if row.get("stream") and row.get("ttft_ms") is not None:
-            self.ttft.labels(pool, backend).observe(row["ttft_ms"] / 1000)
-        if row.get("prompt_tokens"):
-            self.tokens.labels(pool, backend, "prompt").inc(row["prompt_tokens"])
-        if row.get("completion_tokens"):
-            self.tokens.labels(pool, backend, "completion").inc(row["completion_tokens"])
-        if row.get("cost_usd"):
-            self.cost.labels(pool, backend).inc(row["cost_usd"])
-        top = _top_candidate(row.get("candidates") or ())
+        if record.stream and record.ttft_ms is not None:
+            self.ttft.labels(pool, backend).observe(record.ttft_ms / 1000)
+        if record.prompt_tokens:
+            self.tokens.labels(pool, backend, "prompt").inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.tokens.labels(pool, backend, "completion").inc(record.completion_tokens)
+        if record.cost_usd:
+            self.cost.labels(pool, backend).inc(record.cost_usd)
+        top = _top_candidate(record.candidates)
         if top is not None:
-            self.decisions.labels(pool, row.get("router") or "", top).inc()
+            self.decisions.labels(pool, record.router or "", top).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -47,7 +47,9 @@ class BackendConfig(BaseModel):
         description="expected quality in [0, 1] (e.g. a benchmark score): what 'strongest' ranks by when the pool's "
                     "router was not trained on this backend")
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=120.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0, description="longest silence while waiting for bytes")
+    timeout_s: float = Field(default=600.0, gt=0, description="total time of one attempt, connect to last byte "
+                             "(a stream's included): a backend trickling bytes cannot hold a request for ever")
     retries: int = Field(default=1, ge=0, le=10, description="extra tries on connect errors, 429 and 5xx")
 
     @field_validator("base_url")

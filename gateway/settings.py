@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     client_read_timeout_s: float = Field(
         default=30.0, gt=0, description="a client must send its request head, and then its body, within this (408)")
 
+    # -- upstream (gateway/upstream.py: one transport for every backend call) -------------------------
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="a plain backend answer over this fails (next backend, or 502)")
+    max_stream_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="a streamed answer over this is cut with an error event")
+    upstream_max_connections: int = Field(default=1000, ge=1, description="upstream exchanges at once, in all")
+    upstream_max_connections_per_host: int = Field(
+        default=500, ge=1, description="upstream exchanges at once per backend origin (scheme, host, port)")
+    upstream_pool_timeout_s: float = Field(
+        default=10.0, gt=0, description="longest wait for a free upstream connection slot (then the next backend)")
+    upstream_max_header_bytes: int = Field(default=64 * 1024, gt=0, description="a backend's response head cap")
+    upstream_max_header_count: int = Field(default=100, gt=0, description="headers a backend's response may have")
+
     # -- log store ---------------------------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./poolgate.db"
     log_queue_size: int = Field(default=10_000, description="bounded in-memory queue of log rows")

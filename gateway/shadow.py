@@ -22,14 +22,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.record import RequestRecord
 from gateway.routing import PoolRuntime, RouteDecision, RoutingService
 from gateway.store.writer import PENDING_SHADOW, LogWriter
 from routers.base import Router
 from routers.objective import Calibration, Flags, decide
 
 log = logging.getLogger("poolgate.shadow")
-
-Row = dict[str, Any]
 
 
 class ShadowRecorder:
@@ -52,23 +51,23 @@ class ShadowRecorder:
         task = asyncio.get_running_loop().create_task(self._compute(runtime, decision.flags, text, prompt_tokens))
         self._pending[request_id] = task
 
-    def finish(self, row: Row, then: Callable[[Row], None]) -> None:
-        """Call ``then(row)`` with the row's shadow choices attached: now, or once they are computed."""
-        task = self._pending.pop(row.get("id", ""), None)
+    def finish(self, record: RequestRecord, then: Callable[[RequestRecord], None]) -> None:
+        """Call ``then(record)`` with the shadow choices attached: now, or once they are computed."""
+        task = self._pending.pop(record.id, None)
         if task is None:
-            then(row)
+            then(record)
             return
         if task.done():
-            self._attach(row, task)
-            then(row)
+            self._attach(record, task)
+            then(record)
             return
 
-        token = self.writer.hold({**row, "shadow": PENDING_SHADOW}) if self.writer is not None else None
+        token = self.writer.hold({**record.as_row(), "shadow": PENDING_SHADOW}) if self.writer is not None else None
 
         def done(t: asyncio.Task[dict[str, Any]]) -> None:
             self._waiting.discard(t)
-            self._attach(row, t)
-            then(row)  # submits the final row (journaled and queued)...
+            self._attach(record, t)
+            then(record)  # submits the final row (journaled and queued)...
             if self.writer is not None:
                 self.writer.release(token)  # ...so the provisional one may go with its journal file
 
@@ -85,13 +84,13 @@ class ShadowRecorder:
             await asyncio.wait(set(self._waiting), timeout=timeout_s)
 
     @staticmethod
-    def _attach(row: Row, task: asyncio.Task[dict[str, Any]]) -> None:
+    def _attach(record: RequestRecord, task: asyncio.Task[dict[str, Any]]) -> None:
         if task.cancelled():
-            row["shadow"] = {"error": "cancelled"}
+            record.shadow = {"error": "cancelled"}
         elif task.exception() is not None:
-            row["shadow"] = {"error": f"{type(task.exception()).__name__}: {task.exception()}"}
+            record.shadow = {"error": f"{type(task.exception()).__name__}: {task.exception()}"}
         else:
-            row["shadow"] = task.result()
+            record.shadow = task.result()
 
     def _evict(self) -> None:
         """Drop the oldest finished tasks whose rows never came (requests that ended before logging)."""

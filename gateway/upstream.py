@@ -1,144 +1,207 @@
-"""The transport under the gateway's one shared ``httpx.AsyncClient``: httpx's API over aiohttp's connection pool.
+"""The gateway's one seam to the backends: :class:`Transport`, its limits, its responses and its errors.
 
-Why: httpx's default transport (httpcore) checks every pooled connection with a ``poll()`` call on each request,
-so its cost grows with the number of open upstream connections. Measured on the 2-core benchmark machine against
-a fake backend, a request through httpcore cost ~0.4 ms of CPU with one connection and ~1.1 ms with 32 in use;
-through this transport it costs ~0.15 ms (httpx's own client layer included), flat in the number of connections.
+Every upstream call (the dispatcher's chat completions, the admin and CLI backend probes) goes through one
+``Transport``, built once per process by the app factory (``gateway.app``); tests may hand in another one. The
+seam is shaped like httpx's (``AsyncBaseTransport.handle_async_request`` returns a response whose body is read
+as it comes, and failures are a small hierarchy of transport errors), but smaller: one call,
+:meth:`Transport.request`, with the request's timeouts and its response-size cap as arguments.
 
-What stays the same for the dispatcher and the SSE relay: requests are built and sent with httpx, responses are
-``httpx.Response`` objects (``aread``, ``aiter_raw``, ``aclose``), and failures are httpx exceptions
-(``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``), so retries and
-fallback behave as before. Bodies pass through undecoded (``auto_decompress`` off): httpx decodes
-``Content-Encoding`` itself in ``aread``, exactly as over httpcore. Redirects are not followed, cookies are not kept.
+The one implementation is :class:`gateway.http1.Http1Transport` (HTTP/1.1 over asyncio, responses parsed by
+httptools); see its module doc for why it is not httpx's or aiohttp's client, and for the measurements.
 
-The dispatcher's requests take a shorter way (:func:`direct_transport`, :meth:`AiohttpTransport.post`): no
-``httpx.Request``, none of httpx's client layers (auth, redirects, cookie jar, event hooks, response wrapping,
-none of which the gateway uses), and not aiohttp but the small HTTP/1.1 client of ``gateway.http1``. Measured
-on the benchmark machine against the fake backend, per request up to a streamed answer's first chunk (warm; a
-process that idles between requests, as a relay between tokens does, pays 2.5-3 times as much): httpx's
-``client.send`` + ``aiter_raw`` over aiohttp 0.32 ms, aiohttp alone 0.19 ms, ``gateway.http1`` 0.05 ms. Its
-response is still an ``httpx.Response`` and its failures are httpx's exceptions.
+Limits (:class:`UpstreamLimits`, from ``Settings``): connections in all and per origin, how long a request may
+wait for a free one (``PoolTimeout``), response head size and header count (a backend cannot make the gateway
+buffer 20 MB of headers), and, per request, the body size (``ResponseTooLarge``) and a total deadline for the
+whole exchange, head to last byte (``TotalTimeout``), besides the connect and idle-read timeouts.
 """
 
 from __future__ import annotations
 
-import asyncio
+import zlib
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from dataclasses import dataclass
 
-import aiohttp
-import httpx
+from gateway.settings import Settings
 
-from gateway.http1 import Http1Pool
-
-
-def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
-    """httpx's per-request timeouts (connect, read) as aiohttp's: per socket connect and per socket read."""
-    t: dict[str, Any] = request.extensions.get("timeout") or {}
-    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t.get("connect"), sock_read=t.get("read"))
+# -- errors: the names the dispatcher, the relay and the log rows use ---------------------------------------------
 
 
-def _mapped(exc: BaseException, request: httpx.Request, connecting: bool) -> httpx.TransportError:
-    """The httpx exception the dispatcher and relay expect for an aiohttp (or timeout) failure."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(text, request=request)
-    if isinstance(exc, aiohttp.ServerTimeoutError):  # a socket read (headers or body) took too long
-        return httpx.ReadTimeout(text, request=request)
-    if isinstance(exc, TimeoutError):
-        return (httpx.ConnectTimeout if connecting else httpx.ReadTimeout)(text, request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(text, request=request)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return httpx.RemoteProtocolError(text, request=request)
-    if connecting and isinstance(exc, aiohttp.ClientOSError):
-        return httpx.ConnectError(text, request=request)
-    return httpx.ReadError(text, request=request)
+class UpstreamError(Exception):
+    """Any failure to get an answer from a backend (httpx's ``TransportError``)."""
 
 
-class _Body(httpx.AsyncByteStream):
-    """A response body read from aiohttp as it arrives; closing it hands the connection back (or drops it)."""
+class ConnectError(UpstreamError):
+    """The TCP (or TLS) connection could not be made: refused, unreachable, bad certificate."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
-        self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _mapped(exc, self._request, connecting=False) from exc
+class TimeoutException(UpstreamError):
+    """A timeout of one of the kinds below."""
 
+
+class ConnectTimeout(TimeoutException):
+    """Connecting took longer than the connect timeout."""
+
+
+class PoolTimeout(TimeoutException):
+    """No connection slot (in all, or for the origin) came free within the pool timeout."""
+
+
+class ReadTimeout(TimeoutException):
+    """No response byte arrived for the read timeout."""
+
+
+class TotalTimeout(TimeoutException):
+    """The exchange, head to last byte, took longer than its total deadline."""
+
+
+class ReadError(UpstreamError):
+    """The connection failed (reset) before the response head was in."""
+
+
+class RemoteProtocolError(UpstreamError):
+    """The backend broke HTTP: closed early, malformed response, too many or too large headers."""
+
+
+class ResponseTooLarge(RemoteProtocolError):
+    """The response body (as sent, or decoded) is over the request's cap."""
+
+
+class LocalProtocolError(UpstreamError):
+    """The request itself cannot be sent (a line break in a header value)."""
+
+
+class UnsupportedProtocol(UpstreamError):
+    """The URL is not ``http://`` or ``https://``."""
+
+
+def describe(exc: BaseException) -> str:
+    """``"ReadTimeout: no response bytes for 1 s"``: what attempts and log rows say about a failure."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- limits and timeouts ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpstreamLimits:
+    """What one transport allows itself and its backends (defaults: ``Settings``' upstream fields)."""
+
+    max_connections: int = 1000
+    max_connections_per_host: int = 500  # per (scheme, host, port): one stalled backend cannot hold every slot
+    keepalive_s: float = 30.0
+    max_header_count: int = 100  # response headers; aiohttp's default is 128, Node's 2000 (h11 bounds bytes only)
+    max_header_bytes: int = 64 * 1024  # status line + headers; httpcore lets h11 buffer 100 KiB, Node 16 KiB
+    max_response_bytes: int = 64 * 1024 * 1024  # default body cap of a request that names none
+
+
+def limits_from(settings: Settings) -> UpstreamLimits:
+    """The transport limits a gateway's settings ask for."""
+    return UpstreamLimits(
+        max_connections=settings.upstream_max_connections,
+        max_connections_per_host=settings.upstream_max_connections_per_host,
+        max_header_count=settings.upstream_max_header_count,
+        max_header_bytes=settings.upstream_max_header_bytes,
+        max_response_bytes=max(settings.max_response_bytes, settings.max_stream_bytes),
+    )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; None is no limit. ``total`` bounds the whole exchange, pool wait and connect included."""
+
+    connect: float | None = 5.0
+    read: float | None = 120.0
+    total: float | None = None
+    pool: float | None = 10.0
+
+
+# -- responses ----------------------------------------------------------------------------------------------------
+
+
+class UpstreamResponse(ABC):
+    """A response whose head is in; the body is read with ``aiter_raw`` (as sent) or ``aread`` (decoded)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    max_body_bytes: int
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or None."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    @abstractmethod
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive, undecoded; the transport raises ``ResponseTooLarge`` past the cap."""
+
+    @abstractmethod
     async def aclose(self) -> None:
-        # a fully read body has already returned its connection to the pool; a partly read one is closed
-        self._response.release()
+        """Done with the response: a body read whole hands its connection back, any other closes it."""
+
+    async def aread(self) -> bytes:
+        """The whole body, ``Content-Encoding`` (gzip, deflate) decoded, at most ``max_body_bytes`` decoded."""
+        parts = [chunk async for chunk in self.aiter_raw()]
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        encoding = (self.header("content-encoding") or "").lower()
+        return decode_content(body, encoding, self.max_body_bytes) if encoding else body
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """``httpx.AsyncClient(transport=AiohttpTransport())``: one aiohttp connection pool for every backend.
-
-    The aiohttp session is made on first use, inside the running event loop; ``aclose`` closes it.
-    """
-
-    def __init__(self, max_connections: int = 1000, keepalive_s: float = 30.0) -> None:
-        self.max_connections = max_connections
-        self.keepalive_s = keepalive_s
-        self._session: aiohttp.ClientSession | None = None
-        self._http1: Http1Pool | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
-                                         keepalive_timeout=self.keepalive_s, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # httpx already sets what it wants
-        )
-        return self._session
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session if self._session is not None and not self._session.closed else self._open()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-        body = await request.aread()
+def decode_content(body: bytes, encoding: str, max_bytes: int) -> bytes:
+    """``body`` decoded by each coding of a ``Content-Encoding`` value, in reverse order of application;
+    ``ResponseTooLarge`` when the decoded size would pass ``max_bytes`` (a compressed bomb stops there)."""
+    for coding in reversed([c.strip() for c in encoding.split(",") if c.strip()]):
+        if coding == "identity":
+            continue
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise RemoteProtocolError(f"unsupported content-encoding {coding!r} (asked for gzip, deflate)")
+        wbits = zlib.MAX_WBITS | 16 if coding != "deflate" else zlib.MAX_WBITS
         try:
-            response = await session.request(request.method, str(request.url), headers=headers, data=body or None,
-                                             timeout=_timeout(request), allow_redirects=False)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _mapped(exc, request, connecting=True) from exc
-        return httpx.Response(
-            status_code=response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
-            stream=_Body(response, request),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
-        )
+            body = _inflate(body, wbits, max_bytes)
+        except zlib.error:
+            if coding != "deflate":
+                raise RemoteProtocolError("response body is not valid gzip") from None
+            try:  # some servers send raw deflate without the zlib wrapper
+                body = _inflate(body, -zlib.MAX_WBITS, max_bytes)
+            except zlib.error as exc:
+                raise RemoteProtocolError(f"response body is not valid deflate ({exc})") from None
+    return body
 
-    async def post(
-        self, url: str, content: bytes, headers: Mapping[str, str], timeout: httpx.Timeout
-    ) -> httpx.Response:
-        """POST ``content`` to ``url`` and return once the response head is in; the body streams as it comes.
 
-        What ``client.send(client.build_request("POST", ...), stream=True)`` returns, for the dispatcher's hot
-        path, over ``gateway.http1`` (a keep-alive pool of its own): only ``headers`` are sent (plus Host and
-        Content-Length), and the response's ``request`` is unset.
-        """
-        if self._http1 is None:
-            self._http1 = Http1Pool(self.max_connections, self.keepalive_s)
-        return await self._http1.post(url, content, headers, timeout)
+def _inflate(data: bytes, wbits: int, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, max_bytes + 1)
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise ResponseTooLarge(f"decoded response body is over the limit of {max_bytes} bytes")
+    return out + inflater.flush()
 
+
+# -- the seam ----------------------------------------------------------------------------------------------------
+
+
+class Transport(ABC):
+    """Sends one request upstream and returns once the response head is in."""
+
+    limits: UpstreamLimits
+
+    @abstractmethod
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        content: bytes = b"",
+        timeouts: Timeouts = Timeouts(),  # frozen: one shared default is safe
+        max_body_bytes: int | None = None,
+    ) -> UpstreamResponse:
+        """``method`` ``url`` with ``headers`` (plus Host, and Content-Length when there is a body) and
+        ``content``. ``max_body_bytes`` caps the response body (default ``limits.max_response_bytes``). Raises an
+        :class:`UpstreamError`."""
+
+    @abstractmethod
     async def aclose(self) -> None:
-        if self._http1 is not None:
-            self._http1.close()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-            await asyncio.sleep(0)  # let the connector finish closing its sockets
-
-
-def direct_transport(client: httpx.AsyncClient) -> AiohttpTransport | None:
-    """The ``AiohttpTransport`` every request of ``client`` goes through, so a caller may use its ``post``;
-    None when the client has another transport or mounts (proxies from the environment route some URLs
-    elsewhere). Reads httpx's private ``_transport``/``_mounts``: httpx has no public accessor for them."""
-    transport = getattr(client, "_transport", None)
-    if isinstance(transport, AiohttpTransport) and not getattr(client, "_mounts", None):
-        return transport
-    return None
+        """Close idle connections; exchanges under way close theirs when they end."""

@@ -46,6 +46,7 @@ def make_row(i: int, **overrides: Any) -> dict[str, Any]:
         "ttft_ms": 10.5,
         "prompt_tokens": 11,
         "completion_tokens": 22,
+        "usage_estimated": False,
         "cost_usd": 0.000123,
         "prompt_text": "what is 2+2?",
         "response_text": "4",

@@ -10,15 +10,15 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
-from gateway.http1 import Http1Pool
+from gateway.http1 import Http1Transport
+from gateway.upstream import RemoteProtocolError, Timeouts, UpstreamError
 from tests.servers import FakeBackend, ServerThread
 
 BODY = b'{"model": "m", "messages": []}'
 JSON = {"content-type": "application/json"}
-T = httpx.Timeout(5.0, connect=2.0)
+T = Timeouts(connect=2.0, read=5.0)
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
 
 
@@ -83,11 +83,11 @@ async def serve() -> AsyncIterator[object]:
 @pytest.mark.parametrize("close", ["fin", "reset"])
 async def test_request_on_a_connection_closed_as_it_went_out_is_answered_over_a_new_one(serve, close: str) -> None:
     backend = await serve(IdleClosingServer(answers=1, close=close))
-    pool = Http1Pool()
+    pool = Http1Transport()
     try:
         for _ in range(3):
-            r = await pool.post(backend.url, BODY, JSON, T)
-            assert r.status_code == 200 and await r.aread() == b'{"ok":true}'
+            r = await pool.request("POST", backend.url, JSON, BODY, T)
+            assert r.status == 200 and await r.aread() == b'{"ok":true}'
     finally:
         pool.close()
     # 1st on a new connection; 2nd and 3rd each went out on the kept one, were dropped unanswered, then re-sent
@@ -96,20 +96,20 @@ async def test_request_on_a_connection_closed_as_it_went_out_is_answered_over_a_
 
 async def test_new_connection_closed_unanswered_is_an_error_and_not_sent_again(serve) -> None:
     backend = await serve(IdleClosingServer(answers=0))
-    pool = Http1Pool()
-    with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
-        await pool.post(backend.url, BODY, JSON, T)
+    pool = Http1Transport()
+    with pytest.raises(RemoteProtocolError, match="without sending a response"):
+        await pool.request("POST", backend.url, JSON, BODY, T)
     pool.close()
     assert (backend.connections, backend.requests) == (1, 1)
 
 
 async def test_kept_connection_closed_after_part_of_an_answer_is_an_error_and_not_sent_again(serve) -> None:
     backend = await serve(IdleClosingServer(answers=1, close="partial"))
-    pool = Http1Pool()
-    r = await pool.post(backend.url, BODY, JSON, T)
+    pool = Http1Transport()
+    r = await pool.request("POST", backend.url, JSON, BODY, T)
     assert await r.aread() == b'{"ok":true}'
-    with pytest.raises(httpx.RemoteProtocolError):  # the server began an answer: it may have done the work
-        await pool.post(backend.url, BODY, JSON, T)
+    with pytest.raises(RemoteProtocolError):  # the server began an answer: it may have done the work
+        await pool.request("POST", backend.url, JSON, BODY, T)
     pool.close()
     assert (backend.connections, backend.requests) == (1, 2)
 
@@ -122,13 +122,13 @@ def test_bursts_after_idling_for_uvicorns_keep_alive_timeout_all_succeed() -> No
     body = b'{"model": "m", "messages": [{"role": "user", "content": "q"}]}'
 
     async def bursts() -> list[str]:
-        pool, failures = Http1Pool(), []
+        pool, failures = Http1Transport(), []
 
         async def one() -> None:
             try:
-                r = await pool.post(f"{backend.url}/v1/chat/completions", body, JSON, T)
+                r = await pool.request("POST", f"{backend.url}/v1/chat/completions", JSON, body, T)
                 await r.aread()
-            except httpx.TransportError as exc:
+            except UpstreamError as exc:
                 failures.append(repr(exc))
 
         for k in range(25):

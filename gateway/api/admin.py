@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
@@ -21,7 +19,7 @@ from gateway.auth import KeyParamError, KeyRecord, require_master
 from gateway.deps import Services, get_services
 from gateway.errors import GatewayError
 from gateway.limits.base import KeyUsage, from_nano
-from gateway.pools import BackendConfig, PoolFile
+from gateway.probe import probe_all
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
 
@@ -121,7 +119,7 @@ async def list_pools(services: Services = Depends(get_services)) -> JSONResponse
 @router.get("/pools/health")
 async def pools_health(services: Services = Depends(get_services)) -> JSONResponse:
     """Probe every backend now (``GET /models``, or a 1-token chat completion where that is missing)."""
-    results = await probe_all(services.pool_file, services.client)
+    results = await probe_all(services.pool_file, services.upstream)
     healthy = all(r["ok"] for r in results)
     return JSONResponse({"healthy": healthy, "backends": results}, status_code=200 if healthy else 503)
 
@@ -181,34 +179,3 @@ async def report(
                                                   "cost_usd")}
     return JSONResponse({"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
                          "totals": totals, "rows": rows})
-
-
-# -- backend probes (also used by `poolgate pools check`) -------------------------------------------------
-
-
-async def probe_backend(backend: BackendConfig, client: httpx.AsyncClient, timeout_s: float = 10.0) -> dict[str, Any]:
-    """One backend's health: ``GET {base_url}/models``; where that is missing (404/405), a 1-token completion."""
-    headers = {"authorization": f"Bearer {backend.api_key()}"} if backend.api_key() else {}
-    started = time.perf_counter()
-    method = "models"
-    try:
-        resp = await client.get(f"{backend.base_url}/models", headers=headers, timeout=timeout_s)
-        if resp.status_code in (404, 405):
-            method = "chat"
-            body = {"model": backend.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-            resp = await client.post(f"{backend.base_url}/chat/completions", json=body, headers=headers,
-                                     timeout=timeout_s)
-        ok, status, error = resp.status_code < 400, resp.status_code, None
-        if not ok:
-            error = resp.text[:200]
-    except httpx.HTTPError as exc:
-        ok, status, error = False, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return {"backend": backend.name, "base_url": backend.base_url, "ok": ok, "status": status, "probe": method,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1), "error": error}
-
-
-async def probe_all(pool_file: PoolFile, client: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """Probe every backend of ``pool_file`` concurrently."""
-    import asyncio
-
-    return list(await asyncio.gather(*(probe_backend(b, client) for b in pool_file.backends)))

@@ -1,14 +1,16 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
-The route is thin: parse and check the request, route, dispatch, relay, and hand one log row to the
-writer (off the response path) for every request that got as far as routing.
+The route is thin: parse and check the request, route, dispatch, relay, and finish one typed
+:class:`~gateway.record.RequestRecord` (metrics, limits, then the log writer, off the response path) for every
+request that got as far as routing. The backend's ``usage`` is checked at this edge (``gateway.usage``): counts
+that are not plausible integers are dropped, counted by the gateway instead, and the row says
+``usage_estimated``.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,9 +23,11 @@ from gateway.auth import KeyRecord, authenticate
 from gateway.deps import Services, get_services
 from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
-from gateway.pricing import cost_usd
+from gateway.pricing import cost_usd, count_tokens
+from gateway.record import RequestRecord
 from gateway.routing import RouteDecision
 from gateway.streaming import EventStreamResponse, StreamOutcome, relay
+from gateway.usage import parse_usage
 
 router = APIRouter()
 
@@ -45,29 +49,15 @@ def _headers(
     return headers
 
 
-def _base_row(request_id: str, chat: ChatRequest, services: Services) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "created_at": datetime.now(UTC),
-        "model_requested": chat.model,
-        "stream": chat.stream,
-        "prompt_text": chat.prompt_text if services.settings.store_prompts else None,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "cost_usd": 0.0,
-        "attempts": [],
-        "candidates": [],
-    }
+def _new_record(request_id: str, chat: ChatRequest, services: Services) -> RequestRecord:
+    return RequestRecord(id=request_id, model_requested=chat.model, stream=chat.stream,
+                         prompt_text=chat.prompt_text if services.settings.store_prompts else None)
 
 
-def _decision_fields(decision: RouteDecision) -> dict[str, Any]:
-    return {
-        "pool": decision.pool,
-        "router": decision.router,
-        "router_version": decision.router_version,
-        "candidates": decision.candidates,
-        "flags": decision.flags.as_dict() if decision.flags is not None else None,
-    }
+def _record_decision(record: RequestRecord, decision: RouteDecision) -> None:
+    record.pool, record.router, record.router_version = decision.pool, decision.router, decision.router_version
+    record.candidates = decision.candidates
+    record.flags = decision.flags.as_dict() if decision.flags is not None else None
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_OPENAPI)
@@ -81,107 +71,119 @@ async def chat_completions(
                            code="log_store_unavailable", headers={"retry-after": "5"})
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
-    row = _base_row(request_id, chat, services)
+    record = _new_record(request_id, chat, services)
     prompt_tokens = chat.prompt_tokens()
     decision: RouteDecision | None = None
     try:
-        admitted = await services.tenancy.admit(key, chat.model, chat.payload, prompt_tokens, row)
+        admitted = await services.tenancy.admit(key, chat.model, chat.payload, prompt_tokens, record)
         decision = await services.routing.route(
             chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
             request_flags=chat.request_flags, router_override=chat.router_override,
             key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
         )
-        row.update(_decision_fields(decision))
+        _record_decision(record, decision)
         if services.shadow is not None:  # shadow routers' choices, computed while the backend answers
             services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
     except GatewayError as exc:
-        _finish_error(services, row, started, exc.status, exc.type, exc.message)
+        _finish_error(services, record, started, exc.status, exc.type, exc.message)
         return exc.response(_headers(request_id, decision, None, None))
     except AllBackendsFailed as exc:
-        row["attempts"] = exc.attempts
-        row["backend"] = exc.attempts[-1]["backend"] if exc.attempts else None
-        _finish_error(services, row, started, exc.status, "upstream_error", exc.message)
+        record.attempts = exc.attempts
+        record.backend = exc.attempts[-1]["backend"] if exc.attempts else None
+        _finish_error(services, record, started, exc.status, "upstream_error", exc.message)
         wait = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
         err = GatewayError(exc.status, exc.message, code="all_backends_failed", headers=wait)
-        return err.response(_headers(request_id, decision, row["backend"], None))
-    row["backend"] = result.backend.name
-    row["attempts"] = result.attempts
+        return err.response(_headers(request_id, decision, record.backend, None))
+    record.backend = result.backend.name
+    record.attempts = result.attempts
     if result.stream is not None:
-        return _stream_response(services, chat, row, result, decision, started, prompt_tokens)
-    return _plain_response(services, chat, row, result, decision, started, prompt_tokens)
+        return _stream_response(services, chat, record, result, decision, started, prompt_tokens)
+    return _plain_response(services, record, result, decision, started, prompt_tokens)
 
 
-def _finish(services: Services, row: dict[str, Any]) -> None:
-    """Hand the row on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
+def _finish(services: Services, record: RequestRecord) -> None:
+    """Hand the record on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
     if services.shadow is not None:
-        services.shadow.finish(row, services.tenancy.finish)
+        services.shadow.finish(record, services.tenancy.finish)
     else:
-        services.tenancy.finish(row)
+        services.tenancy.finish(record)
 
 
-def _finish_error(services: Services, row: dict[str, Any], started: float, status: int, etype: str, msg: str) -> None:
-    row.update(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
-               latency_ms=(time.perf_counter() - started) * 1000)
-    _finish(services, row)
+def _finish_error(
+    services: Services, record: RequestRecord, started: float, status: int, etype: str, msg: str
+) -> None:
+    record.finish(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
+                  latency_ms=(time.perf_counter() - started) * 1000)
+    _finish(services, record)
+
+
+def _answer_text(parsed: dict[str, Any]) -> str:
+    """The content of every choice's message (what completion tokens are counted from without usage)."""
+    choices = parsed.get("choices")
+    parts = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+    return "\n".join(parts)
 
 
 def _plain_response(
-    services: Services, chat: ChatRequest, row: dict[str, Any], result: UpstreamResult,
-    decision: RouteDecision, started: float, prompt_tokens: int,
+    services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
+    prompt_tokens: int,
 ) -> Response:
-    usage: dict[str, Any] = {}
-    text = None
-    if result.status < 400:
-        try:
-            parsed = orjson.loads(result.body)
-            usage = parsed.get("usage") or {}
-            if services.settings.store_responses:
-                text = parsed["choices"][0]["message"].get("content")
-        except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
-            usage = {}
-    p_tok = int(usage.get("prompt_tokens") or (prompt_tokens if result.status < 400 else 0))
-    c_tok = int(usage.get("completion_tokens") or 0)
+    latency_ms = (time.perf_counter() - started) * 1000
+    headers = _headers(record.id, decision, result.backend.name, None)
+    if result.parsed is None:  # an error passed through (a 4xx that is the request's fault)
+        record.finish(status="error", http_status=result.status, latency_ms=latency_ms, error_type="upstream_error",
+                      error_message=result.body[:2000].decode("utf-8", "replace"))
+        _finish(services, record)
+        return Response(result.body, status_code=result.status, media_type="application/json", headers=headers)
+    usage = parse_usage(result.parsed.get("usage"))
+    text = _answer_text(result.parsed)
+    p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
+    c_tok = usage.completion_tokens if usage.completion_tokens is not None else count_tokens(text)
     cost = cost_usd(result.backend, p_tok, c_tok)
-    ok = result.status < 400
-    row.update(
-        status="ok" if ok else "error", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
-        cost_usd=cost, latency_ms=(time.perf_counter() - started) * 1000, response_text=text,
-        error_type=None if ok else "upstream_error",
-        error_message=None if ok else result.body[:2000].decode("utf-8", "replace"),
-    )
-    _finish(services, row)
-    return Response(result.body, status_code=result.status, media_type="application/json",
-                    headers=_headers(row["id"], decision, result.backend.name, cost))
+    record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
+                  usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
+                  response_text=text if services.settings.store_responses else None)
+    _finish(services, record)
+    headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
+    if not usage.complete:
+        headers["x-poolgate-cost-estimated"] = "true"
+    return Response(result.body, status_code=result.status, media_type="application/json", headers=headers)
 
 
 def _stream_response(
-    services: Services, chat: ChatRequest, row: dict[str, Any], result: UpstreamResult,
+    services: Services, chat: ChatRequest, record: RequestRecord, result: UpstreamResult,
     decision: RouteDecision, started: float, prompt_tokens: int,
 ) -> Response:
     backend = result.backend
 
     def on_finish(out: StreamOutcome) -> None:
-        usage = out.usage or {}
-        p_tok = int(usage.get("prompt_tokens") or prompt_tokens)
-        c_tok = out.completion_tokens()
-        row.update(
+        usage = parse_usage(out.usage)
+        p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
+        c_tok = usage.completion_tokens if usage.completion_tokens is not None else out.counted_completion_tokens()
+        error_type = None
+        if out.error:
+            error_type = "client_disconnected" if out.client_disconnected else out.error_code
+        record.finish(
             status="error" if out.error else "ok", http_status=200, prompt_tokens=p_tok, completion_tokens=c_tok,
-            cost_usd=cost_usd(backend, p_tok, c_tok), latency_ms=(time.perf_counter() - started) * 1000,
-            ttft_ms=out.ttft_ms, error_type=("client_disconnected" if out.client_disconnected else
-                                             "upstream_stream_error") if out.error else None,
-            error_message=out.error,
-            response_text=out.text() if services.settings.store_responses else None,
+            usage_estimated=not usage.complete, cost_usd=cost_usd(backend, p_tok, c_tok),
+            latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
+            error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
-        _finish(services, row)
+        _finish(services, record)
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
     )
-    headers = _headers(row["id"], decision, backend.name, estimate)
+    headers = _headers(record.id, decision, backend.name, estimate)
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
-    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish)
+    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)
     return EventStreamResponse(body, headers=headers)
 
 

@@ -39,13 +39,14 @@ def check(file: Path | None, as_json: bool) -> None:
     import asyncio
     import json
 
-    import httpx
-
-    from gateway.api.admin import probe_all
+    from gateway.http1 import Http1Transport
     from gateway.pools import DEMO_POOL_PATH, PoolFileError, load_pool_file
+    from gateway.probe import probe_all
     from gateway.settings import Settings
+    from gateway.upstream import limits_from
 
-    path = file or Settings().pool_file or DEMO_POOL_PATH
+    settings = Settings()
+    path = file or settings.pool_file or DEMO_POOL_PATH
     try:
         pf = load_pool_file(path)
     except PoolFileError as exc:
@@ -53,8 +54,11 @@ def check(file: Path | None, as_json: bool) -> None:
         raise SystemExit(2) from None
 
     async def probe() -> list[dict[str, object]]:
-        async with httpx.AsyncClient() as client:
-            return await probe_all(pf, client)
+        upstream = Http1Transport(limits_from(settings))
+        try:
+            return await probe_all(pf, upstream)
+        finally:
+            await upstream.aclose()
 
     results = asyncio.run(probe())
     if as_json:

@@ -2,7 +2,7 @@
 
 ``admit`` runs before routing (pool access, then one ``reserve`` against the limiter) and returns what routing
 needs from the key: its default flags and, when the key has a budget, the budget-pressure adjustment of the
-cost weight. ``finish`` runs once per request with the finished log row: it records metrics, settles the
+cost weight. ``finish`` runs once per request with its finished ``RequestRecord``: it records metrics, settles the
 reservation with the real tokens and cost (off the response path), and hands the row to the log writer.
 With auth off neither step touches Redis or the database.
 """
@@ -30,6 +30,7 @@ from gateway.limits.base import (
 )
 from gateway.metrics import Metrics
 from gateway.pools import BackendConfig, PoolFile
+from gateway.record import RequestRecord
 from gateway.settings import Settings
 from gateway.store import LogWriter
 from routers.objective import Flags
@@ -91,18 +92,18 @@ class Tenancy:
     # -- before routing -------------------------------------------------------------------------------
 
     async def admit(self, key: KeyRecord | None, model: str, payload: Mapping[str, Any], prompt_tokens: int,
-                    row: dict[str, Any]) -> Admission:
+                    record: RequestRecord) -> Admission:
         """Check pool access and reserve against the key's limits; raises ``GatewayError`` (403/401/429/503)."""
         if key is None:
             return NO_KEY
-        row["key_id"] = key.id
+        record.key_id = key.id
         self._check_pool(key, model)
         if key.is_master:
             return Admission(key)
         spec = key.limits()
         tokens, cost = self.estimate(model, payload, prompt_tokens)
         try:
-            reservation = await self.limiter.reserve(spec, row["id"], tokens, to_nano(cost))
+            reservation = await self.limiter.reserve(spec, record.id, tokens, to_nano(cost))
         except LimitExceeded as exc:
             raise self._refused(exc) from None
         except LimitsUnavailable as exc:
@@ -183,14 +184,14 @@ class Tenancy:
 
     # -- after the response ---------------------------------------------------------------------------
 
-    def finish(self, row: dict[str, Any]) -> None:
+    def finish(self, record: RequestRecord) -> None:
         """Record metrics, settle the request's reservation with its real usage, and queue its log row."""
-        self.metrics.observe(row)
-        held = self._open.pop(row["id"], None)
+        self.metrics.observe(record)
+        held = self._open.pop(record.id, None)
         if held is not None:
-            tokens = int(row.get("prompt_tokens") or 0) + int(row.get("completion_tokens") or 0)
-            self._spawn(self.limiter.settle(held[1], tokens, to_nano(float(row.get("cost_usd") or 0.0))))
-        self.writer.submit(row)
+            tokens = record.prompt_tokens + record.completion_tokens
+            self._spawn(self.limiter.settle(held[1], tokens, to_nano(record.cost_usd)))
+        self.writer.submit(record)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

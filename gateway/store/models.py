@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Dialect,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import DateTime, TypeDecorator
 
 #: Deterministic constraint/index names, so migrations can name them and downgrades can drop them.
@@ -108,8 +110,10 @@ class Request(Base):
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)  # 64-bit: migration 0004
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the gateway counted (some of) the tokens itself: the backend sent no usage, or implausible counts
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     prompt_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_prompts
     response_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_responses

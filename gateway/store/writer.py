@@ -52,6 +52,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.record import RequestRecord
 from gateway.settings import Settings
 from gateway.store.journal import Journal
 from gateway.store.models import REQUEST_COLUMNS, Request
@@ -73,6 +74,7 @@ ROW_DEFAULTS: dict[str, Any] = {
     "latency_ms": 0.0,
     "prompt_tokens": 0,
     "completion_tokens": 0,
+    "usage_estimated": False,
     "cost_usd": 0.0,
 }
 
@@ -219,15 +221,16 @@ class LogWriter:
             clean["response_text"] = None
         return {name: strip_nul(value) for name, value in clean.items()}
 
-    def submit(self, row: Row) -> None:
-        """Queue one request row for writing. Never blocks on I/O to the database and never raises.
+    def submit(self, row: Row | RequestRecord) -> None:
+        """Queue one request row (a ``RequestRecord`` from the request path) for writing. Never blocks on I/O to
+        the database and never raises.
 
         With the journal on, the row is on disk (in the kernel's page cache) when this returns: a SIGKILL
         from then on does not lose it. The caller must not mutate nested values (lists/dicts) of ``row``
         afterwards: only the top level is copied.
         """
         try:
-            clean = self.prepare_row(row)
+            clean = self.prepare_row(row.as_row() if isinstance(row, RequestRecord) else row)
             if self._closed:
                 self._spool.append([clean])  # after stop(): kept for replay by the next process
                 return
@@ -241,7 +244,8 @@ class LogWriter:
             if self._queue.qsize() >= self._batch_size:
                 self._wake.set()
         except Exception:  # the request path must survive any logging failure
-            log.exception("could not log request row %r", row.get("id") if isinstance(row, dict) else row)
+            log.exception("could not log request row %r", getattr(row, "id", None) or (
+                row.get("id") if isinstance(row, dict) else row))
 
     def hold(self, row: Row) -> Path | None:
         """Journal ``row``, the provisional version of a row to be submitted later, without queueing it.

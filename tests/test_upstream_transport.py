@@ -1,5 +1,6 @@
-"""The aiohttp-backed transport under the gateway's httpx client behaves like httpx's own on real servers, and so
-does its ``post`` (the dispatcher's path, over ``gateway.http1``): same answers, same httpx exceptions."""
+"""The gateway's one upstream transport (``gateway.http1.Http1Transport``) on real servers: answers, streams,
+keep-alive, TLS, and the transport errors the dispatcher and the relay expect (``gateway.upstream``). Its limits
+are proved in ``test_upstream_limits.py``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from starlette.applications import Starlette
@@ -22,16 +22,24 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.http1 import HIGH_WATER, Http1Pool
-from gateway.upstream import AiohttpTransport
+from gateway.http1 import HIGH_WATER, Http1Transport
+from gateway.upstream import (
+    ConnectError,
+    LocalProtocolError,
+    ReadError,
+    ReadTimeout,
+    RemoteProtocolError,
+    Timeouts,
+    UpstreamResponse,
+)
 from tests.servers import ServerThread, free_port
 from tests.tcpproxy import TcpProxy
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 PAUSE_S = 3.0  # how long the slow routes stay silent: well past SHORT's 1 s read timeout, short for teardown
 JSON = {"content-type": "application/json"}
-T = httpx.Timeout(5.0, connect=2.0)
-SHORT = httpx.Timeout(1.0, connect=2.0)  # for the slow routes: times out long before they speak again
+T = Timeouts(connect=2.0, read=5.0)
+SHORT = Timeouts(connect=2.0, read=1.0)  # for the slow routes: times out long before they speak again
 
 
 async def echo(request: Request) -> Response:
@@ -74,10 +82,10 @@ async def zipped(request: Request) -> Response:
     return Response(gzip.compress(b'{"ok": true}'), media_type="application/json", headers={"content-encoding": "gzip"})
 
 
-async def read_until_timeout(response: httpx.Response) -> bytes:
+async def read_until_timeout(response: UpstreamResponse) -> bytes:
     """The body bytes that came before reading it raised ``ReadTimeout`` (it must); the response is closed."""
     seen = b""
-    with pytest.raises(httpx.ReadTimeout):
+    with pytest.raises(ReadTimeout):
         async for chunk in response.aiter_raw():
             seen += chunk
     await response.aclose()
@@ -95,128 +103,79 @@ def url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=httpx.Timeout(5.0, connect=2.0)) as c:
-        yield c
-
-
-async def test_post_returns_the_answer_and_sends_body_and_headers(client: httpx.AsyncClient, url: str) -> None:
-    for i in range(3):  # the pooled connection is reused between requests
-        r = await client.post(f"{url}/echo", content=BODY, headers={"content-type": "application/json",
-                                                                    "authorization": f"Bearer k{i}"})
-        assert r.status_code == 200
-        assert r.headers["content-type"] == "application/json"
-        assert r.json() == {"body": orjson.loads(BODY), "authorization": f"Bearer k{i}"}
-
-
-async def test_stream_yields_events_before_the_backend_finishes_then_times_out(
-    client: httpx.AsyncClient, url: str
-) -> None:
-    request = client.build_request("POST", f"{url}/stall", content=b"{}", timeout=SHORT)
-    response = await client.send(request, stream=True)
-    assert (await read_until_timeout(response)).count(b"data: ") == 2
-
-
-async def test_nothing_listening_is_a_connect_error(client: httpx.AsyncClient) -> None:
-    with pytest.raises(httpx.ConnectError):
-        await client.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", content=BODY)
-
-
-async def test_backend_that_never_answers_is_a_read_timeout(client: httpx.AsyncClient, url: str) -> None:
-    with pytest.raises(httpx.ReadTimeout):
-        await client.post(f"{url}/hang", content=BODY, timeout=SHORT)
-
-
-async def test_stream_cut_mid_body_is_a_transport_error(client: httpx.AsyncClient, url: str) -> None:
-    response = await client.send(client.build_request("POST", f"{url}/drop", content=b"{}"), stream=True)
-    with pytest.raises(httpx.TransportError):
-        async for _ in response.aiter_raw():
-            pass
-    await response.aclose()
-
-
-async def test_gzip_answer_is_decoded_by_httpx_as_over_httpcore(client: httpx.AsyncClient, url: str) -> None:
-    r = await client.post(f"{url}/gz", content=b"{}")
-    assert r.json() == {"ok": True}
-
-
-# -- AiohttpTransport.post: the dispatcher's path over gateway.http1 ------------------------------------------------
-
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    t = AiohttpTransport()
+async def transport() -> AsyncIterator[Http1Transport]:
+    t = Http1Transport()
     yield t
     await t.aclose()
 
 
-async def test_post_answers_and_keeps_one_connection_for_sequential_requests(transport: AiohttpTransport,
+async def test_post_answers_and_keeps_one_connection_for_sequential_requests(transport: Http1Transport,
                                                                              url: str) -> None:
     port = int(url.rsplit(":", 1)[1])
     with TcpProxy("127.0.0.1", port) as proxy:
         for i in range(3):
-            r = await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY,
-                                     {**JSON, "authorization": f"Bearer k{i}"}, T)
-            assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+            r = await transport.request("POST", f"http://127.0.0.1:{proxy.port}/echo",
+                                        {**JSON, "authorization": f"Bearer k{i}"}, BODY, T)
+            assert r.status == 200 and r.header("content-type") == "application/json"
             assert orjson.loads(await r.aread()) == {"body": orjson.loads(BODY), "authorization": f"Bearer k{i}"}
             await r.aclose()
         assert proxy.connections == 1
 
 
-async def test_post_streams_events_before_the_backend_finishes_then_times_out(transport: AiohttpTransport,
+async def test_post_streams_events_before_the_backend_finishes_then_times_out(transport: Http1Transport,
                                                                               url: str) -> None:
-    r = await transport.post(f"{url}/stall", b"{}", JSON, SHORT)
+    r = await transport.request("POST", f"{url}/stall", JSON, b"{}", SHORT)
     assert (await read_until_timeout(r)).count(b"data: ") == 2
 
 
-async def test_post_body_left_unread_drops_its_connection_and_the_next_post_works(transport: AiohttpTransport,
+async def test_post_body_left_unread_drops_its_connection_and_the_next_post_works(transport: Http1Transport,
                                                                                   url: str) -> None:
     port = int(url.rsplit(":", 1)[1])
     with TcpProxy("127.0.0.1", port) as proxy:
-        r = await transport.post(f"http://127.0.0.1:{proxy.port}/stall", b"{}", JSON, T)
+        r = await transport.request("POST", f"http://127.0.0.1:{proxy.port}/stall", JSON, b"{}", T)
         async for chunk in r.aiter_raw():
             assert chunk.startswith(b"data: ")
             break
         await r.aclose()  # the rest of that answer must not be read as the next one's
-        r = await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY, JSON, T)
+        r = await transport.request("POST", f"http://127.0.0.1:{proxy.port}/echo", JSON, BODY, T)
         assert orjson.loads(await r.aread())["body"] == orjson.loads(BODY)
         assert proxy.connections == 2
 
 
-async def test_post_failures_are_the_httpx_exceptions_the_dispatcher_expects(transport: AiohttpTransport,
+async def test_post_failures_are_the_transport_errors_the_dispatcher_expects(transport: Http1Transport,
                                                                             url: str) -> None:
-    with pytest.raises(httpx.ConnectError):
-        await transport.post(f"http://127.0.0.1:{free_port()}/v1/chat/completions", BODY, JSON, T)
-    with pytest.raises(httpx.ReadTimeout):
-        await transport.post(f"{url}/hang", BODY, JSON, SHORT)
-    r = await transport.post(f"{url}/drop", b"{}", JSON, T)
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(ConnectError):
+        await transport.request("POST", f"http://127.0.0.1:{free_port()}/v1/chat/completions", JSON, BODY, T)
+    with pytest.raises(ReadTimeout):
+        await transport.request("POST", f"{url}/hang", JSON, BODY, SHORT)
+    r = await transport.request("POST", f"{url}/drop", JSON, b"{}", T)
+    with pytest.raises(RemoteProtocolError):
         async for _ in r.aiter_raw():
             pass
     await r.aclose()
     port = int(url.rsplit(":", 1)[1])
     with TcpProxy("127.0.0.1", port) as proxy:
         proxy.reset_after_request()
-        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
-            await transport.post(f"http://127.0.0.1:{proxy.port}/echo", BODY, JSON, T)
+        with pytest.raises((ReadError, RemoteProtocolError)):
+            await transport.request("POST", f"http://127.0.0.1:{proxy.port}/echo", JSON, BODY, T)
 
 
-async def test_post_header_with_a_line_break_is_refused_before_sending(transport: AiohttpTransport, url: str) -> None:
-    with pytest.raises(httpx.LocalProtocolError):
-        await transport.post(f"{url}/echo", BODY, {**JSON, "authorization": "Bearer k\r\nx-injected: 1"}, T)
-    r = await transport.post(f"{url}/echo", BODY, JSON, T)  # the pool is still usable
-    assert r.status_code == 200 and await r.aread()
+async def test_post_header_with_a_line_break_is_refused_before_sending(transport: Http1Transport, url: str) -> None:
+    with pytest.raises(LocalProtocolError):
+        await transport.request("POST", f"{url}/echo", {**JSON, "authorization": "Bearer k\r\nx-injected: 1"},
+                                BODY, T)
+    r = await transport.request("POST", f"{url}/echo", JSON, BODY, T)  # the pool is still usable
+    assert r.status == 200 and await r.aread()
 
 
-async def test_post_gzip_answer_is_decoded_by_httpx(transport: AiohttpTransport, url: str) -> None:
-    r = await transport.post(f"{url}/gz", b"{}", JSON, T)
+async def test_post_gzip_answer_is_decoded_by_aread(transport: Http1Transport, url: str) -> None:
+    r = await transport.request("POST", f"{url}/gz", JSON, b"{}", T)
     assert orjson.loads(await r.aread()) == {"ok": True}
 
 
-async def test_post_body_larger_than_the_read_buffer_arrives_whole_when_read_late(transport: AiohttpTransport,
+async def test_post_body_larger_than_the_read_buffer_arrives_whole_when_read_late(transport: Http1Transport,
                                                                                   url: str) -> None:
-    r = await transport.post(f"{url}/big", b"{}", JSON, T)
+    r = await transport.request("POST", f"{url}/big", JSON, b"{}", T)
     await asyncio.sleep(0.3)  # the server pushes more than the client buffers: reading pauses, then resumes
     assert await r.aread() == BIG
 
@@ -238,10 +197,10 @@ def _close_delimited_server(payload: bytes) -> tuple[socket.socket, threading.Th
     return srv, thread
 
 
-async def test_post_body_delimited_by_the_connection_end_is_read_whole(transport: AiohttpTransport) -> None:
+async def test_post_body_delimited_by_the_connection_end_is_read_whole(transport: Http1Transport) -> None:
     srv, thread = _close_delimited_server(b"until the end")
     with srv:
-        r = await transport.post(f"http://127.0.0.1:{srv.getsockname()[1]}/x", b"{}", JSON, T)
+        r = await transport.request("POST", f"http://127.0.0.1:{srv.getsockname()[1]}/x", JSON, b"{}", T)
         assert await r.aread() == b"until the end"
     thread.join(timeout=5)
 
@@ -263,10 +222,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 
 async def test_post_over_tls_checks_the_certificate_and_answers(tls_server: tuple[str, Path]) -> None:
     url, ca = tls_server
-    trusting = Http1Pool(ssl_context=ssl.create_default_context(cafile=str(ca)))
+    trusting = Http1Transport(ssl_context=ssl.create_default_context(cafile=str(ca)))
     for _ in range(2):
-        r = await trusting.post(f"{url}/echo", BODY, JSON, T)
-        assert r.status_code == 200 and orjson.loads(await r.aread())["body"] == orjson.loads(BODY)
+        r = await trusting.request("POST", f"{url}/echo", JSON, BODY, T)
+        assert r.status == 200 and orjson.loads(await r.aread())["body"] == orjson.loads(BODY)
     trusting.close()
-    with pytest.raises(httpx.ConnectError):  # the system's CA store does not know this certificate
-        await Http1Pool().post(f"{url}/echo", BODY, JSON, T)
+    with pytest.raises(ConnectError):  # the system's CA store does not know this certificate
+        await Http1Transport().request("POST", f"{url}/echo", JSON, BODY, T)
