@@ -3,7 +3,8 @@
 The format is read off the file: a ``.csv`` with a ``prompt`` column and one True/False column per model (the
 RouteLLM layout; ``<model>_response`` columns give completion tokens, else the config's assumed output length);
 a ``.jsonl`` whose rows have ``scores`` (the LLMRouter layout, prices from the ``llms.json`` beside the file or
-in the data folder) or ``question`` and ``label`` (the EllieSQL layout). A name of :data:`training.loaders.DATASETS`
+in the data folder), ``question`` and ``label`` (the EllieSQL layout), or ``answers`` and ``correct`` (the offline
+demo's replay sample, ``gateway/replay/sample``: real answers, so completion tokens are counted from them). A name of :data:`training.loaders.DATASETS`
 loads that data set. Errors are :class:`~training.loaders.DatasetError` naming the file.
 """
 
@@ -41,6 +42,8 @@ def load_file(path: Path, data_dir: Path | None = None) -> RoutingDataset:
         if "scores" in first:
             cfg_path = CONFIG_DIR / "llmrouter.yaml"
             return loaders.load_llmrouter(folder or path.parent, load_config(cfg_path), cfg_path, path=path)
+        if "answers" in first and "correct" in first:
+            return load_replay_sample(path)
         if "question" in first and "label" in first:
             cfg_path = CONFIG_DIR / "elliesql.yaml"
             return loaders.load_elliesql(folder or path.parent, load_config(cfg_path), cfg_path, path=path)
@@ -79,3 +82,29 @@ def _routellm_csv(path: Path) -> RoutingDataset:
                    "completion_tokens": how, "rows": json.dumps(len(kept))}
     return loaders._assemble(path.stem, queries, cards, quality, count_tokens(queries),
                              completion.reshape(len(kept), len(models)), [path.stem] * len(kept), assumptions)
+
+
+def load_replay_sample(path: Path) -> RoutingDataset:
+    """The replay sample format: ``{"prompt", "answers": {model: text}, "correct": {model: bool}}`` per line.
+    Prices from the RouteLLM config (its aliases name the demo's models); task ``gsm8k``."""
+    cfg_path = CONFIG_DIR / "routellm.yaml"
+    cfg = load_config(cfg_path)
+    rows = [obj for _, obj in loaders._read_jsonl(path)]
+    models = list(rows[0]["correct"]) if rows and isinstance(rows[0].get("correct"), dict) else []
+    if not models:
+        raise DatasetError(f"{path}: the first row has no 'correct' object")
+    for lineno, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answers"), dict) \
+                or not isinstance(row.get("correct"), dict) or sorted(row["correct"]) != sorted(models):
+            raise DatasetError(f"{path}:{lineno}: expected 'prompt', 'answers' and 'correct' for {models}")
+        if not all(isinstance(row["correct"][m], bool) for m in models):
+            raise DatasetError(f"{path}:{lineno}: 'correct' values must be true or false")
+    cards = loaders._routellm_cards(models, cfg, cfg_path, path)
+    queries = [r["prompt"] for r in rows]
+    quality = np.asarray([[float(r["correct"][m]) for m in models] for r in rows], dtype=np.float64)
+    completion = np.stack([count_tokens([str(r["answers"].get(m, "")) for r in rows]) for m in models], axis=1)
+    assumptions = {"config_file": str(cfg_path), "source": str(path),
+                   "prices_usd_per_1m": {c.name: {"input": c.input_price, "output": c.output_price} for c in cards},
+                   "completion_tokens": "counted from each model's recorded answer"}
+    return loaders._assemble(path.stem, queries, cards, quality, count_tokens(queries),
+                             completion.reshape(len(rows), len(models)), ["gsm8k"] * len(rows), assumptions)
