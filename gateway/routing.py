@@ -73,10 +73,14 @@ def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Route
 def member_cards(backends: list[BackendConfig], router: Router) -> list[ModelCard]:
     """The backends' cards, each ``quality`` (expected quality) filled from what the pool's router learned: a
     model's mean true quality on its training data (``Calibration.member_quality``); the pool file's ``quality:``
-    stays where the router knows nothing of that backend. ``strongest`` and the caution anchor read it."""
-    learned = Calibration.of(router).member_quality
+    stays where the router knows nothing of that backend. ``strongest`` and the caution anchor read it. A card
+    without an output length gets the one the router's calibration assumed, so its lambdas price the same calls."""
+    calibration = Calibration.of(router)
+    learned, lengths = calibration.member_quality, calibration.member_output_tokens
     cards = [b.card() for b in backends]
-    return [replace(c, quality=learned[c.name]) if c.name in learned else c for c in cards]
+    cards = [replace(c, quality=learned[c.name]) if c.name in learned else c for c in cards]
+    return [replace(c, output_tokens=lengths[c.name]) if c.output_tokens is None and c.name in lengths else c
+            for c in cards]
 
 
 def build_runtime(pool_file: PoolFile, config: PoolConfig, base_dir: Path | None = None) -> PoolRuntime:

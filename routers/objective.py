@@ -26,11 +26,11 @@ the dearest candidate's whole price is worth (1 - t) quality points, so a member
 must be predicted better by (1 - t)(1 - 1/r) -- a rule that still depends on the real price ratio (1.1x or 50x
 count differently). Presets: ``quality-first`` (lambda 0), ``balanced`` (t = 0.97), ``cost-first`` (t = 0.90).
 
-``caution`` (a margin in quality points, from the router's out-of-fold calibration, or 0): the ranking departs
-from the *anchor* -- the candidate the same objective picks from the router's average predictions, i.e. the
-best single choice -- only for a candidate whose utility beats the anchor's by more than the margin (scaled by
-the router's per-query uncertainty when it reports one). This is where routers lose on queries unlike their
-training data.
+``caution`` (a margin in quality points per lambda, from the router's out-of-fold calibration, or 0): the ranking
+departs from the *anchor* -- the candidate the objective picks from each member's mean training quality, i.e. the
+best single choice at these flags -- only for a candidate whose utility beats the anchor's by more than the
+margin (scaled by the router's per-query uncertainty when it reports one). This is where routers lose on queries
+unlike their training data.
 
 Hard constraints filter before scoring: ``min_context`` (and the prompt must fit the window), required
 ``capabilities``, and ``max_cost_usd`` on the expected cost. If nothing is left, :class:`ConstraintError` names
@@ -184,16 +184,20 @@ class OperatingCurve:
     """Realized outcome of a router's choices on out-of-fold training queries, per lambda (increasing).
 
     ``quality_fraction[i]`` / ``cost_fraction[i]``: mean true quality / cost of the choices at ``lambdas[i]``
-    divided by the best single member's (the member of highest mean quality on the same queries)."""
+    divided by the best single member's (the member of highest mean quality on the same queries); ``caution[i]``:
+    the caution margin that gave the best realized utility at that lambda (empty: no caution)."""
 
     lambdas: tuple[float, ...]
     quality_fraction: tuple[float, ...]
     cost_fraction: tuple[float, ...]
+    caution: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.lambdas)
         if n == 0 or len(self.quality_fraction) != n or len(self.cost_fraction) != n:
             raise ValueError("an operating curve needs equally many lambdas, quality and cost fractions (>= 1)")
+        if self.caution and len(self.caution) != n:
+            raise ValueError("an operating curve's caution margins must match its lambdas")
         if any(b < a for a, b in zip(self.lambdas, self.lambdas[1:], strict=False)) or self.lambdas[0] < 0:
             raise ValueError("operating curve lambdas must be >= 0 and increasing")
 
@@ -203,14 +207,21 @@ class OperatingCurve:
         ok = np.flatnonzero(kept >= target - 1e-12)
         return float(self.lambdas[int(ok[-1])]) if len(ok) else 0.0
 
+    def margin_at(self, lam: np.ndarray) -> np.ndarray:
+        """Per lambda, the caution margin of the largest grid lambda at or below it (0 without margins)."""
+        if not self.caution:
+            return np.zeros_like(np.asarray(lam, dtype=np.float64))
+        i = np.searchsorted(np.asarray(self.lambdas), np.asarray(lam, dtype=np.float64), side="right") - 1
+        return np.asarray(self.caution, dtype=np.float64)[np.clip(i, 0, len(self.lambdas) - 1)]
+
     def as_dict(self) -> dict[str, list[float]]:
         return {"lambdas": list(self.lambdas), "quality_fraction": list(self.quality_fraction),
-                "cost_fraction": list(self.cost_fraction)}
+                "cost_fraction": list(self.cost_fraction), "caution": list(self.caution)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Sequence[float]]) -> OperatingCurve:
         return cls(tuple(map(float, data["lambdas"])), tuple(map(float, data["quality_fraction"])),
-                   tuple(map(float, data["cost_fraction"])))
+                   tuple(map(float, data["cost_fraction"])), tuple(map(float, data.get("caution", ()))))
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,19 @@ class Calibration:
     curve: OperatingCurve | None = None
     caution: float = 0.0
     member_quality: Mapping[str, float] = field(default_factory=dict)
+    #: each training model's mean output tokens on the training data: the length the curve's costs assumed, which
+    #: the gateway uses for a backend whose own length it does not know (so that lambda means what it meant)
+    member_output_tokens: Mapping[str, float] = field(default_factory=dict)
+
+    def margin(self, lam: np.ndarray) -> np.ndarray:
+        """Caution margin per query for the lambdas it resolved to: the curve's per-lambda margin, else ``caution``."""
+        if self.curve is not None and self.curve.caution:
+            return self.curve.margin_at(lam)
+        return np.full(np.shape(lam), self.caution, dtype=np.float64)
+
+    @property
+    def cautious(self) -> bool:
+        return self.caution > 0 or (self.curve is not None and any(m > 0 for m in self.curve.caution))
 
     def anchor_quality(self, candidates: Sequence[ModelCard]) -> np.ndarray | None:
         """Per candidate, its mean quality on the training data (else the card's ``quality``); ``None`` when
@@ -231,7 +255,7 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {"curve": None if self.curve is None else self.curve.as_dict(), "caution": self.caution,
-                "member_quality": dict(self.member_quality)}
+                "member_quality": dict(self.member_quality), "member_output_tokens": dict(self.member_output_tokens)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Calibration:
@@ -240,7 +264,9 @@ class Calibration:
             return NO_CALIBRATION
         curve = data.get("curve")
         return cls(curve=OperatingCurve.from_dict(curve) if curve else None, caution=float(data.get("caution", 0.0)),
-                   member_quality={str(k): float(v) for k, v in (data.get("member_quality") or {}).items()})
+                   member_quality={str(k): float(v) for k, v in (data.get("member_quality") or {}).items()},
+                   member_output_tokens={str(k): float(v)
+                                         for k, v in (data.get("member_output_tokens") or {}).items()})
 
     @classmethod
     def of(cls, router: Any) -> Calibration:
@@ -344,15 +370,17 @@ def score(prediction: Prediction, candidates: Sequence[ModelCard], flags: Flags,
     return Scores(utility=utility, feasible=feasible, expected_cost_usd=cost, quality=quality, lam=lam)
 
 
-def cautious(utility: np.ndarray, anchor: np.ndarray, margin: float, uncertainty: np.ndarray | None = None
-             ) -> np.ndarray:
+def cautious(utility: np.ndarray, anchor: np.ndarray, margin: float | np.ndarray,
+             uncertainty: np.ndarray | None = None) -> np.ndarray:
     """Utilities after the caution rule: a candidate other than the anchor keeps its utility only where it beats
-    the anchor's by more than ``margin`` (x the candidate's uncertainty, if given); else it drops just below it."""
-    if margin <= 0:
+    the anchor's by more than ``margin`` (per query, x the candidate's uncertainty if given); else it drops just
+    below the anchor."""
+    margins = np.broadcast_to(np.asarray(margin, dtype=np.float64), (len(utility),))[:, None]
+    if not (margins > 0).any():
         return utility
     rows = np.arange(len(utility))
     base = utility[rows, anchor][:, None]
-    need = margin if uncertainty is None else margin * np.asarray(uncertainty, dtype=np.float64)
+    need = margins if uncertainty is None else margins * np.asarray(uncertainty, dtype=np.float64)
     keep = (utility - base > need) | (np.arange(utility.shape[1])[None, :] == anchor[:, None])
     # demoted candidates keep their order among themselves, below the anchor
     return np.where(keep, utility, base - 1e-9 * (1.0 + np.argsort(np.argsort(-utility, axis=1), axis=1)))
@@ -422,12 +450,12 @@ def decide(
     mask = feasibility(candidates, flags, prompt_tokens, scores.expected_cost_usd[0], required_capabilities)
     scores.feasible[0] = mask
     util = scores.utility
-    if anchor_quality is None and calibration.caution > 0:
+    if anchor_quality is None and calibration.cautious:
         anchor_quality = calibration.anchor_quality(candidates)
-    if calibration.caution > 0 and anchor_quality is not None:
+    if calibration.cautious and anchor_quality is not None:
         anchor_util = util - scores.quality + np.clip(anchor_quality, 0.0, 1.0)[None, :]
         anchor = _argmax_cheapest(np.where(mask, anchor_util, -np.inf), scores.expected_cost_usd)
-        util = cautious(util, anchor, calibration.caution, prediction.uncertainty)
+        util = cautious(util, anchor, calibration.margin(scores.lam), prediction.uncertainty)
     scores.utility = util
     masked = np.where(mask, util[0], -np.inf)
     # stable tie-break: cheaper first, then pool order
@@ -449,13 +477,13 @@ def choose_batch(
     batch's mean prediction."""
     scores = score(prediction, candidates, flags, prompt_tokens, calibration)
     util = scores.utility
-    if anchor_quality is None and calibration.caution > 0:
+    if anchor_quality is None and calibration.cautious:
         anchor_quality = calibration.anchor_quality(candidates)
-    if calibration.caution > 0:
+    if calibration.cautious:
         if anchor_quality is None:
             anchor = anchor_choice(scores)
         else:
             anchor_util = util - scores.quality + np.clip(anchor_quality, 0.0, 1.0)[None, :]
             anchor = _argmax_cheapest(anchor_util, scores.expected_cost_usd)
-        util = cautious(util, anchor, calibration.caution, prediction.uncertainty)
+        util = cautious(util, anchor, calibration.margin(scores.lam), prediction.uncertainty)
     return _argmax_cheapest(util, scores.expected_cost_usd)

@@ -7,13 +7,14 @@ departure from the best single model. Both are measured here, on the training ro
    groups (``mode="query"``: the fold's queries are new, its tasks are not) or by task (``mode="task"``: whole
    tasks are held out, the shift a gateway meets). A fresh router is fitted on each inner training part and
    predicts the held-out part, so every training row gets a prediction from a router that never saw it.
-2. **Caution margin** (quality points): of :data:`CAUTION_GRID`, the margin whose cautious choices at lambda 0
-   (see :func:`routers.objective.cautious`: depart from the best single member only for a predicted gain larger
-   than the margin) give the highest realized mean quality on those rows; ties go to the larger, safer margin.
-3. **Operating curve**: for each lambda of a grid scaled to the data's prices (``s / c_ref``, ``c_ref`` = mean
-   expected cost of the best member per query), the realized quality and cost of the cautious choices relative
-   to the best single member's. ``quality_target`` and the presets resolve to lambda on this curve.
-4. **Member quality**: each training model's mean true quality (the caution anchor, and what ``strongest`` ranks by).
+2. **Operating curve with caution**: for each lambda of a grid scaled to the data's prices (``s / c_ref``,
+   ``c_ref`` = mean expected cost of the best member per query), the caution margin of :data:`CAUTION_GRID`
+   whose choices (see :func:`routers.objective.cautious`: depart from the best single choice at that lambda only
+   for a predicted utility gain larger than the margin) give the highest realized utility ``q - lambda * cost``
+   on those rows (ties go to the larger, safer margin), and the realized quality and cost of those choices
+   relative to the best single member's. ``quality_target`` and the presets resolve to lambda on this curve; the
+   gateway applies the margin of the resolved lambda.
+3. **Member quality**: each training model's mean true quality (the caution anchor, and what ``strongest`` ranks by).
 
 The router finally fitted on all training rows carries the result as ``calibration_`` (stored in its artifact).
 """
@@ -34,8 +35,7 @@ from training.splits import _groups, grouped_kfold
 
 CALIBRATION_MODES: tuple[str, ...] = ("query", "task", "none")
 #: lambda grid in units of 1 / (expected cost of the best member per query)
-LAMBDA_SCALES: tuple[float, ...] = (0.0, 0.003, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
-                                    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
+LAMBDA_SCALES: tuple[float, ...] = (0.0, *np.round(np.geomspace(1e-3, 1e3, 73), 6).tolist())
 CAUTION_GRID: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 1.0)
 
 
@@ -93,23 +93,33 @@ def calibrate_on(pred: Prediction, ds: RoutingDataset, rows: np.ndarray, member_
     anchor = np.asarray(member_quality, dtype=np.float64)
     best = int(np.argmax(anchor))
     q_best, c_best = float(truth[:, best].mean()), float(true_cost[:, best].mean())
-    outcomes = []
-    for margin in CAUTION_GRID:
-        choice = choose_batch(pred, cards, Flags(cost=0.0), tokens, Calibration(caution=margin), anchor)
-        outcomes.append(float(truth[np.arange(len(rows)), choice].mean()))
-    top = max(outcomes)
-    caution = max(m for m, q in zip(CAUTION_GRID, outcomes, strict=True) if q >= top - 1e-12)
     expected_best = float(score(pred, cards, Flags(cost=0.0), tokens).expected_cost_usd[:, best].mean())
-    lambdas, q_frac, c_frac = [], [], []
+    lambdas, q_frac, c_frac, margins = [], [], [], []
+    rows_ix = np.arange(len(rows))
     for s in LAMBDA_SCALES:
         lam = s / expected_best if expected_best > 0 else 0.0
-        choice = choose_batch(pred, cards, Flags(cost=lam), tokens, Calibration(caution=caution), anchor)
+        best_utility, pick = -np.inf, (0.0, 0.0, 0.0)
+        for margin in CAUTION_GRID:
+            choice = choose_batch(pred, cards, Flags(cost=lam), tokens, Calibration(caution=margin), anchor)
+            q, c = truth[rows_ix, choice], true_cost[rows_ix, choice]
+            utility = float((q - lam * c).mean())
+            if utility >= best_utility - 1e-12:  # ties go to the larger, safer margin
+                best_utility, pick = utility, (margin, float(q.mean()), float(c.mean()))
         lambdas.append(lam)
-        q_frac.append(float(truth[np.arange(len(rows)), choice].mean()) / q_best if q_best > 0 else 1.0)
-        c_frac.append(float(true_cost[np.arange(len(rows)), choice].mean()) / c_best if c_best > 0 else 1.0)
-    curve = OperatingCurve(tuple(lambdas), tuple(q_frac), tuple(c_frac))
+        margins.append(pick[0])
+        q_frac.append(pick[1] / q_best if q_best > 0 else 1.0)
+        c_frac.append(pick[2] / c_best if c_best > 0 else 1.0)
+    curve = OperatingCurve(tuple(lambdas), tuple(q_frac), tuple(c_frac), tuple(margins))
+    caution = margins[0]
     names = [c.name for c in ds.cards]
-    return Calibration(curve=curve, caution=caution, member_quality=dict(zip(names, anchor.tolist(), strict=True)))
+    return Calibration(curve=curve, caution=caution, member_quality=dict(zip(names, anchor.tolist(), strict=True)),
+                       member_output_tokens=output_tokens(ds))
+
+
+def output_tokens(ds: RoutingDataset) -> dict[str, float]:
+    """Each model's expected output tokens as the calibration's costs assumed (its card's, else the mean)."""
+    return {c.name: float(c.output_tokens if c.output_tokens is not None else ds.completion_tokens[:, j].mean())
+            for j, c in enumerate(ds.cards)} if len(ds) else {}
 
 
 def fit_calibrated(name: str, ds: RoutingDataset, params: Mapping[str, Any] | None = None, seed: int = 0,
@@ -123,7 +133,8 @@ def fit_calibrated(name: str, ds: RoutingDataset, params: Mapping[str, Any] | No
     router = build_router(name, params, seed)
     router.fit(ds)
     member = np.asarray(ds.quality, dtype=np.float64).mean(axis=0)
-    calibration = Calibration(member_quality=dict(zip(ds.models, member.tolist(), strict=True)))
+    calibration = Calibration(member_quality=dict(zip(ds.models, member.tolist(), strict=True)),
+                              member_output_tokens=output_tokens(ds))
     if mode != "none" and needs_training(router):
         pairs = inner_folds(ds, mode, folds, seed, groups)
         if pairs:

@@ -95,13 +95,32 @@ class _FoldRun:
     lam: list[float]  # per operating point, mean lambda used
 
 
-def _fit(name: str, ds: RoutingDataset, fold: OuterFold, seed: int, calibration: str):  # type: ignore[no-untyped-def]
-    probe = build_router(name, seed=seed)
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``knn`` or ``complexity[mode=expected;cv_folds=5]`` -> (registry name, constructor params; values as YAML)."""
+    import yaml
+
+    name, sep, rest = spec.partition("[")
+    if not sep:
+        return spec.strip(), {}
+    if not rest.endswith("]"):
+        raise ValueError(f"router spec {spec!r}: expected NAME[key=value;...]")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest[:-1].split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"router spec {spec!r}: {item!r} is not key=value")
+        params[key.strip()] = yaml.safe_load(value)
+    return name.strip(), params
+
+
+def _fit(spec: str, ds: RoutingDataset, fold: OuterFold, seed: int, calibration: str):  # type: ignore[no-untyped-def]
+    name, params = parse_spec(spec)
+    probe = build_router(name, params, seed=seed)
     if probe.evaluation_only:
         return probe.fit(ds.subset(fold.test))
     if not needs_training(probe):
         return probe.fit(ds.subset(fold.train))
-    return fit_calibrated(name, ds.subset(fold.train), seed=seed, mode=calibration)
+    return fit_calibrated(name, ds.subset(fold.train), params, seed=seed, mode=calibration)
 
 
 def _run_fold(name: str, ds: RoutingDataset, fold: OuterFold, flags: list[tuple[str, Flags]], seed: int,
@@ -174,7 +193,7 @@ def evaluate_routers(
     """Evaluate each named router on ``dataset`` under ``protocol`` (see the module docstring and
     :mod:`training.protocol`; ``n_train``: the number of training rows for ``cross``). Unknown names raise
     RouterError; a router that raises while fitting or predicting is recorded with ``error`` set."""
-    classes = [get_router_class(n) for n in router_names]  # fail fast on unknown names
+    classes = [get_router_class(parse_spec(n)[0]) for n in router_names]  # fail fast on unknown names
     featurizer = featurizer or Featurizer()
     start = time.perf_counter()
     feats = featurizer.featurize_dataset(dataset, embeddings=any(c.requires_embeddings for c in classes))

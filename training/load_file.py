@@ -4,8 +4,9 @@ The format is read off the file: a ``.csv`` with a ``prompt`` column and one Tru
 RouteLLM layout; ``<model>_response`` columns give completion tokens, else the config's assumed output length);
 a ``.jsonl`` whose rows have ``scores`` (the LLMRouter layout, prices from the ``llms.json`` beside the file or
 in the data folder), ``question`` and ``label`` (the EllieSQL layout), or ``answers`` and ``correct`` (the offline
-demo's replay sample, ``gateway/replay/sample``: real answers, so completion tokens are counted from them). A name of :data:`training.loaders.DATASETS`
-loads that data set. Errors are :class:`~training.loaders.DatasetError` naming the file.
+demo's replay sample, ``gateway/replay/sample``: real answers, so completion tokens are counted from them).
+A name of :data:`training.loaders.DATASETS` loads that data set. Errors are
+:class:`~training.loaders.DatasetError` naming the file.
 """
 
 from __future__ import annotations

@@ -75,9 +75,10 @@ def train_router(
     if model.evaluation_only:
         raise RouterError(f"router {router!r} is for evaluation only; it cannot be trained for serving")
     if isinstance(dataset, str):
+        from training.load_file import load_named_or_file
         from training.loaders import load_dataset
 
-        data = load_dataset(dataset, limit=limit)
+        data = load_dataset(dataset, limit=limit) if limit is not None else load_named_or_file(dataset)
     else:
         data = dataset
     data = attach_features(data, model.requires_embeddings, cache_dir, encoder)

@@ -6,6 +6,7 @@ one ``Error: ...`` line and exits with code 2, never a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ def _fail(message: str) -> NoReturn:
 
 def router_list(spec: str) -> list[str]:
     """The comma-separated routers plus the baselines, deduplicated, baselines around the requested ones."""
-    asked = [n.strip() for n in spec.split(",") if n.strip()]
+    asked = [n.strip() for n in re.split(r",(?![^\[]*\])", spec) if n.strip()]  # commas inside [...] are params
     out: list[str] = []
     for name in (*BASELINES_BEFORE, *asked, *BASELINES_AFTER):
         if name not in out:
@@ -47,7 +48,8 @@ def router_list(spec: str) -> list[str]:
 @click.option("--protocol", type=click.Choice(["kfold", "loto", "holdout"]), default="kfold", show_default=True,
               help="kfold: grouped k-fold; loto: leave-one-task-out; holdout: one grouped 80/20 split.")
 @click.option("--routers", "routers_spec", default="knn", show_default=True,
-              help="Comma-separated registry names; random, best-single and oracle are always added.")
+              help="Comma-separated registry names, each optionally with parameters: "
+                   "'knn,complexity[mode=expected;cv_folds=5]'; random, best-single and oracle are always added.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of seeded routers.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Outer folds of kfold.")
 @click.option("--calibration", type=click.Choice(["query", "task", "none"]), default="query", show_default=True,
@@ -71,12 +73,13 @@ def evaluate(dataset_name: str | None, train_spec: str | None, test_spec: str | 
     """Evaluate routers under an honest protocol: print the table, optionally write JSON and an HTML report."""
     from routers.base import RouterError
     from routers.registry import get_router_class
+    from training.evaluate import parse_spec
 
     names = router_list(routers_spec)
     for name in names:
         try:
-            get_router_class(name)
-        except RouterError as exc:
+            get_router_class(parse_spec(name)[0])
+        except (RouterError, ValueError) as exc:
             _fail(str(exc))
     dataset, n_train, protocol = _load(dataset_name, train_spec, test_spec, train_tasks, protocol, limit, data_dir)
     run = RunOptions(protocol=protocol, folds=folds, seed=seed, calibration=calibration, n_train=n_train,

@@ -28,7 +28,8 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 @click.command("train-offline")
 @click.option("--router", "router_name", required=True, help="registered router name (see routers/registry.py)")
 @click.option("--dataset", "dataset_name", required=True,
-              help="routellm-gsm8k, routellm-mmlu, llmrouter or elliesql (from shared/data)")
+              help="routellm-gsm8k, routellm-mmlu, llmrouter or elliesql (from shared/data), or a file in one of "
+                   "their formats (or the demo's replay sample)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="artifact file [default: .poolgate/artifacts/ROUTER-DATASET.router]")
 @click.option("--seed", type=int, default=0, show_default=True, help="passed to routers that take a seed")
@@ -38,12 +39,14 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
                    "(e.g. --param mode=cascade --param 'aliases={pool-name: dataset-model}')")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="embedding cache [default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings]")
+@click.option("--calibration", type=click.Choice(["query", "task", "none"]), default="query", show_default=True,
+              help="inner folds of the out-of-fold calibration (presets, caution): by query groups or by task")
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="sentence encoder of the embeddings [default: POOLGATE_EMBEDDING_ENCODER or minilm-static]; "
                    "see docs/encoders.md")
 def train_offline(
     router_name: str, dataset_name: str, out: Path | None, seed: int, limit: int | None,
-    params: tuple[str, ...], cache_dir: Path | None, encoder: str | None,
+    params: tuple[str, ...], cache_dir: Path | None, calibration: str, encoder: str | None,
 ) -> None:
     """Fit ROUTER on all rows of DATASET and save it as one artifact file that a pool file can load.
 
@@ -59,13 +62,16 @@ def train_offline(
     cache = cache_dir if cache_dir is not None else settings.embedding_cache_dir
     try:
         result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
-                              encoder=encoder or settings.embedding_encoder)
-        save_result(result, out or default_artifact_path(router_name, dataset_name))
+                              encoder=encoder or settings.embedding_encoder, calibration=calibration)
+        save_result(result, out or default_artifact_path(router_name, Path(dataset_name).stem))
     except (RouterError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"trained {router_name} on {result.dataset}: {result.rows} rows, models {', '.join(result.models)}, "
                f"fit in {result.seconds:.2f}s")
     if result.summary:
+        from gateway.commands.routers import preset_text
+
         click.echo(f"summary: {json.dumps(result.summary, default=str)}")
+        click.echo(preset_text(result.summary).strip())
     click.echo(f"artifact: {result.path}")
     click.echo(f"pool entry:\n    router: {router_name}\n    artifact: {result.path}")
