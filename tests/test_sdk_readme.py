@@ -102,11 +102,12 @@ def test_python_examples_run_as_written(
         monkeypatch.setenv(name, env[name])
     sync_example, async_example, admin_example = blocks("python")
     out = run_python(sync_example, capsys)
-    assert "mixtral-8x7b gpt-4-1106" in out  # the cost flag picks the cheap model, strongest + cost 0 the strong
-    assert re.search(r"^ mixtral-8x7b True$", out, re.M)  # a stream's cost header is an estimate
-    assert "#### 15" in out  # the replayed model's recorded answer to the football question
+    assert "mixtral-8x7b gpt-4-1106" in out  # a large lambda picks the cheap model, strongest the strong one
+    assert re.search(r"^ (mixtral-8x7b|gpt-4-1106) True$", out, re.M)  # a stream's cost header is an estimate
+    assert re.search(r"\b15\b", out)  # the replayed model's recorded answer to the football question (15 wins)
     out = run_python(async_example, capsys)
-    assert out.splitlines()[0].startswith("[") and out.splitlines()[0].count("mixtral-8x7b") == 3
+    first = out.splitlines()[0]
+    assert first.startswith("[") and first.count("mixtral-8x7b") + first.count("gpt-4-1106") == 3
     out = run_python(admin_example, capsys)
     assert "sdk-example" in out and "'requests_in_window': 4" in out, out
-    assert "'requests': 4" in out and "True cheapest" in out
+    assert "'requests': 4" in out and "True knn" in out  # the demo pool's learned router

@@ -24,6 +24,8 @@ METRIC_NOTES: dict[str, str] = {
     "cost": "mean USD per query of the quality-first choices, shown per 1,000 queries",
     "bal Q%/$%": "balanced preset (quality_target 0.97): quality and cost as % of always-best-single's",
     "cf Q%/$%": "cost-first preset (quality_target 0.90): quality and cost as % of always-best-single's",
+    "tok-1pt": "tokens saved against always-best-single by the router's best operating point that loses at most "
+    "one point (0.01) of quality (EllieSQL's question)",
     "aiq": "RouterBench AIQ: mean height of the non-decreasing convex hull of the lambda sweep over "
     "[cheapest possible, dearest possible] mean cost",
     "savings": "1 - (cost at which the router's hull reaches the best single model's quality) / its cost",
@@ -60,7 +62,7 @@ def fmt_ci(values: list[float] | None, digits: int = 3, signed: bool = False) ->
 def table_headers(result: EvaluationResult) -> list[str]:
     """Column headers of the results table (APGR/CPT only for two-model pools)."""
     head = ["router", "quality [95% CI]", "d best-single [95% CI]", "best%", "$/1k q", "bal Q%/$%", "cf Q%/$%",
-            "AIQ", "savings", "ECE", "TEP tok"]
+            "tok-1pt", "AIQ", "savings", "ECE", "TEP tok"]
     return head + (["APGR [95% CI]", "CPT50", "CPT80"] if "pair" in result.reference else [])
 
 
@@ -75,8 +77,8 @@ def metric_cells(result: EvaluationResult, r: RouterResult) -> list[str]:
     cells = [r.name, fmt_ci(ci.get("quality_first_quality")), fmt_ci(ci.get("quality_first_diff_vs_best_single"),
                                                                        signed=True),
              fmt_pct(m.get("best_choice_rate")), fmt_num(1000 * m["cost_usd"], 4), _ratio(m, "balanced"),
-             _ratio(m, "cost_first"), fmt_num(m["aiq"]), fmt_pct(m["savings_vs_best_single"]),
-             fmt_num(m.get("ece_chosen")), fmt_num(m["tep_tokens"], 2)]
+             _ratio(m, "cost_first"), fmt_pct(m.get("tokens_saved_within_1pt")), fmt_num(m["aiq"]),
+             fmt_pct(m["savings_vs_best_single"]), fmt_num(m.get("ece_chosen")), fmt_num(m["tep_tokens"], 2)]
     if "pair" in result.reference:
         cells += [fmt_ci(ci.get("apgr")), fmt_pct(m.get("cpt50")), fmt_pct(m.get("cpt80"))]
     return cells

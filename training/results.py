@@ -151,7 +151,12 @@ def _curve_metrics(m: dict[str, float], res: RouterResult, ref: dict[str, Any]) 
     lo, hi = ref["aiq_cost_range"]
     best, cheap = ref["best_single"], ref["cheapest"]
     bal = res.point("balanced")
+    within = [p for p in res.points if p.quality >= best["quality"] - 0.01]
     m |= {
+        # EllieSQL's question: how many tokens does routing save while losing at most one point of quality?
+        # (the best operating point of the router's own sweep and presets, not an interpolation between two)
+        "tokens_saved_within_1pt": max((1.0 - p.tokens / best["tokens"] for p in within), default=np.nan)
+        if best["tokens"] else np.nan,
         "aiq": metrics.aiq(xs, ys, lo, hi),
         "quality_at_ref_cost": metrics.quality_at_cost(xs, ys, best["cost_usd"]),
         "cost_at_ref_quality": metrics.cost_at_quality(xs, ys, best["quality"]),
