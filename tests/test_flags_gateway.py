@@ -164,3 +164,14 @@ def test_streaming_requests_echo_the_flags_too(client):
         assert resp.headers["x-poolgate-backend"] == "new"
         assert json.loads(resp.headers["x-poolgate-flags"])["recency"] == 1
     assert text == "answer from new"
+
+
+def test_quality_target_is_echoed_and_a_bad_one_is_a_400_naming_it(client):
+    _, echoed = chosen(client, extra_body={"poolgate": {"flags": {"quality_target": 0.9}}})
+    assert echoed["quality_target"] == 0.9 and echoed["cost"] is None
+    for bad in (0, 1.5, "most"):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="auto", messages=MESSAGES,
+                                           extra_body={"poolgate": {"flags": {"quality_target": bad}}})
+        assert info.value.body["param"] == "poolgate.flags.quality_target"
+        assert "quality_target" in info.value.body["message"]
