@@ -12,7 +12,8 @@ Step two, :class:`CategoryRouter`: each model's expected quality is the category
 mean quality, ``quality[q, m] = sum_c P(c | q) * E[c, m]``, where ``E[c, m]`` is shrunk toward the model's
 overall mean by ``prior_weight`` pseudo-queries (a category with few training queries says little). A
 candidate is matched to a training model by name; any other candidate gets the mean over the training models
-(an "average model"), so it is ranked by price alone.
+(an "average model"), so it is ranked by price alone. Its ``uncertainty`` is the entropy of ``P(c | q)`` plus
+:data:`UNCERTAINTY_FLOOR`: queries that look like no training category get a larger caution margin.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from training.dataset import RoutingDataset
 
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
+#: added to the category entropy to make the prediction's uncertainty (so a sure query still needs a small margin)
+UNCERTAINTY_FLOOR = 0.02
 
 
 def query_matrix(features: QueryFeatures) -> np.ndarray:
@@ -181,11 +184,14 @@ class CategoryRouter(Router):
         return self._model.proba(features)
 
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
-        per_model = self.category_proba(features) @ self.expected_  # [n, m_train]
+        proba = self.category_proba(features)
+        per_model = proba @ self.expected_  # [n, m_train]
         average = per_model.mean(axis=1)
         out = np.stack([per_model[:, self.models_.index(c.name)] if c.name in self.models_ else average
                         for c in candidates], axis=1) if candidates else np.zeros((len(features), 0))
-        return Prediction(quality=out)
+        # how unsure the category is (entropy in nats, plus a floor): scales the objective's caution margin
+        entropy = -(proba * np.log(np.maximum(proba, 1e-12))).sum(axis=1) + UNCERTAINTY_FLOOR
+        return Prediction(quality=out, uncertainty=np.repeat(entropy[:, None], out.shape[1], axis=1))
 
     def describe(self) -> dict[str, Any]:
         if not hasattr(self, "_model"):

@@ -4,9 +4,14 @@ A router's raw quality estimates say little about how much money a preset should
 departure from the best single model. Both are measured here, on the training rows only:
 
 1. **Out-of-fold predictions.** The training rows are split into ``folds`` inner folds, grouped by near-duplicate
-   groups (``mode="query"``: the fold's queries are new, its tasks are not) or by task (``mode="task"``: whole
-   tasks are held out, the shift a gateway meets). A fresh router is fitted on each inner training part and
-   predicts the held-out part, so every training row gets a prediction from a router that never saw it.
+   groups (``mode="query"``: the fold's queries are new, its tasks are not), by task (``mode="task"``: whole
+   tasks are held out, the shift a gateway meets), or both (``mode="mixed"``, the default: every row is
+   predicted once as a new query of a known task and once as a query of an unseen task, so the margin learned
+   below weighs both kinds of traffic; a router that reports its uncertainty -- the category router's entropy
+   -- gets a margin that is small where it is sure and large where it is not). A fresh router is fitted on each
+   inner training part and predicts the held-out part, so every row's prediction comes from a router that never
+   saw it. Measured on LLMRouter (category router, gain in quality over best-single): grouped 5-fold +0.040
+   (query) / +0.021 (task) / +0.036 (mixed); leave-one-task-out -0.024 / -0.003 / -0.007.
 2. **Operating curve with caution**: for each lambda of a grid scaled to the data's prices (``s / c_ref``,
    ``c_ref`` = mean expected cost of the best member per query), the caution margin of :data:`CAUTION_GRID`
    whose choices (see :func:`routers.objective.cautious`: depart from the best single choice at that lambda only
@@ -33,7 +38,7 @@ from routers.registry import build_router
 from training.dataset import RoutingDataset
 from training.splits import _groups, grouped_kfold
 
-CALIBRATION_MODES: tuple[str, ...] = ("query", "task", "none")
+CALIBRATION_MODES: tuple[str, ...] = ("mixed", "query", "task", "none")
 #: lambda grid in units of 1 / (expected cost of the best member per query)
 LAMBDA_SCALES: tuple[float, ...] = (0.0, *np.round(np.geomspace(1e-3, 1e3, 73), 6).tolist())
 CAUTION_GRID: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 1.0)
@@ -58,6 +63,10 @@ def cards_for(ds: RoutingDataset, rows: np.ndarray) -> list[ModelCard]:
 def inner_folds(ds: RoutingDataset, mode: str, folds: int, seed: int, groups: np.ndarray | None
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Inner (train, held-out) pairs of ``ds``'s rows for ``mode`` (see the module docstring); [] if too few."""
+    if mode == "mixed":
+        return inner_folds(ds, "query", folds, seed, groups) + (
+            inner_folds(ds, "task", folds, seed, groups) if ds.tasks is not None and len(set(ds.tasks)) >= folds
+            else [])
     if mode == "task" and ds.tasks is not None and len(set(ds.tasks)) >= folds:
         by = np.unique(np.asarray(ds.tasks, dtype=object), return_inverse=True)[1]
         return grouped_kfold(by, None, folds, seed)
@@ -72,17 +81,21 @@ def oof_predictions(name: str, params: Mapping[str, Any] | None, ds: RoutingData
     """Out-of-fold predictions for the rows the pairs hold out: (prediction over those rows, their indices)."""
     if ds.features is None:
         raise RouterError("calibration needs the training data's features")
-    rows, quality, cost = [], [], []
+    rows, preds = [], []
     for train, held in pairs:
         router = build_router(name, params, seed)
         router.fit(ds.subset(train))
-        pred = router.predict(ds.features.subset(held), cards_for(ds, train))
+        preds.append(router.predict(ds.features.subset(held), cards_for(ds, train)))
         rows.append(held)
-        quality.append(np.asarray(pred.quality, dtype=np.float64))
-        cost.append(None if pred.cost_usd is None else np.asarray(pred.cost_usd, dtype=np.float64))
-    idx = np.concatenate(rows)
-    cost_arr = None if any(c is None for c in cost) else np.vstack([c for c in cost if c is not None])
-    return Prediction(quality=np.vstack(quality), cost_usd=cost_arr), idx
+
+    def stacked(field: str) -> np.ndarray | None:
+        parts = [getattr(p, field) for p in preds]
+        return None if any(x is None for x in parts) else np.vstack([np.asarray(x, dtype=np.float64) for x in parts])
+
+    quality = stacked("quality")
+    assert quality is not None
+    return Prediction(quality=quality, cost_usd=stacked("cost_usd"), uncertainty=stacked("uncertainty")), \
+        np.concatenate(rows)
 
 
 def calibrate_on(pred: Prediction, ds: RoutingDataset, rows: np.ndarray, member_quality: np.ndarray) -> Calibration:
@@ -123,7 +136,7 @@ def output_tokens(ds: RoutingDataset) -> dict[str, float]:
 
 
 def fit_calibrated(name: str, ds: RoutingDataset, params: Mapping[str, Any] | None = None, seed: int = 0,
-                   mode: str = "query", folds: int = 3, groups: np.ndarray | None = None) -> Router:
+                   mode: str = "mixed", folds: int = 3, groups: np.ndarray | None = None) -> Router:
     """Router ``name`` fitted on all of ``ds``, carrying its out-of-fold :class:`Calibration` as ``calibration_``.
 
     ``mode="none"`` (or a router that learns nothing) records only the member quality, so presets use the

@@ -53,7 +53,7 @@ class EvaluationResult:
     routers: list[RouterResult]
     featurize_seconds: float = 0.0
     embedding: dict[str, Any] = field(default_factory=dict)
-    calibration: str = "query"
+    calibration: str = "mixed"
     folds: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def evaluate_routers(
     protocol: str = "kfold",
     folds: int = 5,
     featurizer: Featurizer | None = None,
-    calibration: str = "query",
+    calibration: str = "mixed",
     n_train: int | None = None,
     extra_flags: Sequence[tuple[str, Flags]] = (),
     bootstrap: int = 1000,

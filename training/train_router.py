@@ -62,7 +62,7 @@ def train_router(
     limit: int | None = None,
     cache_dir: Path | None = None,
     encoder: str = DEFAULT_ENCODER,
-    calibration: str = "query",
+    calibration: str = "mixed",
 ) -> TrainResult:
     """Fit router ``router`` on all rows of ``dataset`` (a name for :func:`training.loaders.load_dataset`, or data),
     with its out-of-fold calibration for the objective (:func:`training.calibrate.fit_calibrated`, ``calibration``

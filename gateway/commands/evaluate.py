@@ -52,8 +52,9 @@ def router_list(spec: str) -> list[str]:
                    "'knn,complexity[mode=expected;cv_folds=5]'; random, best-single and oracle are always added.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of seeded routers.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2), help="Outer folds of kfold.")
-@click.option("--calibration", type=click.Choice(["query", "task", "none"]), default="query", show_default=True,
-              help="Inner folds of each router's calibration: by query groups, by task, or no calibration.")
+@click.option("--calibration", type=click.Choice(["mixed", "query", "task", "none"]), default="mixed",
+              show_default=True,
+              help="Inner folds of each router's calibration: by query groups and by task (mixed), one, or none.")
 @click.option("--limit", default=None, type=click.IntRange(min=2), help="Evaluate a fixed random sample of N rows.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Write <dataset>.json and <dataset>.html here.")
@@ -94,7 +95,7 @@ class RunOptions:
     protocol: str = "kfold"
     folds: int = 5
     seed: int = 0
-    calibration: str = "query"
+    calibration: str = "mixed"
     n_train: int | None = None
     per_task: bool | None = None
     sweep: bool = False

@@ -39,7 +39,8 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
                    "(e.g. --param mode=cascade --param 'aliases={pool-name: dataset-model}')")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="embedding cache [default: POOLGATE_EMBEDDING_CACHE_DIR or .poolgate/embeddings]")
-@click.option("--calibration", type=click.Choice(["query", "task", "none"]), default="query", show_default=True,
+@click.option("--calibration", type=click.Choice(["mixed", "query", "task", "none"]), default="mixed",
+              show_default=True,
               help="inner folds of the out-of-fold calibration (presets, caution): by query groups or by task")
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="sentence encoder of the embeddings [default: POOLGATE_EMBEDDING_ENCODER or minilm-static]; "
