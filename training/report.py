@@ -93,9 +93,10 @@ def results_table(result: EvaluationResult) -> Table:
         table.add_column(h, justify="left" if h == "router" else "right")
     for r in result.routers:
         if r.error:
-            table.add_row(r.name, Text(f"error: {r.error}", style="red"), *[""] * (len(headers) - 2))
+            table.add_row(Text(r.name), Text(f"error: {r.error}", style="red"), *[""] * (len(headers) - 2))
         else:
-            table.add_row(*metric_cells(result, r), fmt_num(r.fit_seconds, 1))
+            name, *cells = metric_cells(result, r)
+            table.add_row(Text(name), *cells, fmt_num(r.fit_seconds, 1))  # Text: a "knn[k=5]" name is not markup
     return table
 
 
@@ -109,13 +110,23 @@ def per_task_table(result: EvaluationResult) -> Table | None:
     table.add_column("n", justify="right")
     table.add_column("best-single", justify="right")
     for r in shown:
-        table.add_column(r.name, justify="right")
+        table.add_column(Text(r.name), justify="right")
     for task, row in shown[0].per_task.items():
         cells = [task, f"{int(row['n'])}", fmt_num(row["best_single"])]
         cells += [f"{r.per_task[task]['quality']:.3f} ({r.per_task[task]['quality'] - row['best_single']:+.3f})"
                   for r in shown]
         table.add_row(*cells)
     return table
+
+
+BASELINE_NAMES = frozenset({"random", "best-single", "oracle", "cheapest", "strongest"})
+
+
+def best_learned(result: EvaluationResult) -> RouterResult | None:
+    """The learned router this protocol ranks first: highest lower bound of its paired quality-first difference to
+    best-single (the choice a pool's default router should come from: an honest protocol, not in-sample CV)."""
+    learned = [r for r in result.routers if not r.error and r.name not in BASELINE_NAMES]
+    return max(learned, key=lambda r: r.intervals["quality_first_diff_vs_best_single"][1], default=None)
 
 
 def context_lines(result: EvaluationResult) -> list[str]:
@@ -132,6 +143,12 @@ def context_lines(result: EvaluationResult) -> list[str]:
                      f"${1000 * r['cost_usd']:.4f}/1k q, {r['tokens']:.1f} tokens/q")
     if "pair" in ref:
         lines.append(f"APGR pair: strong = {ref['pair']['strong']}, weak = {ref['pair']['weak']}")
+    top = best_learned(result)
+    if top is not None:
+        d, lo_d, hi_d = top.intervals["quality_first_diff_vs_best_single"]
+        verdict = "beats" if lo_d > 0 else ("loses to" if hi_d < 0 else "does not separate from")
+        lines.append(f"best learned router by this protocol: {top.name} ({verdict} best-single: {d:+.3f} "
+                     f"[{lo_d:+.3f}, {hi_d:+.3f}])")
     lo, hi = ref["aiq_cost_range"]
     lines.append(f"AIQ cost range: ${1000 * lo:.4f} .. ${1000 * hi:.4f} per 1k queries")
     for name, pm in ref["per_model"].items():
