@@ -30,7 +30,7 @@ def test_train_offline_bad_input_is_one_error_line() -> None:
     runner = CliRunner()
     cases = [
         (["--router", "nope", "--dataset", "elliesql"], "unknown router 'nope'"),
-        (["--router", "complexity", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--router", "complexity", "--dataset", "nope"], "nope: file not found"),
         (["--router", "complexity", "--dataset", "elliesql", "--param", "colour=red"], "has no parameter 'colour'"),
         (["--router", "complexity", "--dataset", "elliesql", "--param", "novalue"], "expected KEY=VALUE"),
         (["--router", "oracle", "--dataset", "elliesql"], "for evaluation only"),
