@@ -1,0 +1,239 @@
+"""The GraphRouter's graph as torch-geometric ``HeteroData``: node inputs, the stored trained graph, edge builders.
+
+Used by :class:`routers.graph.GraphRouter` (inference) and ``training/graph_train.py`` (fit); pure numpy/torch,
+no I/O. Node types and their inputs (``data[type].x``):
+
+- ``query``: the unit query embedding and log prompt tokens (:func:`query_inputs`);
+- ``task``: the embedding of a task description (one node per category the category model predicts);
+- ``model``: the embedding of the model's description and its scaled numeric attributes (:func:`raw_attributes`).
+
+Edge types (messages flow source -> destination):
+
+- :data:`ANSWERS` ``model -> query`` and :data:`ANSWERED_BY` ``query -> model``: one per observed (training query,
+  model) pair, ``edge_attr`` = (observed quality, standardized log cost);
+- :data:`NEAR` ``query -> query``: from each query's ``k`` nearest training queries (cosine), ``edge_weight`` =
+  ``exp(tau (sim - 1))`` normalized over the query's neighbours (a weighted mean);
+- :data:`HOLDS` ``task -> query``: ``edge_weight`` = the predicted ``P(task | query)`` (top-k, renormalized) from
+  the category model -- never a task label, in training as at serving;
+- :data:`IN_TASK` ``query -> task``: the same probabilities, normalized per task (a weighted mean of its queries).
+
+:func:`build_graph` makes the training graph with some queries' and models' answer edges hidden (training
+predicts those); :func:`attach_graph` the small graph that attaches new queries (and models the graph never saw)
+to the trained one, whose node states are cached (see :meth:`routers.graph_net.GraphNet.attach`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from routers.base import ModelCard
+from routers.objective import DEFAULT_OUTPUT_TOKENS
+
+NODE_TYPES = ("query", "task", "model")
+ANSWERS = ("model", "answers", "query")
+ANSWERED_BY = ("query", "answered_by", "model")
+NEAR = ("query", "near", "query")
+HOLDS = ("task", "holds", "query")
+IN_TASK = ("query", "in", "task")
+EDGE_TYPES = (ANSWERS, ANSWERED_BY, NEAR, HOLDS, IN_TASK)
+#: edge types whose edges carry ``edge_attr`` (quality, cost); the others carry an ``edge_weight``
+ATTR_EDGES = (ANSWERS, ANSWERED_BY)
+EDGE_DIM = 2
+ATTR_NAMES = ("log_in_price", "log_out_price", "log_size_b", "size_missing", "log_context", "ctx_missing")
+EPS_USD = 1e-9
+
+
+def raw_attributes(card: ModelCard, size_fill: float, ctx_fill: float) -> np.ndarray:
+    """Unscaled numeric attributes of a model node (see :data:`ATTR_NAMES`); unknowns take the fill."""
+    size = card.size_b if card.size_b is not None and card.size_b > 0 else None
+    ctx = card.context_window if card.context_window is not None and card.context_window > 0 else None
+    return np.asarray(
+        [
+            np.log1p(max(card.input_price, 0.0)),
+            np.log1p(max(card.output_price, 0.0)),
+            np.log1p(size) if size is not None else size_fill,
+            float(size is None),
+            np.log2(ctx / 1024.0 + 1.0) if ctx is not None else ctx_fill,
+            float(ctx is None),
+        ],
+        dtype=np.float32,
+    )
+
+
+def price_prior_usd(prompt_tokens: np.ndarray, cards: Sequence[ModelCard]) -> np.ndarray:
+    """``[n, m]`` USD of each call at list prices, with the card's (or the default) output length."""
+    out_tok = np.asarray([c.output_tokens or DEFAULT_OUTPUT_TOKENS for c in cards], dtype=np.float64)
+    p_in = np.asarray([max(c.input_price, 0.0) for c in cards], dtype=np.float64)
+    p_out = np.asarray([max(c.output_price, 0.0) for c in cards], dtype=np.float64)
+    pt = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 0.0)[:, None]
+    return (pt * p_in[None, :] + out_tok[None, :] * p_out[None, :]) / 1e6
+
+
+def nearest(queries: np.ndarray, base: np.ndarray, k: int, max_sim: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine neighbours in ``base`` of each row of ``queries`` -> (indices, similarities).
+
+    Neighbours more similar than ``max_sim`` are skipped (training uses it to drop the query itself and its
+    duplicates). Similarities are rounded to 1e-6 and ties go to the lower index, so a query gets the same
+    neighbours alone or in any batch (BLAS may round a batch's products differently).
+    """
+    k = min(k, len(base) - (1 if max_sim <= 1.0 else 0))
+    base_t = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32)).T
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    idx = np.zeros((len(queries), max(k, 0)), dtype=np.int64)
+    sim = np.zeros(idx.shape, dtype=np.float32)
+    for start in range(0, len(queries) if k > 0 else 0, 1024):  # bounded memory: 1024 x N at a time
+        # torch, not numpy: numpy's BLAS threads stall a one-row product on a busy machine
+        s = (torch.from_numpy(queries[start : start + 1024]) @ base_t).numpy().astype(np.float64)
+        # rounded, then a tie-breaking nudge far below the rounding step (lower index wins)
+        s = np.where(s > max_sim, -np.inf, np.round(s, 6)) - np.arange(len(base)) * (1e-7 / len(base))
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        top_s = np.take_along_axis(s, top, axis=1)
+        order = np.argsort(-top_s, axis=1)
+        idx[start : start + 1024] = np.take_along_axis(top, order, axis=1)
+        sim[start : start + 1024] = np.round(np.take_along_axis(top_s, order, axis=1), 6)
+    return idx, sim
+
+
+def top_k_shares(proba: np.ndarray, k: int) -> np.ndarray:
+    """``[n, T]`` task attachment: each row's ``k`` most probable tasks, renormalized to sum to one."""
+    proba = np.asarray(proba, dtype=np.float64)
+    k = max(1, min(k, proba.shape[1]))
+    keep = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    out = np.zeros(proba.shape, dtype=np.float64)
+    np.put_along_axis(out, keep, np.take_along_axis(proba, keep, axis=1), axis=1)
+    return (out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+@dataclass
+class GraphState:
+    """The trained graph without the network weights (numpy; stored as arrays in the artifact).
+
+    It holds no task label: ``query_shares`` is the category model's *predicted* (out-of-fold) distribution."""
+
+    task_names: list[str]
+    task_x: np.ndarray  # [T, d] task description embeddings
+    query_emb: np.ndarray  # [N, d] unit (and, with a centre, centred) embeddings
+    query_logtok: np.ndarray  # [N]
+    query_shares: np.ndarray  # [N, T] predicted P(task | query), top-k renormalized
+    near_idx: np.ndarray  # [N, k] training neighbours of each training query (itself and duplicates excluded)
+    near_sim: np.ndarray  # [N, k]
+    llm_names: list[str]
+    llm_desc: np.ndarray  # [L, d]
+    llm_attr: np.ndarray  # [L, A] raw attributes
+    quality: np.ndarray  # [N, L] observed quality; NaN = no edge
+    cost_attr: np.ndarray  # [N, L] standardized log cost of the edge
+    resid: np.ndarray  # [N, L] standardized log(cost / price prior)
+    attr_mean: np.ndarray
+    attr_std: np.ndarray
+    size_fill: float
+    ctx_fill: float
+    resid_mean: float
+    resid_std: float
+    desc_mean: np.ndarray  # [d] fallback description embedding
+    center: np.ndarray  # [d] mean training embedding subtracted before the cosine, or [0] for none
+    desc_cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.query_emb.shape[1])
+
+
+def scaled_attr(state: GraphState, raw: np.ndarray) -> np.ndarray:
+    return ((raw - state.attr_mean) / state.attr_std).astype(np.float32)
+
+
+def query_inputs(emb: np.ndarray, logtok: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.concatenate([emb, logtok[:, None] / 10.0], axis=1).astype(np.float32))
+
+
+def model_inputs(desc: np.ndarray, attr: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.concatenate([desc, attr], axis=1).astype(np.float32))
+
+
+def near_weights(sim: np.ndarray, tau: float, keep: np.ndarray | None = None) -> np.ndarray:
+    """``[n, k]`` neighbour weights ``exp(tau (sim - 1))`` over the kept neighbours, each row summing to one."""
+    w = np.exp(tau * (sim.astype(np.float64) - 1.0))
+    if keep is not None:
+        w = np.where(keep, w, 0.0)
+    return (w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
+
+
+def _put(data: HeteroData, etype: tuple[str, str, str], src: np.ndarray, dst: np.ndarray,
+         value: np.ndarray) -> None:
+    """Edges ``src -> dst`` of ``etype``; ``value`` is the edge_attr ([E, 2]) or edge_weight ([E])."""
+    data[etype].edge_index = torch.from_numpy(np.stack([src, dst]).astype(np.int64).reshape(2, -1))
+    if etype in ATTR_EDGES:
+        data[etype].edge_attr = torch.from_numpy(np.asarray(value, np.float32).reshape(len(src), EDGE_DIM))
+    else:
+        data[etype].edge_weight = torch.from_numpy(np.asarray(value, np.float32).reshape(len(src)))
+
+
+def _empty(data: HeteroData, etype: tuple[str, str, str]) -> None:
+    """An edge type without edges: its convolution still runs (root terms), as for a node without edges in training."""
+    none = np.zeros(0, np.int64)
+    _put(data, etype, none, none, np.zeros((0, EDGE_DIM) if etype in ATTR_EDGES else 0))
+
+
+def build_graph(state: GraphState, tau: float, visible_q: np.ndarray | None = None,
+                visible_llm: np.ndarray | None = None) -> HeteroData:
+    """The training graph with the answer edges of ``~visible_q`` queries and ``~visible_llm`` models hidden.
+
+    Messages into any query come only from visible queries (its ``NEAR`` sources) and tasks only aggregate visible
+    queries (``IN_TASK``): a new query at serving time is attached to training queries whose answers are all known,
+    so hidden queries are what training's neighbourhoods must not contain."""
+    n, n_llm = state.quality.shape
+    vq = np.ones(n, bool) if visible_q is None else visible_q
+    vl = np.ones(n_llm, bool) if visible_llm is None else visible_llm
+    data = HeteroData()
+    data["query"].x = query_inputs(state.query_emb, state.query_logtok)
+    data["task"].x = torch.from_numpy(state.task_x.astype(np.float32))
+    data["model"].x = model_inputs(state.llm_desc, scaled_attr(state, state.llm_attr))
+    obs = np.isfinite(state.quality) & vq[:, None] & vl[None, :]
+    qi, li = np.nonzero(obs)
+    qa = np.stack([state.quality[qi, li], state.cost_attr[qi, li]], axis=1)
+    _put(data, ANSWERS, li, qi, qa)
+    _put(data, ANSWERED_BY, qi, li, qa)
+    keep = vq[state.near_idx]
+    w = near_weights(state.near_sim, tau, keep)
+    rows, cols = np.nonzero(keep)
+    _put(data, NEAR, state.near_idx[rows, cols], rows, w[rows, cols])
+    qs, ts = np.nonzero(state.query_shares)
+    _put(data, HOLDS, ts, qs, state.query_shares[qs, ts])
+    seen = state.query_shares * vq[:, None]
+    per_task = seen / np.maximum(seen.sum(axis=0, keepdims=True), 1e-12)
+    qs, ts = np.nonzero(per_task)
+    _put(data, IN_TASK, qs, ts, per_task[qs, ts])
+    return data
+
+
+def attach_graph(nb_idx: np.ndarray, nb_weight: np.ndarray, shares: np.ndarray, query_x: Tensor,
+                 n_tasks: int, n_llm: int, new_model_x: Tensor) -> HeteroData:
+    """The graph that attaches ``len(query_x)`` new queries and ``len(new_model_x)`` new models to a trained graph.
+
+    Its ``query`` nodes are the new queries' distinct training neighbours (``query.trained_ids``; their states come
+    from the trained graph's cache) followed by the new queries; ``task`` nodes are the trained tasks; ``model``
+    nodes the ``n_llm`` trained models (``model.n_trained``) followed by the new ones. Edges run only from trained
+    nodes into new ones (``NEAR`` and ``HOLDS``); the answer and ``IN_TASK`` types are present without edges, so new
+    nodes get the same root terms as a training node whose answers are hidden. ``x`` of trained nodes is left to
+    the cache (zeros)."""
+    nb_ids, local = np.unique(nb_idx, return_inverse=True)
+    local = local.reshape(nb_idx.shape)
+    data = HeteroData()
+    data["query"].x = torch.cat([torch.zeros(len(nb_ids), query_x.size(1)), query_x])
+    data["query"].trained_ids = torch.from_numpy(nb_ids.astype(np.int64))
+    data["task"].num_nodes = n_tasks
+    data["model"].x = torch.cat([torch.zeros(n_llm, new_model_x.size(1)), new_model_x])
+    data["model"].n_trained = n_llm
+    for etype in (ANSWERS, ANSWERED_BY, IN_TASK):
+        _empty(data, etype)
+    rows, cols = np.nonzero(nb_weight > 0)
+    _put(data, NEAR, local[rows, cols], len(nb_ids) + rows, nb_weight[rows, cols])
+    qs, ts = np.nonzero(shares)
+    _put(data, HOLDS, ts, len(nb_ids) + qs, shares[qs, ts])
+    return data
