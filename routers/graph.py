@@ -91,8 +91,8 @@ class GraphRouter(Router):
     slow_predict = True  # a category model, a neighbour search and a small HeteroConv pass per request
 
     def __init__(
-        self, hidden: int = 64, layers: int = 2, k_neighbors: int = 20, near_tau: float = 20.0, task_top_k: int = 3,
-        category_c: float | None = 0.1, category_folds: int = 3, epochs: int = 200, lr: float = 5e-3,
+        self, hidden: int = 32, layers: int = 2, k_neighbors: int = 20, near_tau: float = 20.0, task_top_k: int = 3,
+        category_c: float | None = 0.1, category_folds: int = 3, epochs: int = 300, lr: float = 5e-3,
         weight_decay: float = 1e-4, dropout: float = 0.1, hide_frac: float = 0.3, llm_mask_prob: float = 0.3,
         cost_weight: float = 0.5, val_frac: float = 0.1, patience: int = 30, center: bool | None = None,
         seed: int = 0, threads: int = 1,
@@ -175,7 +175,7 @@ class GraphRouter(Router):
         cols = [index.get(c.name, -1) for c in candidates]
         new = [c for c, j in zip(candidates, cols, strict=True) if j < 0]
         data = attach_graph(nb, near_weights(sim, self.near_tau), shares,
-                            query_inputs(emb, np.log1p(tokens).astype(np.float32)), len(state.task_names),
+                            query_inputs(np.log1p(tokens)), len(state.task_names),
                             len(state.llm_names), self._new_model_inputs(new))
         with torch.no_grad():
             cache = self._trained()

@@ -2,11 +2,10 @@
 :mod:`routers.graph_data`, and an edge head scoring (query, model) pairs.
 
 - Inputs: one linear encoder per node type (``HeteroDictLinear``), then ReLU and a LayerNorm per type.
-- Each layer is one ``HeteroConv`` (sum over the relations that end at a node type) with one convolution per
-  relation: ``GINEConv`` (mean aggregation) on the answer edges, whose message ``relu(x_src + W edge_attr)`` mixes
-  *which* model (or query) with *what* quality and cost was observed, and ``GraphConv`` (weighted sum; the weights
-  sum to one per node) on the similarity and category edges. A residual connection, ReLU and a LayerNorm per type
-  follow.
+- Each layer is one ``HeteroConv`` (sum over the relations that end at a node type) with one ``GraphConv`` per
+  relation: ``lin_rel(sum of weight x source state) + lin_root(x)``, the weights of :mod:`routers.graph_data`
+  making each sum a weighted mean (over a node's observed answers, its neighbours, its tasks). A residual
+  connection, ReLU and a LayerNorm per type follow.
 - The edge head reads ``[h_q * h_m, h_q, h_m]`` of the last layer and outputs a quality logit and a
   standardized log cost residual over the price prior.
 
@@ -21,24 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
-from torch_geometric.nn import GINEConv, GraphConv, HeteroConv, HeteroDictLinear
+from torch_geometric.nn import GraphConv, HeteroConv, HeteroDictLinear
 
-from routers.graph_data import ANSWERED_BY, ANSWERS, EDGE_DIM, HOLDS, IN_TASK, NEAR, NODE_TYPES
+from routers.graph_data import FAILED, HOLDS, IN_TASK, NEAR, NODE_TYPES, REV_FAILED, REV_SOLVED, SOLVED
 
 States = dict[str, Tensor]
 
 
 def _hetero_layer(hidden: int) -> HeteroConv:
-    def gine() -> GINEConv:
-        return GINEConv(nn.Linear(hidden, hidden), edge_dim=EDGE_DIM, aggr="mean")
-
-    return HeteroConv({
-        ANSWERS: gine(),
-        ANSWERED_BY: gine(),
-        NEAR: GraphConv(hidden, hidden, aggr="add"),
-        HOLDS: GraphConv(hidden, hidden, aggr="add"),
-        IN_TASK: GraphConv(hidden, hidden, aggr="add"),
-    }, aggr="sum")
+    relations = (SOLVED, FAILED, REV_SOLVED, REV_FAILED, NEAR, HOLDS, IN_TASK)
+    return HeteroConv({etype: GraphConv(hidden, hidden, aggr="add") for etype in relations}, aggr="sum")
 
 
 class GraphNet(nn.Module):
@@ -46,7 +37,7 @@ class GraphNet(nn.Module):
 
     def __init__(self, dim: int, n_attr: int, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
-        self.encoder = HeteroDictLinear({"query": dim + 1, "task": dim, "model": dim + n_attr}, hidden)
+        self.encoder = HeteroDictLinear({"query": 1, "task": dim, "model": dim + n_attr}, hidden)
         self.enc_norm = nn.ModuleDict({t: nn.LayerNorm(hidden) for t in NODE_TYPES})
         self.convs = nn.ModuleList(_hetero_layer(hidden) for _ in range(layers))
         self.norms = nn.ModuleList(nn.ModuleDict({t: nn.LayerNorm(hidden) for t in NODE_TYPES})
@@ -63,15 +54,18 @@ class GraphNet(nn.Module):
         """Layer ``i`` on ``data``'s edges from states ``x`` (every node type has a relation ending at it)."""
         conv: HeteroConv = self.convs[i]  # type: ignore[assignment]
         norms: nn.ModuleDict = self.norms[i]  # type: ignore[assignment]
-        out = conv(x, data.edge_index_dict, edge_attr_dict=data.edge_attr_dict,
-                   edge_weight_dict=data.edge_weight_dict)
+        out = conv(x, data.edge_index_dict, edge_weight_dict=data.edge_weight_dict)
         return {t: norms[t](x[t] + self.drop(F.relu(out[t]))) for t in x}
 
-    def forward(self, data: HeteroData) -> list[States]:
-        """States of every node after each layer (index 0 = encoded inputs) on one whole graph."""
+    def forward(self, data: HeteroData, last: HeteroData | None = None) -> list[States]:
+        """States of every node after each layer (index 0 = encoded inputs) on one whole graph.
+
+        ``last`` (training): the graph of the final layer, when only some of its nodes' states are read (the
+        final states of nodes without their incoming edges there are not meaningful)."""
         states = [self.encode(data.x_dict)]
         for i in range(len(self.convs)):
-            states.append(self.step(i, states[-1], data))
+            final = i == len(self.convs) - 1
+            states.append(self.step(i, states[-1], last if final and last is not None else data))
         return states
 
     def attach(self, cache: list[States], data: HeteroData) -> tuple[Tensor, Tensor]:

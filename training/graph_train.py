@@ -39,6 +39,7 @@ from routers.graph_data import (
     EPS_USD,
     GraphState,
     build_graph,
+    final_layer_graph,
     nearest,
     price_prior_usd,
     raw_attributes,
@@ -110,16 +111,15 @@ def _llm_nodes(cards: list[ModelCard], encode: TextEncoder, dim: int) -> dict[st
     }
 
 
-def _cost_targets(dataset: RoutingDataset) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(cost edge attribute, residual target) ``[n, m]`` and the residual's mean and std."""
+def _cost_targets(dataset: RoutingDataset) -> tuple[np.ndarray, float, float]:
+    """The standardized log cost residual over the price prior ``[n, m]`` (the cost target), its mean and std."""
     cost = np.where(np.isfinite(dataset.cost_usd), np.maximum(dataset.cost_usd, 0.0), np.nan)
     prior = price_prior_usd(dataset.prompt_tokens, dataset.cards)
     log_cost = np.log(np.where(np.isfinite(cost), cost, prior) + EPS_USD)
-    attr = (log_cost - log_cost.mean()) / max(float(log_cost.std()), 1e-6)
     resid = log_cost - np.log(prior + EPS_USD)
     mean, std = float(resid.mean()), float(resid.std())
     std = std if std > 1e-6 else 1.0
-    return attr.astype(np.float32), ((resid - mean) / std).astype(np.float32), mean, std
+    return ((resid - mean) / std).astype(np.float32), mean, std
 
 
 def serving_like_features(dataset: RoutingDataset, emb: np.ndarray) -> QueryFeatures:
@@ -148,7 +148,7 @@ def category_attachment(router: GraphRouter, feats: QueryFeatures, tasks: list[s
             if len(held) == 0 or len(set(labels[tr].tolist())) < 2:
                 continue  # too few rows or categories left to learn from: those rows keep in-sample values
             part = fresh(model.C_).fit(feats.subset(tr), labels[tr].tolist())
-            cols = [model.classes_.index(c) for c in part.classes_]
+            cols = np.asarray([model.classes_.index(c) for c in part.classes_], dtype=np.int64)
             proba[np.ix_(held, cols)] = part.proba(feats.subset(held))
             proba[np.ix_(held, np.setdiff1d(np.arange(len(model.classes_)), cols))] = 0.0
     return model, list(model.classes_), top_k_shares(proba, router.task_top_k)
@@ -169,13 +169,13 @@ def build_state(router: GraphRouter, dataset: RoutingDataset, encode: TextEncode
     table = load_task_table()
     task_x = unit_rows(encode([task_description(t, dataset.name, table) for t in task_names]))
     near_idx, near_sim = nearest(node_emb, node_emb, router.k_neighbors, max_sim=DUPLICATE_SIM)
-    cost_attr, resid, r_mean, r_std = _cost_targets(dataset)
+    resid, r_mean, r_std = _cost_targets(dataset)
     quality = np.where(np.isfinite(dataset.quality), np.clip(dataset.quality, 0.0, 1.0), np.nan)
     state = GraphState(
         task_names=task_names, task_x=task_x, query_emb=node_emb,
         query_logtok=np.log1p(np.maximum(dataset.prompt_tokens, 0.0)).astype(np.float32),
         query_shares=shares, near_idx=near_idx, near_sim=near_sim, llm_names=list(dataset.models),
-        quality=quality.astype(np.float32), cost_attr=cost_attr, resid=resid, resid_mean=r_mean, resid_std=r_std,
+        quality=quality.astype(np.float32), resid=resid, resid_mean=r_mean, resid_std=r_std,
         center=mean.astype(np.float32), **_llm_nodes(list(dataset.cards), encode, emb.shape[1]),
     )
     return state, category
@@ -184,7 +184,7 @@ def build_state(router: GraphRouter, dataset: RoutingDataset, encode: TextEncode
 def _loss(net: GraphNet, data: HeteroData, rows: np.ndarray, targets: dict[str, torch.Tensor],
           cost_weight: float) -> torch.Tensor:
     """BCE on quality + ``cost_weight`` x squared error on the cost residual, over ``rows`` x every model."""
-    states = net(data)[-1]
+    states = net(data, final_layer_graph(data, rows))[-1]
     idx = torch.from_numpy(rows)
     out = net.edge_out(states["query"][idx], states["model"])
     q, mask, resid = targets["quality"][idx], targets["mask"][idx], targets["resid"][idx]
