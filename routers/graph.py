@@ -42,13 +42,11 @@ from routers.graph_data import (
     GraphState,
     attach_graph,
     build_graph,
-    model_inputs,
+    like_weights,
     near_weights,
     nearest,
     price_prior_usd,
     query_inputs,
-    raw_attributes,
-    scaled_attr,
     top_k_shares,
 )
 from routers.graph_net import GraphNet, States
@@ -91,9 +89,9 @@ class GraphRouter(Router):
     slow_predict = True  # a category model, a neighbour search and a small HeteroConv pass per request
 
     def __init__(
-        self, hidden: int = 32, layers: int = 2, k_neighbors: int = 20, near_tau: float = 20.0, task_top_k: int = 3,
-        category_c: float | None = 0.1, category_folds: int = 3, epochs: int = 300, lr: float = 5e-3,
-        weight_decay: float = 1e-4, dropout: float = 0.1, hide_frac: float = 0.3, llm_mask_prob: float = 0.3,
+        self, hidden: int = 32, layers: int = 2, k_neighbors: int = 20, near_tau: float = 20.0,
+        model_tau: float = 10.0, task_top_k: int = 3, category_c: float | None = 0.1, category_folds: int = 3,
+        epochs: int = 300, lr: float = 5e-3, weight_decay: float = 1e-4, dropout: float = 0.1, hide_frac: float = 0.3,
         cost_weight: float = 0.5, val_frac: float = 0.1, patience: int = 30, center: bool | None = None,
         seed: int = 0, threads: int = 1,
     ) -> None:
@@ -101,6 +99,7 @@ class GraphRouter(Router):
         self.layers = layers
         self.k_neighbors = k_neighbors
         self.near_tau = near_tau
+        self.model_tau = model_tau
         self.task_top_k = task_top_k
         self.category_c = category_c
         self.category_folds = category_folds
@@ -109,7 +108,6 @@ class GraphRouter(Router):
         self.weight_decay = weight_decay
         self.dropout = dropout
         self.hide_frac = hide_frac
-        self.llm_mask_prob = llm_mask_prob
         self.cost_weight = cost_weight
         self.val_frac = val_frac
         self.patience = patience
@@ -171,30 +169,30 @@ class GraphRouter(Router):
         tokens = np.maximum(np.asarray(features.prompt_tokens, dtype=np.float64), 0.0)
         shares = self.task_shares(features)
         nb, sim = nearest(emb, state.query_emb, self.k_neighbors)
-        index = {name: j for j, name in enumerate(state.llm_names)}
-        cols = [index.get(c.name, -1) for c in candidates]
-        new = [c for c, j in zip(candidates, cols, strict=True) if j < 0]
-        data = attach_graph(nb, near_weights(sim, self.near_tau), shares,
-                            query_inputs(np.log1p(tokens)), len(state.task_names),
-                            len(state.llm_names), self._new_model_inputs(new))
+        data = attach_graph(nb, near_weights(sim, self.near_tau), shares, query_inputs(np.log1p(tokens)),
+                            len(state.task_names), len(state.llm_names))
         with torch.no_grad():
             cache = self._trained()
-            hq, h_new = self.net_.attach(cache, data)
-            pos = np.cumsum([j < 0 for j in cols]) - 1
-            hm = torch.stack([cache[-1]["model"][j] if j >= 0 else h_new[p] for j, p in zip(cols, pos, strict=True)])
-            out = self.net_.edge_out(hq, hm).numpy().astype(np.float64)
+            out = self.net_.edge_out(self.net_.attach(cache, data), cache[-1]["model"]).numpy().astype(np.float64)
+        mix = self.model_mixture(candidates)  # [m, L]
+        quality = (1.0 / (1.0 + np.exp(-out[..., 0]))) @ mix.T
+        resid = (out[..., 1] @ mix.T) * state.resid_std + state.resid_mean
         prior = price_prior_usd(tokens, candidates)
-        resid = out[..., 1] * state.resid_std + state.resid_mean
         cost = np.maximum(np.exp(np.log(prior + EPS_USD) + resid) - EPS_USD, 0.0)
-        return Prediction(quality=1.0 / (1.0 + np.exp(-out[..., 0])), cost_usd=cost)
+        return Prediction(quality=quality, cost_usd=cost)
 
-    def _new_model_inputs(self, cards: Sequence[ModelCard]) -> torch.Tensor:
+    def model_mixture(self, candidates: Sequence[ModelCard]) -> np.ndarray:
+        """``[m, L]`` which trained models' scores each candidate takes: its own model node (by name), else the
+        trained models it reads like (:func:`routers.graph_data.like_weights` of its description embedding)."""
         state = self.state_
-        if not cards:
-            return torch.zeros((0, state.dim + len(ATTR_NAMES)))
-        desc = np.stack([self.description_embedding(c) for c in cards])
-        raw = np.stack([raw_attributes(c, state.size_fill, state.ctx_fill) for c in cards])
-        return model_inputs(desc, scaled_attr(state, raw))
+        index = {name: j for j, name in enumerate(state.llm_names)}
+        mix = np.zeros((len(candidates), len(state.llm_names)))
+        for i, card in enumerate(candidates):
+            if card.name in index:
+                mix[i, index[card.name]] = 1.0
+            else:
+                mix[i] = like_weights(self.description_embedding(card)[None, :], state.llm_desc, self.model_tau)[0]
+        return mix
 
     def _fitted(self) -> GraphState:
         if not hasattr(self, "state_"):

@@ -24,9 +24,10 @@ Edge types (messages flow source -> destination), each with an ``edge_weight``:
   category model -- never a task label, in training as at serving;
 - :data:`IN_TASK` ``query -> task``: the same probabilities, normalized per task (a weighted mean of its queries).
 
-:func:`build_graph` makes the training graph with some queries' and models' answer edges hidden (training
-predicts those); :func:`attach_graph` the small graph that attaches new queries (and models the graph never saw)
-to the trained one, whose node states are cached (see :meth:`routers.graph_net.GraphNet.attach`).
+:func:`build_graph` makes the training graph with some queries' answer edges hidden (training predicts those);
+:func:`attach_graph` the small graph that attaches new queries to the trained one, whose node states are cached
+(see :meth:`routers.graph_net.GraphNet.attach`). A model the graph never saw has no node: it is scored as the
+trained models it reads like (:func:`like_weights`, see :class:`routers.graph.GraphRouter`).
 """
 
 from __future__ import annotations
@@ -170,6 +171,14 @@ def near_weights(sim: np.ndarray, tau: float, keep: np.ndarray | None = None) ->
     return (w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)).astype(np.float32)
 
 
+def like_weights(desc: np.ndarray, trained_desc: np.ndarray, tau: float) -> np.ndarray:
+    """``[m, L]`` how much each of ``m`` models reads like each trained model: ``exp(tau (sim - 1))`` of the cosine
+    similarity of their description embeddings, each row summing to one."""
+    sim = np.asarray(desc, np.float64) @ np.asarray(trained_desc, np.float64).T
+    w = np.exp(tau * (sim - 1.0))
+    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
+
+
 def _put(data: HeteroData, etype: tuple[str, str, str], src: np.ndarray, dst: np.ndarray,
          weight: np.ndarray) -> None:
     """Edges ``src -> dst`` of ``etype`` with their weights (the node types' sizes must be set).
@@ -186,21 +195,19 @@ def _empty(data: HeteroData, etype: tuple[str, str, str]) -> None:
     _put(data, etype, none, none, np.zeros(0))
 
 
-def build_graph(state: GraphState, tau: float, visible_q: np.ndarray | None = None,
-                visible_llm: np.ndarray | None = None) -> HeteroData:
-    """The training graph with the answer edges of ``~visible_q`` queries and ``~visible_llm`` models hidden.
+def build_graph(state: GraphState, tau: float, visible_q: np.ndarray | None = None) -> HeteroData:
+    """The training graph with the answer edges of the ``~visible_q`` queries hidden.
 
     Messages into any query come only from visible queries (its ``NEAR`` sources) and tasks only aggregate visible
     queries (``IN_TASK``): a new query at serving time is attached to training queries whose answers are all known,
     so hidden queries are what training's neighbourhoods must not contain."""
-    n, n_llm = state.quality.shape
+    n = len(state.quality)
     vq = np.ones(n, bool) if visible_q is None else visible_q
-    vl = np.ones(n_llm, bool) if visible_llm is None else visible_llm
     data = HeteroData()
     data["query"].x = query_inputs(state.query_logtok)
     data["task"].x = torch.from_numpy(state.task_x.astype(np.float32))
     data["model"].x = model_inputs(state.llm_desc, scaled_attr(state, state.llm_attr))
-    obs = np.isfinite(state.quality) & vq[:, None] & vl[None, :]
+    obs = np.isfinite(state.quality) & vq[:, None]
     qi, li = np.nonzero(obs)
     q = state.quality[qi, li]
     # weights over the observed pairs of the destination, so a weighted sum is the mean over its answers
@@ -234,23 +241,21 @@ def final_layer_graph(data: HeteroData, targets: np.ndarray) -> HeteroData:
 
 
 def attach_graph(nb_idx: np.ndarray, nb_weight: np.ndarray, shares: np.ndarray, query_x: Tensor,
-                 n_tasks: int, n_llm: int, new_model_x: Tensor) -> HeteroData:
-    """The graph that attaches ``len(query_x)`` new queries and ``len(new_model_x)`` new models to a trained graph.
+                 n_tasks: int, n_llm: int) -> HeteroData:
+    """The graph that attaches ``len(query_x)`` new queries to a trained graph.
 
     Its ``query`` nodes are the new queries' distinct training neighbours (``query.trained_ids``; their states come
-    from the trained graph's cache) followed by the new queries; ``task`` nodes are the trained tasks; ``model``
-    nodes the ``n_llm`` trained models (``model.n_trained``) followed by the new ones. Edges run only from trained
-    nodes into new ones (``NEAR`` and ``HOLDS``); the answer and ``IN_TASK`` types are present without edges, so new
-    nodes get the same root terms as a training node whose answers are hidden. ``x`` of trained nodes is left to
-    the cache (zeros)."""
+    from the trained graph's cache) followed by the new queries; ``task`` and ``model`` nodes are the trained ones
+    (states from the cache too). Edges run only from trained nodes into new ones (``NEAR`` and ``HOLDS``); the
+    answer and ``IN_TASK`` types are present without edges, so a new query gets the same root terms as a training
+    query whose answers are hidden. ``x`` of trained nodes is left to the cache (zeros)."""
     nb_ids, local = np.unique(nb_idx, return_inverse=True)
     local = local.reshape(nb_idx.shape)
     data = HeteroData()
     data["query"].x = torch.cat([torch.zeros(len(nb_ids), query_x.size(1)), query_x])
     data["query"].trained_ids = torch.from_numpy(nb_ids.astype(np.int64))
     data["task"].num_nodes = n_tasks
-    data["model"].x = torch.cat([torch.zeros(n_llm, new_model_x.size(1)), new_model_x])
-    data["model"].n_trained = n_llm
+    data["model"].num_nodes = n_llm
     for etype in (SOLVED, FAILED, REV_SOLVED, REV_FAILED, IN_TASK):
         _empty(data, etype)
     rows, cols = np.nonzero(nb_weight > 0)

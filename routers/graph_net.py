@@ -68,19 +68,16 @@ class GraphNet(nn.Module):
             states.append(self.step(i, states[-1], last if final and last is not None else data))
         return states
 
-    def attach(self, cache: list[States], data: HeteroData) -> tuple[Tensor, Tensor]:
-        """Final states of the new queries and new models of an attachment graph
-        (:func:`routers.graph_data.attach_graph`), its trained nodes' states taken from ``cache`` at every layer."""
+    def attach(self, cache: list[States], data: HeteroData) -> Tensor:
+        """Final states of the new queries of an attachment graph (:func:`routers.graph_data.attach_graph`), its
+        trained nodes' states taken from ``cache`` at every layer."""
         ids = data["query"].trained_ids
-        nq, nm = len(ids), int(data["model"].n_trained)
-        new = self.encode({"query": data["query"].x[nq:], "model": data["model"].x[nm:]})
-        hq, hm = new["query"], new["model"]
+        hq = self.encode({"query": data["query"].x[len(ids):]})["query"]
         for i in range(len(self.convs)):
             x = {"query": torch.cat([cache[i]["query"][ids], hq]), "task": cache[i]["task"],
-                 "model": torch.cat([cache[i]["model"], hm])}
-            out = self.step(i, x, data)
-            hq, hm = out["query"][nq:], out["model"][nm:]
-        return hq, hm
+                 "model": cache[i]["model"]}
+            hq = self.step(i, x, data)["query"][len(ids):]
+        return hq
 
     def edge_out(self, hq: Tensor, hm: Tensor) -> Tensor:
         """``[n, m, 2]`` (quality logit, standardized cost residual) for every query x model pair."""

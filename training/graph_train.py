@@ -6,12 +6,10 @@
 that never saw it, as a new query's does), top ``task_top_k`` renormalized. A data set with fewer than two task
 labels gets one task node holding every query with weight one, and no category model.
 
-**Training.** Every epoch hides the answer edges of a random ``hide_frac`` of the training queries (with
-probability ``llm_mask_prob`` also every edge of one random model, so the network learns to score a model node
-without edges, as an unseen model at inference) and fits the hidden edges' quality (binary cross-entropy on the
-quality in [0, 1]) and cost (squared error on the standardized log cost residual over the price prior). A fixed
-``val_frac`` of queries is always hidden; training keeps the weights with the best validation loss (checked
-every 5 epochs, stopping after ``patience`` epochs without gain).
+**Training.** Every epoch hides the answer edges of a random ``hide_frac`` of the training queries and fits the
+hidden edges' quality (binary cross-entropy on the quality in [0, 1]) and cost (squared error on the standardized
+log cost residual over the price prior). A fixed ``val_frac`` of queries is always hidden; training keeps the
+weights with the best validation loss (checked every 5 epochs, stopping after ``patience`` epochs without gain).
 
 Embeddings: queries use ``dataset.features.embeddings`` when the harness attached them, else the router's
 ``text_encoder``, else :func:`default_encoder`. Task and model descriptions are embedded with the same encoder
@@ -216,7 +214,7 @@ def train_network(router: GraphRouter, state: GraphState) -> tuple[GraphNet, dic
     """Masked edge training (see the module doc); returns the best network and a training summary."""
     rng = np.random.default_rng(router.seed)
     torch.manual_seed(router.seed)
-    n, n_llm = state.quality.shape
+    n = len(state.quality)
     net = _new_net(router, state)
     opt = torch.optim.Adam(net.parameters(), lr=router.lr, weight_decay=router.weight_decay)
     targets = _targets(state)
@@ -231,10 +229,7 @@ def train_network(router: GraphRouter, state: GraphState) -> tuple[GraphNet, dic
         hidden = ~is_val & (rng.random(n) < router.hide_frac)
         if not hidden.any():  # never an empty batch
             hidden[rng.choice(np.flatnonzero(~is_val))] = True
-        vis_llm = np.ones(n_llm, bool)
-        if n_llm > 1 and rng.random() < router.llm_mask_prob:
-            vis_llm[rng.integers(n_llm)] = False
-        data = build_graph(state, router.near_tau, ~hidden & ~is_val, vis_llm)
+        data = build_graph(state, router.near_tau, ~hidden & ~is_val)
         loss = _loss(net, data, np.flatnonzero(hidden), targets, router.cost_weight)
         opt.zero_grad()
         loss.backward()
