@@ -89,7 +89,7 @@ class GraphRouter(Router):
     slow_predict = True  # a category model, a neighbour search and a small HeteroConv pass per request
 
     def __init__(
-        self, hidden: int = 32, layers: int = 2, k_neighbors: int = 20, near_tau: float = 20.0,
+        self, hidden: int = 32, layers: int = 2, k_neighbors: int = 10, near_tau: float = 20.0,
         model_tau: float = 10.0, task_top_k: int = 3, category_c: float | None = 0.1, category_folds: int = 3,
         epochs: int = 300, lr: float = 5e-3, weight_decay: float = 1e-4, dropout: float = 0.1, hide_frac: float = 0.3,
         cost_weight: float = 0.5, val_frac: float = 0.1, patience: int = 30, center: bool | None = None,
