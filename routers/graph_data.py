@@ -24,7 +24,7 @@ Edge types (messages flow source -> destination), each with an ``edge_weight``:
   category model -- never a task label, in training as at serving;
 - :data:`IN_TASK` ``query -> task``: the same probabilities, normalized per task (a weighted mean of its queries).
 
-:func:`build_graph` makes the training graph with some queries' answer edges hidden (training predicts those);
+:func:`build_graph` makes the training graph with some queries' outcome edges hidden (training predicts those);
 :func:`attach_graph` the small graph that attaches new queries to the trained one, whose node states are cached
 (see :meth:`routers.graph_net.GraphNet.attach`). A model the graph never saw has no node: it is scored as the
 trained models it reads like (:func:`like_weights`, see :class:`routers.graph.GraphRouter`).
@@ -196,7 +196,7 @@ def _empty(data: HeteroData, etype: tuple[str, str, str]) -> None:
 
 
 def build_graph(state: GraphState, tau: float, visible_q: np.ndarray | None = None) -> HeteroData:
-    """The training graph with the answer edges of the ``~visible_q`` queries hidden.
+    """The training graph with the outcome edges of the ``~visible_q`` queries hidden.
 
     Messages into any query come only from visible queries (its ``NEAR`` sources) and tasks only aggregate visible
     queries (``IN_TASK``): a new query at serving time is attached to training queries whose answers are all known,

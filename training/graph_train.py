@@ -6,7 +6,7 @@
 that never saw it, as a new query's does), top ``task_top_k`` renormalized. A data set with fewer than two task
 labels gets one task node holding every query with weight one, and no category model.
 
-**Training.** Every epoch hides the answer edges of a random ``hide_frac`` of the training queries and fits the
+**Training.** Every epoch hides the outcome edges of a random ``hide_frac`` of the training queries and fits the
 hidden edges' quality (binary cross-entropy on the quality in [0, 1]) and cost (squared error on the standardized
 log cost residual over the price prior). A fixed ``val_frac`` of queries is always hidden; training keeps the
 weights with the best validation loss (checked every 5 epochs, stopping after ``patience`` epochs without gain).
@@ -154,7 +154,7 @@ def category_attachment(router: GraphRouter, feats: QueryFeatures, tasks: list[s
 
 def build_state(router: GraphRouter, dataset: RoutingDataset, encode: TextEncoder
                 ) -> tuple[GraphState, CategoryModel | None]:
-    """The training graph of ``dataset`` (embeddings, neighbours, category attachment, answer edges, model nodes)
+    """The training graph of ``dataset`` (embeddings, neighbours, category attachment, outcome edges, model nodes)
     and the category model that attaches new queries."""
     if dataset.features is not None and dataset.features.embeddings is not None:
         emb = unit_rows(dataset.features.embeddings)
