@@ -181,10 +181,8 @@ def like_weights(desc: np.ndarray, trained_desc: np.ndarray, tau: float) -> np.n
 
 def _put(data: HeteroData, etype: tuple[str, str, str], src: np.ndarray, dst: np.ndarray,
          weight: np.ndarray) -> None:
-    """Edges ``src -> dst`` of ``etype`` with their weights (the node types' sizes must be set).
-
-    Edges of weight zero carry no message and are left out. An empty type still runs its convolution's root term,
-    as for a node without edges in training."""
+    """Edges ``src -> dst`` of ``etype`` with their weights. Edges of weight zero carry no message and are left out;
+    an empty type still runs its convolution's root term, as for a node without edges in training."""
     keep = np.asarray(weight).reshape(len(src)) != 0
     data[etype].edge_index = torch.from_numpy(np.stack([src[keep], dst[keep]]).astype(np.int64).reshape(2, -1))
     data[etype].edge_weight = torch.from_numpy(np.asarray(weight, np.float32).reshape(len(src))[keep])
@@ -247,8 +245,8 @@ def attach_graph(nb_idx: np.ndarray, nb_weight: np.ndarray, shares: np.ndarray, 
     Its ``query`` nodes are the new queries' distinct training neighbours (``query.trained_ids``; their states come
     from the trained graph's cache) followed by the new queries; ``task`` and ``model`` nodes are the trained ones
     (states from the cache too). Edges run only from trained nodes into new ones (``NEAR`` and ``HOLDS``); the
-    answer and ``IN_TASK`` types are present without edges, so a new query gets the same root terms as a training
-    query whose answers are hidden. ``x`` of trained nodes is left to the cache (zeros)."""
+    outcome and ``IN_TASK`` types are present without edges, so a new query gets the same root terms as a training
+    query whose outcomes are hidden. ``x`` of trained nodes is left to the cache (zeros)."""
     nb_ids, local = np.unique(nb_idx, return_inverse=True)
     local = local.reshape(nb_idx.shape)
     data = HeteroData()

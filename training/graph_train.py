@@ -133,6 +133,7 @@ def category_attachment(router: GraphRouter, feats: QueryFeatures, tasks: list[s
     """(category model, task node names, ``[N, T]`` out-of-fold top-k ``P(task | query)`` of the training rows)."""
     if tasks is None or len(set(tasks)) < 2:
         return None, [GENERAL_TASK], np.ones((len(feats), 1), dtype=np.float32)
+
     def fresh(c: float | None) -> CategoryModel:
         return CategoryModel(C=c, seed=router.seed, tol=CATEGORY_TOL)
 
