@@ -67,17 +67,19 @@ class FakeBackend:
     stall_mid (two chunks, then silence), truncate (two chunks, then a clean end without [DONE]),
     empty (200 stream with no body at all). ``retry_after`` adds that Retry-After header to 429/503 answers;
     a 401 echoes the Authorization header it got (as careless providers do), and so does every error answer
-    when ``echo_auth`` is set, to test that secrets are scrubbed.
+    when ``echo_auth`` is set, to test that secrets are scrubbed. ``error`` replaces the fields of the error
+    object (e.g. a provider's own type, param and code).
     Every received request body is kept in ``requests``, its headers in ``headers``."""
 
     def __init__(self, name: str, mode: str = "ok", delay_s: float = 0.0, usage: bool = True,
-                 retry_after: str | None = None, echo_auth: bool = False) -> None:
+                 retry_after: str | None = None, echo_auth: bool = False, error: dict[str, Any] | None = None) -> None:
         self.name = name
         self.mode = mode
         self.delay_s = delay_s
         self.usage = usage
         self.retry_after = retry_after
         self.echo_auth = echo_auth
+        self.error = error or {}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
@@ -93,7 +95,7 @@ class FakeBackend:
             message = f"fake {mode}"
             if mode == "401" or self.echo_auth:
                 message += f": invalid key {request.headers.get('authorization')!r}"
-            err = {"error": {"message": message, "type": "x", "param": None, "code": None}}
+            err = {"error": {"message": message, "type": "x", "param": None, "code": None, **self.error}}
             headers = {"retry-after": self.retry_after} if self.retry_after and mode in ("429", "503") else None
             return Response(orjson.dumps(err), status_code=int(mode), media_type="application/json", headers=headers)
         if mode == "hang":
