@@ -119,7 +119,7 @@ async def test_stream_sends_role_pieces_finish_usage_then_done(
     events = sse_events(r.text)
     assert events[-1] == "[DONE]"
     first, *pieces, finish, usage_chunk, _ = events
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
     assert "".join(p["choices"][0]["delta"]["content"] for p in pieces) == rec.answers["mixtral-8x7b"]
     assert len(pieces) > 1

@@ -85,12 +85,14 @@ def parse_chat_request(body: bytes, path_model: str | None, store: ReplayStore) 
         raise ReplayError(
             400, "'messages' needs a user message with string or text-part content", param="messages"
         )
-    max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+    # OpenAI's spec lets these fields be null, which means their default
+    limit_param = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = data.get(limit_param)
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        raise ReplayError(400, "'max_tokens' must be a positive integer", param="max_tokens")
-    if data.get("n", 1) != 1:
+        raise ReplayError(400, f"'{limit_param}' must be a positive integer", param=limit_param)
+    if data.get("n") not in (None, 1):
         raise ReplayError(400, "this replay backend returns exactly one choice (n=1)", param="n")
-    stream = data.get("stream", False)
+    stream = data.get("stream") or False
     options = data.get("stream_options") or {}
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise ReplayError(400, "'stream' must be a boolean and 'stream_options' an object", param="stream")
@@ -137,7 +139,8 @@ class ReplayService:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": decode(tokens, self.enc)},
+                    # refusal: required by OpenAI's spec (null unless the model refused), as OpenAI sends it
+                    "message": {"role": "assistant", "content": decode(tokens, self.enc), "refusal": None},
                     "logprobs": None,
                     "finish_reason": finish,
                 }
@@ -159,7 +162,7 @@ class ReplayService:
         def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-        yield event([choice({"role": "assistant", "content": ""})])
+        yield event([choice({"role": "assistant", "content": "", "refusal": None})])
         for text, n_tokens in split_pieces(tokens, self.tokens_per_chunk, self.enc):
             if self.s_per_token:
                 await asyncio.sleep(self.s_per_token * n_tokens)
