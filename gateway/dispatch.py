@@ -6,7 +6,8 @@ body that is not a JSON completion (HTML, empty, malformed, an ``error`` object)
 as an event stream, a body over the size cap. It falls back to the next backend only while nothing has reached
 the client: a non-streaming answer is buffered whole (at most ``max_response_bytes``); for a stream, the first
 body chunk is read before the backend is committed to, so a backend that stalls before its first byte still falls
-back. Other 4xx answers are the client's fault and are returned as they are, without fallback. Each attempt is
+back. Other 4xx answers are the client's fault and are returned without fallback, with the backend's own OpenAI
+error fields (``gateway.upstream_errors``). Each attempt is
 bounded by the backend's ``connect_timeout_s``, ``read_timeout_s`` (any silence) and ``timeout_s`` (the whole
 exchange, a stream's last byte included).
 
@@ -32,6 +33,7 @@ from gateway.breaker import BreakerRegistry
 from gateway.pools import BackendConfig
 from gateway.scrub import NO_SECRET, Scrubber, scrub_secrets
 from gateway.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
+from gateway.upstream_errors import relayed_error_body, upstream_message
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
@@ -141,8 +143,8 @@ class Dispatcher:
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
             started = time.perf_counter()
-            status, error, result, retry_after = await self._attempt(url, content, headers, timeouts, stream,
-                                                                     scrubber)
+            status, error, result, retry_after, error_answer = await self._attempt(url, content, headers, timeouts,
+                                                                                   stream, scrubber)
             elapsed = (time.perf_counter() - started) * 1000
             if error:  # upstream error text reaches the client and the log: never with a secret in it
                 error = scrub_secrets(error, key)
@@ -155,7 +157,7 @@ class Dispatcher:
             if status is not None and status >= 400 and status not in RETRYABLE_STATUS:
                 # the client's mistake (or the backend's verdict on it): pass it through, no fallback
                 breaker.record_success()
-                return UpstreamResult(backend, status, attempts, body=error_body(status, error))
+                return UpstreamResult(backend, status, attempts, body=relayed_error_body(status, error_answer, key))
             if retry_after is not None and status in (429, 503):
                 breaker.hold_off(min(retry_after, RETRY_AFTER_CAP_S))  # told when to come back: not before
                 break
@@ -166,13 +168,14 @@ class Dispatcher:
 
     async def _attempt(
         self, url: str, content: bytes, headers: dict[str, str], timeouts: Timeouts, stream: bool, scrubber: Scrubber
-    ) -> tuple[int | None, str | None, UpstreamResult | None, float | None]:
-        """One HTTP exchange: (status, error text, result-if-usable, Retry-After seconds if the backend sent it)."""
+    ) -> tuple[int | None, str | None, UpstreamResult | None, float | None, bytes]:
+        """One HTTP exchange: (status, error text, result-if-usable, Retry-After seconds if the backend sent it,
+        the body of an error answer)."""
         cap = self.max_stream_bytes if stream else self.max_response_bytes
         try:
             response = await self.transport.request("POST", url, headers, content, timeouts, cap)
         except UpstreamError as exc:
-            return None, describe(exc), None, None
+            return None, describe(exc), None, None, b""
         status = response.status
         try:
             if status >= 400 or not stream:
@@ -180,31 +183,31 @@ class Dispatcher:
                 await response.aclose()
                 if status >= 400:
                     wait = parse_retry_after(response.header("retry-after"))
-                    return status, _upstream_message(status, body), None, wait
+                    return status, upstream_message(status, body), None, wait, body
                 body = scrubber.answer(body)  # before parsing: the text the row keeps is scrubbed too
                 parsed, problem = _completion(body)
                 if parsed is None:
                     ctype = response.header("content-type") or "no content-type"
                     return status, f"upstream HTTP {status} answer is not a JSON completion ({problem}; {ctype}, " \
-                                   f"{len(body)} bytes: {_preview(body)})", None, None
+                                   f"{len(body)} bytes: {_preview(body)})", None, None, b""
                 return status, None, UpstreamResult(
                     None, status, [], body=body, parsed=parsed,  # type: ignore[arg-type]
                     content_type=response.header("content-type") or "application/json",
-                ), None
+                ), None, b""
             chunks = response.aiter_raw()
             first = await chunks.__anext__()
             first_at = time.perf_counter()
         except StopAsyncIteration:
             await response.aclose()
-            return None, "upstream closed the stream before sending anything", None, None
+            return None, "upstream closed the stream before sending anything", None, None, b""
         except UpstreamError as exc:
             await response.aclose()
-            return None, describe(exc), None, None
+            return None, describe(exc), None, None, b""
         if not _looks_like_sse(first):
             await response.aclose()
             ctype = response.header("content-type") or "no content-type"
             return status, f"upstream HTTP {status} answer to a stream request is not an event stream ({ctype}: " \
-                           f"{_preview(first)})", None, None
+                           f"{_preview(first)})", None, None, b""
         return status, None, UpstreamResult(
             None,  # type: ignore[arg-type]
             status,
@@ -213,7 +216,7 @@ class Dispatcher:
             response=response,
             stream=_prepend(first, chunks),
             first_byte_at=first_at,
-        ), None
+        ), None, b""
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -260,24 +263,3 @@ def parse_retry_after(value: str | None) -> float | None:
             return None
         seconds = when.timestamp() - time.time()
     return seconds if seconds > 0 else None
-
-
-def _upstream_message(status: int, body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        err = err.get("message")
-    elif err is None and isinstance(data, dict):  # vLLM: {"object": "error", "message": ...}
-        err = data.get("message")
-    msg = err if isinstance(err, str) else None
-    return f"upstream HTTP {status}: {msg or body[:200].decode('utf-8', 'replace')}"
-
-
-def error_body(status: int, message: str | None) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message or f"upstream HTTP {status}", "type": "upstream_error", "param": None,
-                   "code": str(status)}}
-    )

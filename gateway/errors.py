@@ -28,6 +28,11 @@ _TYPES = {
 }
 
 
+def openai_error_type(status: int) -> str:
+    """The OpenAI error ``type`` for an HTTP status."""
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
 class GatewayError(Exception):
     """An error the client should see as OpenAI error JSON with ``status``."""
 
@@ -46,7 +51,7 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.type = type or openai_error_type(status)
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
