@@ -84,10 +84,10 @@ def test_published_constraints_are_enforced_before_the_backend(gw, field, value,
 
 
 def test_nulls_bounds_and_unknown_fields_reach_the_backend_untouched(gw):
-    """null is each nullable field's default (as in OpenAI's spec); bounds are inclusive; what poolgate does
-    not publish is the backend's business."""
+    """null is each nullable field's default (as in OpenAI's spec); bounds are inclusive; 20.0 is an integer (as
+    in JSON Schema); what poolgate does not publish is the backend's business."""
     extra = {"temperature": 2, "top_p": 0, "n": None, "stream": None, "max_tokens": None, "presence_penalty": -2,
-             "frequency_penalty": None, "top_logprobs": 20, "stream_options": None, "seed": "any", "top_k": 4}
+             "frequency_penalty": None, "top_logprobs": 20.0, "stream_options": None, "seed": "any", "top_k": 4}
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": [MESSAGE], **extra})
     assert r.status_code == 200, r.text
     sent = gw.backend.requests[0]

@@ -33,6 +33,11 @@ def json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
+def _widens(kind: Kind, got: str, value: Any) -> bool:
+    """JSON Schema's reading: an integer is a number, and a number with no fraction (``3.0``) an integer."""
+    return (kind == "number" and got == "integer") or (kind == "integer" and got == "number" and value.is_integer())
+
+
 @dataclass(frozen=True)
 class FieldRule:
     """One field: its JSON type, inclusive bounds for numbers, and the rules of its items or properties."""
@@ -62,7 +67,7 @@ class FieldRule:
         got = json_type(value)
         if got == "null" and self.nullable:
             return
-        if got != self.kind and not (self.kind == "number" and got == "integer"):
+        if got != self.kind and not _widens(self.kind, got, value):
             expected = _ARTICLE.get(self.kind, f"a {self.kind}")
             raise GatewayError(400, f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
                                param=param, code="invalid_type")
