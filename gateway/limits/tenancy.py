@@ -147,11 +147,9 @@ class Tenancy:
     def estimate(self, model: str, payload: Mapping[str, Any], prompt_tokens: int) -> tuple[int, float]:
         """(tokens, USD) reserved before dispatch: prompt tokens + max_tokens (or ``default_output_tokens``) per
         choice, priced at the most expensive backend the request could reach."""
-        out = payload.get("max_completion_tokens") or payload.get("max_tokens")
-        if isinstance(out, bool) or not isinstance(out, int) or out <= 0:
-            out = self.settings.default_output_tokens
-        n = payload.get("n")
-        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        out = _count(payload.get("max_completion_tokens")) or _count(payload.get("max_tokens"))
+        out = out or self.settings.default_output_tokens
+        choices = _count(payload.get("n")) or 1
         out_tokens = out * choices
         backends: list[BackendConfig] = self._pool_backends.get(model) or (
             [self._backends[model]] if model in self._backends else [])
@@ -203,3 +201,10 @@ class Tenancy:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.limiter.close()
+
+
+def _count(value: Any) -> int | None:
+    """A positive count from a request field (``3.0`` too: the request check accepts it as an integer), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
