@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.limits.base import LimitsUnavailable
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -100,6 +102,12 @@ def install_error_handlers(app: FastAPI) -> None:
                               f"({type(exc).__name__}); try again later", code="dependency_unavailable",
                               headers={"retry-after": "5"})
 
+    async def limits_unavailable(_: Request, exc: Exception) -> Response:
+        # the request path maps this itself (per limit); this catches any other route that needs the limit store
+        assert isinstance(exc, LimitsUnavailable)
+        return error_response(503, f"the limit store is unavailable ({exc.reason}); try again later",
+                              code="limits_unavailable", headers={"retry-after": str(max(1, round(exc.retry_after_s)))})
+
     async def unexpected(_: Request, exc: Exception) -> Response:  # last resort: still OpenAI JSON
         return error_response(500, f"internal error ({type(exc).__name__})", type="server_error")
 
@@ -107,5 +115,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(LimitsUnavailable, limits_unavailable)
     app.add_exception_handler(OSError, unavailable)  # TimeoutError and ConnectionError included
     app.add_exception_handler(Exception, unexpected)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from gateway.auth import KeyParamError, KeyRecord, require_master
 from gateway.deps import Services, get_services
 from gateway.errors import GatewayError
-from gateway.limits.base import KeyUsage, from_nano
+from gateway.limits.base import KeyUsage, LimitsUnavailable, from_nano
 from gateway.probe import probe_all
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
@@ -82,8 +82,8 @@ async def get_key(key_id: str, services: Services = Depends(get_services)) -> JS
     try:
         usage: dict[str, Any] | None = usage_dict(record, await services.tenancy.limiter.usage(record.limits()))
         error = None
-    except Exception as exc:  # the limit store is down: the key itself is still worth showing
-        usage, error = None, f"{type(exc).__name__}: {exc}"
+    except LimitsUnavailable as exc:  # the limit store is down: the key itself is still worth showing
+        usage, error = None, exc.reason
     return JSONResponse({**record.as_dict(), "usage": usage, "usage_error": error})
 
 
@@ -95,7 +95,7 @@ async def revoke_key(key_id: str, services: Services = Depends(get_services)) ->
     try:
         await services.tenancy.limiter.mark_revoked(key_id)
         propagated = True
-    except Exception:  # stored as revoked anyway; other replicas see it when their cache expires
+    except LimitsUnavailable:  # stored as revoked anyway; other replicas see it when their cache expires
         propagated = False
     assert record is not None
     return JSONResponse({**record.as_dict(), "revocation_propagated": propagated})

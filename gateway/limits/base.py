@@ -96,6 +96,15 @@ class LimitsUnavailable(Exception):
         self.reason = reason
 
 
+class LimitCheckFailed(Exception):
+    """The limit store refused to check this one request (its figures or its key's stored data), while it still
+    serves every other key: the client gets 400, and nothing else is affected."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class KeyUsage:
     """A key's usage right now: requests and tokens in the sliding window, money in the current period."""
