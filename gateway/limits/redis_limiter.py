@@ -38,6 +38,7 @@ from gateway.limits.base import (
     LimitSpec,
     LimitsUnavailable,
     Reservation,
+    bounded,
     budget_retry_after,
     from_nano,
     period_window,
@@ -136,6 +137,7 @@ class RedisLimiter:
     # -- limits ---------------------------------------------------------------------------------------
 
     async def reserve(self, spec: LimitSpec, request_id: str, tokens: int, cost_nano: int) -> Reservation:
+        tokens, cost_nano = bounded(tokens, cost_nano)
         period_id, ttl = None, 0
         if spec.budget_nano is not None:
             period_id, seconds_left = period_window(spec.period)
@@ -189,6 +191,7 @@ class RedisLimiter:
     async def settle(self, reservation: Reservation, tokens: int, cost_nano: int) -> None:
         if not reservation.held:
             return
+        tokens, cost_nano = bounded(tokens, cost_nano)
         if not self.available:
             self._pending.append((reservation, tokens, cost_nano))
             return
