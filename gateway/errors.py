@@ -30,6 +30,17 @@ _TYPES = {
 }
 
 
+#: What a PostgreSQL data exception (class 22) or program limit (class 54) says about the request's value.
+_DATA_FAULTS = {
+    "22003": "a number is out of the range the database stores",
+    "22001": "a string is longer than the database stores",
+    "22021": "it contains a NUL character or a byte sequence that is not text",
+    "22P05": "it contains a NUL character or a byte sequence that is not text",
+    "22008": "a date or time is out of range",
+    "54000": "it is too large for the database (e.g. for an index)",
+}
+
+
 class GatewayError(Exception):
     """An error the client should see as OpenAI error JSON with ``status``."""
 
@@ -87,9 +98,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, DBAPIError)
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        if sqlstate.startswith("22"):  # data exception: the request's value (e.g. a NUL character) is the fault
-            return error_response(400, "a value in the request cannot be stored or compared by the database "
-                                  "(NUL characters, for one, are not allowed)", code="invalid_value")
+        if sqlstate.startswith(("22", "54")):  # data exception / program limit: the request's value is the fault
+            return error_response(400, f"a value in the request cannot be stored or compared by the database: "
+                                  f"{_DATA_FAULTS.get(sqlstate, 'it is malformed or out of range')}",
+                                  code="invalid_value")
         lost = exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
         if sqlstate.startswith("08") or lost:  # connection exception: an outage, not a bug
             return error_response(503, "the database is unavailable; try again later", code="database_unavailable",
