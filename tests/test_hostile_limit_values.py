@@ -18,6 +18,7 @@ import pytest
 from gateway.limits import LimitCheckFailed, LimitExceeded, LimitSpec
 from gateway.limits.base import MAX_NANO, MAX_REQUEST_TOKENS, to_nano
 from tests.conftest import backend_yaml, drop_redis_prefix, redis_url, requires_postgres, requires_redis
+from tests.dbutil import wait_rows
 
 pytestmark = requires_redis
 
@@ -50,12 +51,12 @@ def test_absurd_token_counts_get_400_naming_the_field_and_another_keys_rpm_still
     gw = gateway(pool, database_url=pg_database, auth_enabled=True, master_key=MASTER, redis_url=redis_url(),
                  redis_key_prefix=redis_prefix, redis_retry_s=30.0, redis_timeout_s=5.0)
 
-    def new_key(**limits: Any) -> str:
+    def new_key(**limits: Any) -> tuple[str, str]:
         resp = httpx.post(f"{gw.url}/admin/keys", json={"name": "team", **limits}, headers=ADMIN)
         assert resp.status_code == 201, resp.text
-        return str(resp.json()["secret"])
+        return str(resp.json()["id"]), str(resp.json()["secret"])
 
-    attacker, victim = new_key(rpm=1000, budget_usd=5.0), new_key(rpm=5)
+    (attacker_id, attacker), (victim_id, victim) = new_key(rpm=1000, budget_usd=5.0), new_key(rpm=5)
 
     def chat(secret: str, **extra: Any) -> httpx.Response:
         body = {"model": "premium", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 3, **extra}
@@ -74,6 +75,11 @@ def test_absurd_token_counts_get_400_naming_the_field_and_another_keys_rpm_still
     assert chat(attacker, max_tokens=1_000_000).status_code == 200  # the bound itself is allowed
     limits = httpx.get(f"{gw.url}/admin/limits", headers=ADMIN).json()
     assert limits["available"] is True and limits["last_error"] is None
+    # one row per request that reached routing: the victim's 5 answers and its 429s, the attacker's bound request
+    # (a 400 from the request check comes before routing and leaves no row, like any malformed request)
+    rows = wait_rows(pg_database, len(ABSURD) + 1)
+    assert sorted(r["http_status"] for r in rows if r["key_id"] == victim_id) == victim_statuses
+    assert [r["http_status"] for r in rows if r["key_id"] == attacker_id] == [200]
 
 
 # -- the limiter on its own, against the real Redis ----------------------------------------------------------

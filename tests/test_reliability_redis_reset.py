@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import backend_yaml, drop_redis_prefix, redis_url, requires_postgres, requires_redis, wait_until
+from tests.dbutil import wait_rows
 from tests.procs import GatewayProcess
 from tests.servers import FakeBackend, ServerThread
 from tests.tcpproxy import TcpProxy
@@ -64,9 +65,14 @@ def _key(gw: GatewayProcess, **params: Any) -> dict[str, Any]:
     return dict(resp.json())
 
 
+#: Every chat request the test sent, so the log can be checked for one row each.
+SENT: list[int] = []
+
+
 async def _post(client: httpx.AsyncClient, url: str, secret: str) -> int:
     """One chat request's status; 0 when the gateway dropped the connection instead of answering.
     Every error answer must be OpenAI error JSON."""
+    SENT.append(1)
     try:
         r = await client.post(f"{url}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {secret}"})
     except httpx.TransportError:
@@ -99,16 +105,21 @@ async def _cut(gw: GatewayProcess, proxy: TcpProxy, secrets: dict[str, str], idl
     return {name: got[name] + during[name] for name in got}
 
 
+def _chat(gw: GatewayProcess, secret: str) -> httpx.Response:
+    SENT.append(1)
+    return httpx.post(f"{gw.url}/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {secret}"})
+
+
 def _recover(gw: GatewayProcess, proxy: TcpProxy, budget_secret: str) -> None:
     proxy.restore()
-    wait_until(lambda: httpx.post(f"{gw.url}/v1/chat/completions", json=BODY, headers={
-        "authorization": f"Bearer {budget_secret}"}).status_code == 200, 30, "the budget key to be served again")
+    wait_until(lambda: _chat(gw, budget_secret).status_code == 200, 30, "the budget key to be served again")
 
 
 def test_redis_connections_reset_mid_traffic_give_no_500_and_follow_the_outage_policy(
     served: tuple[GatewayProcess, TcpProxy],
 ) -> None:
     gw, proxy = served
+    SENT.clear()
     keys = {"rpm": _key(gw, rpm=100_000), "budget": _key(gw, budget_usd=100.0), "plain": _key(gw)}
     secrets = {name: str(k["secret"]) for name, k in keys.items()}
     after_key = _key(gw, rpm=3)["secret"]  # used only once Redis is back: its window must be enforced again
@@ -121,8 +132,7 @@ def test_redis_connections_reset_mid_traffic_give_no_500_and_follow_the_outage_p
         for name in got:
             statuses[name].update(got[name])
         if not idle:  # still cut: what a client and an operator see now
-            while_cut = httpx.post(f"{gw.url}/v1/chat/completions", json=BODY,
-                                   headers={"authorization": f"Bearer {secrets['budget']}"})
+            while_cut = _chat(gw, secrets["budget"])
             assert while_cut.status_code == 503 and while_cut.json()["error"]["code"] == "limits_unavailable"
             limits = httpx.get(f"{gw.url}/admin/limits", headers=ADMIN)
             assert limits.status_code == 200 and limits.json()["available"] is False, limits.text
@@ -140,3 +150,6 @@ def test_redis_connections_reset_mid_traffic_give_no_500_and_follow_the_outage_p
     after = asyncio.run(_traffic(gw.url, {"after": after_key}, rounds=6))["after"]
     assert after == [200] * 3 + [429] * 3  # rpm enforced through Redis again
     assert "Traceback" not in gw.output()
+    rows = wait_rows(str(gw.settings["database_url"]), len(SENT))  # every request reached routing: one row each
+    print(f"{len(SENT)} chat requests, {len(rows)} log rows")
+    assert len(rows) == len(SENT)
