@@ -47,7 +47,7 @@ CARD_NUMBER_NAMES: tuple[str, ...] = ("log_input_price", "log_output_price", "lo
                                       "release_year", "card_quality")
 _WORD = re.compile(r"\w+")
 #: member weight names, each stored stacked over members as ``weights_[name]``
-_WEIGHTS: tuple[str, ...] = ("W", "v", "A", "beta", "b0", "R", "s")
+_WEIGHTS: tuple[str, ...] = ("H", "c", "W", "v", "A", "beta", "b0", "R", "s")
 
 
 def card_tokens(card: ModelCard) -> set[str]:
@@ -136,11 +136,13 @@ class IRTRouter(Router):
     requires_embeddings = True
 
     def __init__(
-        self, dim: int = 8, epochs: int = 40, patience: int = 4, lr: float = 0.01, batch_size: int = 256,
+        self, dim: int = 8, hidden: int = 64, dropout: float = 0.0, epochs: int = 40, patience: int = 4, lr: float = 0.01, batch_size: int = 256,
         l2: float = 1e-4, residual_l2: float = 1e-3, residual_drop: float = 0.3, n_members: int = 5,
         bootstrap: bool = True, seed: int = 0, threads: int = 1,
     ) -> None:
         self.dim = dim
+        self.hidden = hidden
+        self.dropout = dropout
         self.epochs = epochs
         self.patience = patience
         self.lr = lr
@@ -158,6 +160,7 @@ class IRTRouter(Router):
         checks = {"dim": self.dim >= 1, "epochs": self.epochs >= 1, "patience": self.patience >= 1,
                   "lr": self.lr > 0, "batch_size": self.batch_size >= 1, "l2": self.l2 >= 0,
                   "residual_l2": self.residual_l2 >= 0, "residual_drop": 0 <= self.residual_drop < 1,
+                  "hidden": self.hidden >= 1, "dropout": 0 <= self.dropout < 1,
                   "n_members": self.n_members >= 1, "threads": self.threads >= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -215,10 +218,11 @@ class IRTRouter(Router):
         xt, zt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(z, dtype=torch.float32)
         target = torch.as_tensor(np.clip(np.nan_to_num(y, nan=0.0), 0.0, 1.0), dtype=torch.float32)
         known = torch.as_tensor(np.isfinite(y), dtype=torch.float32)
-        n_models, r = z.shape[0], self.dim
+        n_models, r, h = z.shape[0], self.dim, self.hidden
         mean_q = float(np.clip(np.nanmean(y), 0.02, 0.98))
         w: dict[str, torch.Tensor] = {
-            "W": torch.randn(r, x.shape[1]) * (1.0 / math.sqrt(x.shape[1])), "v": torch.zeros(x.shape[1]),
+            "H": torch.randn(h, x.shape[1]) * math.sqrt(2.0 / x.shape[1]), "c": torch.zeros(h),
+            "W": torch.randn(r, h) * (1.0 / math.sqrt(h)), "v": torch.zeros(h),
             "A": torch.randn(r, z.shape[1]) * 0.1, "beta": torch.zeros(z.shape[1]),
             "b0": torch.full((1,), math.log(mean_q / (1 - mean_q))),
             "R": torch.randn(n_models, r) * 0.1, "s": torch.zeros(n_models),
@@ -227,15 +231,17 @@ class IRTRouter(Router):
             t.requires_grad_(True)
         opt = torch.optim.Adam(list(w.values()), lr=self.lr)
 
-        def logits(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-            xb = xt[rows]
+        def logits(rows: torch.Tensor, keep: torch.Tensor, train: bool) -> torch.Tensor:
+            xb = torch.relu(xt[rows] @ w["H"].T + w["c"])
+            if train:
+                xb = torch.nn.functional.dropout(xb, p=self.dropout)
             a = zt @ w["A"].T + w["R"] * keep[:, None]
             b = zt @ w["beta"] + w["b0"] + w["s"] * keep
             return (xb @ w["W"].T) @ a.T + b[None, :] - (xb @ w["v"])[:, None]
 
-        def bce(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        def bce(rows: torch.Tensor, keep: torch.Tensor, train: bool) -> torch.Tensor:
             cell = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits(rows, keep), target[rows], reduction="none") * known[rows]
+                logits(rows, keep, train), target[rows], reduction="none") * known[rows]
             return cell.sum() / known[rows].sum().clamp(min=1.0)
 
         all_kept, oob_t = torch.ones(n_models), torch.as_tensor(oob, dtype=torch.int64)
@@ -245,16 +251,16 @@ class IRTRouter(Router):
             order = torch.as_tensor(rng.permutation(bag), dtype=torch.int64)
             for start in range(0, len(order), self.batch_size):
                 keep = (torch.rand(n_models) >= self.residual_drop).float()
-                penalty = self.l2 * sum((w[k] ** 2).sum() for k in ("W", "v", "A", "beta")) \
+                penalty = self.l2 * sum((w[k] ** 2).sum() for k in ("H", "W", "v", "A", "beta")) \
                     + self.residual_l2 * ((w["R"] ** 2).sum() + (w["s"] ** 2).sum())
-                loss = bce(order[start : start + self.batch_size], keep) + penalty
+                loss = bce(order[start : start + self.batch_size], keep, True) + penalty
                 opt.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             if len(oob) == 0:
                 continue
             with torch.no_grad():
-                val = float(bce(oob_t, all_kept))
+                val = float(bce(oob_t, all_kept, False))
             if val < best_loss - 1e-5:
                 best, best_loss, stale = {k: t.detach().clone() for k, t in w.items()}, val, 0
             else:
@@ -272,9 +278,10 @@ class IRTRouter(Router):
         ix = np.maximum(seen, 0)
         out = np.empty((len(wt["W"]), len(x), len(z)))
         for i in range(len(wt["W"])):
+            hx = np.maximum(x @ wt["H"][i].T + wt["c"][i], 0.0)
             a = z @ wt["A"][i].T + wt["R"][i][ix] * has[:, None]
             b = z @ wt["beta"][i] + wt["b0"][i][0] + wt["s"][i][ix] * has
-            out[i] = _sigmoid((x @ wt["W"][i].T) @ a.T + b[None, :] - (x @ wt["v"][i])[:, None])
+            out[i] = _sigmoid((hx @ wt["W"][i].T) @ a.T + b[None, :] - (hx @ wt["v"][i])[:, None])
         return out
 
     def predict(self, features: QueryFeatures, candidates: Sequence[ModelCard]) -> Prediction:
