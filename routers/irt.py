@@ -136,9 +136,9 @@ class IRTRouter(Router):
     requires_embeddings = True
 
     def __init__(
-        self, dim: int = 8, hidden: int = 64, dropout: float = 0.0, epochs: int = 40, patience: int = 4,
+        self, dim: int = 8, hidden: int = 64, dropout: float = 0.3, epochs: int = 40, patience: int = 4,
         lr: float = 0.01, batch_size: int = 256,
-        l2: float = 1e-4, residual_l2: float = 1e-3, residual_drop: float = 0.3, n_members: int = 5,
+        l2: float = 3e-3, residual_l2: float = 1e-3, residual_drop: float = 0.3, n_members: int = 5,
         bootstrap: bool = True, seed: int = 0, threads: int = 1,
     ) -> None:
         self.dim = dim
