@@ -3,8 +3,9 @@
 For query q and model m (the idea of RouteLLM's matrix-factorization router, here fitted pointwise and with model
 vectors read from the model's card, so that a model never seen in training still gets a score)::
 
-    u_q   = W x_q                       query latent (x_q: standardized embedding, text statistics, log prompt tokens)
-    d_q   = v . x_q                     query difficulty
+    h_q   = relu(H x_q + c)             x_q: standardized embedding, text statistics, log prompt tokens
+    u_q   = W h_q                       query latent (``dim`` wide)
+    d_q   = v . h_q                     query difficulty
     a_m   = A z_m + r_m                 model latent: a learned map of the card's attributes z_m plus a residual
     b_m   = beta . z_m + b0 + s_m       model bias (ability), likewise
     quality[q, m] = sigmoid(a_m . u_q + b_m - d_q)
@@ -18,7 +19,10 @@ candidate is scored from its card alone. Residuals are dropped for a random shar
 training step (``residual_drop``), so that the card map alone is a predictor and not just a baseline under them.
 
 Training minimizes binary cross-entropy on the (soft) quality in [0, 1] plus L2 penalties, with Adam on
-minibatches in torch (CPU, ``threads``). Each of ``n_members`` ensemble members is fitted on a bootstrap sample of
+minibatches in torch (CPU, ``threads``). The hidden layer (with dropout) is there because a query map that is
+linear in x_q underfits: on an inner split of LLMRouter's training rows the linear version had a mean squared
+error of 0.186 against kNN's 0.171, the five-member ensemble with the hidden layer 0.171 (the defaults were
+chosen there, never on the rows an evaluation reports). Each of ``n_members`` ensemble members is fitted on a bootstrap sample of
 the unique query texts and stops early on the texts out of its bag. The prediction is the members' mean; its
 ``uncertainty`` is the members' standard deviation divided by its mean over the training cells (so about 1 on
 training-like queries and larger on unfamiliar ones), which scales the objective's caution margin.
