@@ -19,16 +19,19 @@ candidate is scored from its card alone. Residuals are dropped for a random shar
 training step (``residual_drop``), so that the card map alone is a predictor and not just a baseline under them.
 
 Training minimizes binary cross-entropy on the (soft) quality in [0, 1] plus L2 penalties, with Adam on
-minibatches in torch (CPU, ``threads``). The hidden layer (with dropout) is there because a query map that is
-linear in x_q underfits: on an inner split of LLMRouter's training rows the linear version had a mean squared
-error of 0.186 against kNN's 0.171, the five-member ensemble with the hidden layer 0.171 (the defaults were
-chosen there, never on the rows an evaluation reports). Measured on LLMRouter (minilm-static embeddings, calibration
-'mixed'), quality-first gain over best-single: grouped 5-fold irt +0.018 [+0.012, +0.024], knn +0.018 [+0.013,
-+0.023]; leave-one-task-out irt -0.009 [-0.012, -0.005], knn -0.006 [-0.010, -0.003] (irt's balanced preset
-keeps 94.4 % of best-single's quality at 80.8 % of its cost there, knn's 88.6 % at 71.7 %). Each of ``n_members`` ensemble members is fitted on a bootstrap sample of
+minibatches in torch (CPU, ``threads``). Each of ``n_members`` ensemble members is fitted on a bootstrap sample of
 the unique query texts and stops early on the texts out of its bag. The prediction is the members' mean; its
 ``uncertainty`` is the members' standard deviation divided by its mean over the training cells (so about 1 on
-training-like queries and larger on unfamiliar ones), which scales the objective's caution margin.
+the training queries), which scales the objective's caution margin. The spread comes from resampling queries
+only, so a candidate scored from its card alone is not marked as less certain than a training model.
+
+The hidden layer (with dropout) is there because a query map linear in x_q did worse: on an inner split of
+LLMRouter's training rows a linear single member had a mean squared error of 0.186 (kNN 0.171), the five-member
+ensemble with the hidden layer 0.171; the defaults were chosen there, never on rows an evaluation reports.
+Measured on LLMRouter (minilm-static embeddings, calibration 'mixed'), quality-first gain over best-single:
+grouped 5-fold irt +0.018 [+0.012, +0.024], knn +0.018 [+0.013, +0.023]; leave-one-task-out irt -0.009
+[-0.012, -0.005], knn -0.006 [-0.010, -0.003] (there irt's balanced preset keeps 94.4 % of best-single's
+quality at 80.8 % of its cost, knn's 88.6 % at 71.7 %).
 
 Serving is numpy on the stored arrays: the artifact holds every member's weights, the card vocabulary and the
 standardization; torch is needed only to fit.
