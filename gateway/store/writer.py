@@ -359,7 +359,7 @@ class LogWriter:
                 self._journal_backlog = journaled
             elif self._journal is not None:
                 self._journal.discard(journaled)
-            if not self._unspooled and self._queue.empty():
+            if replay and not self._unspooled and self._queue.empty():  # not at stop(): shutdown waits on no probe
                 await self._probe(force)
             if replay and (force or not self._db_presumed_down()) and self._spool.has_rows():
                 await self._replay()
