@@ -75,6 +75,7 @@ def test_health_answers_within_a_second_while_eight_4mb_one_word_prompts_are_in_
     db = f"sqlite+aiosqlite:///{tmp_path}/gw.db"
     upgrade(db)
     bodies = [orjson.dumps(body_of(one_word(HUGE_CHARS, seed))) for seed in range(8)]
+    bodies.append(orjson.dumps(body_of("\n" * 40_000)))  # text statistics once took 25 s on this one (a regex)
     latencies: list[float] = []
     attacking = threading.Event()
 
@@ -100,12 +101,13 @@ def test_health_answers_within_a_second_while_eight_4mb_one_word_prompts_are_in_
         finally:
             attacking.clear()
             poller.join(timeout=150)
-        assert [r.status_code for r in answers] == [200] * 8, [r.text[:200] for r in answers]
-        rows = wait_rows(db, 8, timeout_s=20)
+        assert [r.status_code for r in answers] == [200] * 9, [r.text[:200] for r in answers]
+        rows = wait_rows(db, 9, timeout_s=20)
     assert sorted(r["id"] for r in rows) == sorted(r.headers["x-poolgate-request-id"] for r in answers)
     assert len(latencies) >= 3 and max(latencies) < 1.0, f"/health took up to {max(latencies):.2f} s under attack"
-    print(f"\n8 x 4 MB one-word prompts: 8/8 answered, 8/8 rows; /health polled {len(latencies)} times meanwhile, "
-          f"max {max(latencies) * 1000:.0f} ms, median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms")
+    median = sorted(latencies)[len(latencies) // 2]
+    print(f"\n8 x 4 MB one-word prompts + 40 000 newlines: 9/9 answered, 9/9 rows; /health polled {len(latencies)} "
+          f"times meanwhile, max {max(latencies) * 1000:.0f} ms, median {median * 1000:.0f} ms")
 
 
 def test_a_key_whose_rpm_is_spent_gets_429_without_any_tokenizing(
@@ -126,10 +128,15 @@ def test_a_key_whose_rpm_is_spent_gets_429_without_any_tokenizing(
     spent = new_key(rpm=1)
     assert chat(spent, "2+2?").status_code == 200  # the key's one request this minute
     tokenizer_calls.calls.clear()
-    for n in (MODERATE_CHARS, HUGE_CHARS):
-        refused = chat(spent, one_word(n))
+    took = []
+    for word in (one_word(MODERATE_CHARS), one_word(HUGE_CHARS)):
+        started = time.perf_counter()
+        refused = chat(spent, word)
+        took.append(time.perf_counter() - started)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert tokenizer_calls.calls == []  # refused before any counting: a spent key costs no tokenizer time
+    print(f"\nspent key: 429 for 200 K / 4 M characters of one word in {took[0] * 1000:.0f} / {took[1] * 1000:.0f} ms "
+          "(client and gateway together), 0 tokenizer calls")
 
     fresh = new_key(rpm=10)  # the control: the same prompts from a key with room are counted as designed
     assert chat(fresh, one_word(MODERATE_CHARS)).status_code == 200
@@ -170,3 +177,41 @@ async def test_prompt_counts_are_exact_inline_exact_in_a_thread_or_estimated_pas
     strings = ["system", "be brief", "x", "user", "é" * (EXACT_COUNT_MAX_CHARS + 1)]
     assert estimate.tokens == estimate_prompt_tokens(huge) == 3 + 2 * 3 + 1 + sum(
         -(-len(s.encode()) // 4) for s in strings)
+
+
+def reference_text_stats(text: str) -> list[float]:
+    """``routers.features.text_stats_one`` as it was before its work was bounded (the per-character loops)."""
+    import re
+
+    import numpy as np
+
+    from routers.features import _CODE_HINTS, _MATH_HINTS
+
+    n = max(len(text), 1)
+    words = re.findall(r"\w+", text)
+    n_words = max(len(words), 1)
+    return [
+        float(np.log1p(len(text))), float(np.log1p(len(words))), sum(len(w) for w in words) / n_words,
+        len(re.findall(r"\d", text)) / n, sum(1 for c in text if c.isupper()) / n,
+        sum(1 for c in text if not c.isalnum() and not c.isspace()) / n, float(np.log1p(text.count("\n"))),
+        float(min(text.count("?"), 10)), float(sum(text.count(h) for h in _CODE_HINTS) > 0),
+        float(min(sum(text.count(h) for h in _MATH_HINTS), 10)), float(bool(re.search(r"(?m)^\s*[A-D][.)]\s", text))),
+    ]
+
+
+def test_text_statistics_are_unchanged_up_to_their_bound_and_read_only_a_prefix_beyond() -> None:
+    """Routers trained on the old statistics see the same values for every text up to the bound."""
+    from routers.features import TEXT_STATS_MAX_CHARS, text_stats_one
+
+    rng = random.Random(7)
+    alphabet = [*"abcXYZ019 _\n\t\r\x0b\x0c\x1c\x85\u2028\u00a0.,;:?!(){}=+$\\", "A) ", "\nB. ", "ǅ", "Ⅷ", "²",
+                "٣", "\U0001d400", *(chr(rng.randrange(0x80, 0x3000)) for _ in range(100))]
+    texts = ["", "what is 2+2?", "Pick one:\n\n  A) four\n  B) five", "\n" * 2000 + "C) x", "a" * TEXT_STATS_MAX_CHARS]
+    texts += ["".join(rng.choices(alphabet, k=rng.randrange(1, 80))) for _ in range(3000)]
+    for text in texts:
+        assert text_stats_one(text) == reference_text_stats(text), repr(text)
+    prefix = "Is it A) or B)?\n" * (TEXT_STATS_MAX_CHARS // 16)
+    huge = prefix + one_word(HUGE_CHARS)  # past the bound: the statistics of the prefix, lengths of the whole
+    got, of_prefix = text_stats_one(huge), text_stats_one(prefix)
+    assert got[0] == reference_text_stats(huge)[0] and got[2:6] == of_prefix[2:6] and got[7:] == of_prefix[7:]
+    assert got[1] > of_prefix[1] and got[6] > of_prefix[6]  # words and newlines scaled to the whole length
