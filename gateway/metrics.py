@@ -17,7 +17,7 @@ name, e.g. ``ENOSPC``; no sample otherwise), ``poolgate_log_journal_pinned_files
 cycle for rows whose shadow routers have not finished: one that never falls back to 0 means a shadow router that
 never returns),
 ``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
-pool_forbidden, unavailable), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
+pool_forbidden, unavailable, check_failed), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
 ``poolgate_auth_failures_total{reason}``.
 """
 

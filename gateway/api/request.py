@@ -21,6 +21,12 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 MAX_JSON_DEPTH = 128
 #: Longer model names get 400 rather than being echoed into errors and stored in every log row.
 MAX_MODEL_CHARS = 256
+#: Largest max_tokens / max_completion_tokens: above every model's output limit, and small enough that the limiter's
+#: token and cost estimates stay exact integers in Redis (``gateway.limits.base``). OpenAI's own bound on ``n``.
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_CHOICES = 128
+#: Fields the limits are estimated from: (name, largest value). Each must be an integer in [1, largest] or absent.
+COUNT_FIELDS = (("max_tokens", MAX_OUTPUT_TOKENS), ("max_completion_tokens", MAX_OUTPUT_TOKENS), ("n", MAX_CHOICES))
 
 
 @dataclass
@@ -119,6 +125,8 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
     if opts is not None and not isinstance(opts, dict):
         raise _bad("'stream_options' must be an object", "stream_options")
     wants_usage = bool(opts and opts.get("include_usage"))
+    for name, largest in COUNT_FIELDS:
+        _check_count(body.get(name), name, largest)
     flags, router = _extension(body.get("poolgate"), header_flags)
     return ChatRequest(
         payload=body,
@@ -131,6 +139,22 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
         request_flags=flags,
         router_override=router,
     )
+
+
+def _check_count(value: Any, name: str, largest: int) -> None:
+    """``value`` is absent (None) or an integer in [1, ``largest``]; 400 naming ``name`` otherwise (as OpenAI does:
+    1e17, 1.5, -1, "8" and true are all refused, never passed on or turned into a limiter figure)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"'{name}' must be an integer between 1 and {largest}, got {_shown(value)}", name)
+    if not 1 <= value <= largest:
+        raise _bad(f"'{name}' must be between 1 and {largest}, got {value}", name)
+
+
+def _shown(value: Any) -> str:
+    text = orjson.dumps(value).decode() if isinstance(value, int | float | str | bool) else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | None, str | None]:

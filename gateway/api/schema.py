@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.request import MAX_CHOICES, MAX_OUTPUT_TOKENS
+
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
@@ -24,7 +26,9 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
         "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
+        "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
+        "n": {"type": "integer", "minimum": 1, "maximum": MAX_CHOICES},
         "temperature": {"type": "number"},
         "tools": {"type": "array", "items": {"type": "object"}},
         "tool_choice": {},

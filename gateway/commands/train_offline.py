@@ -26,7 +26,9 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 @click.command("train-offline")
-@click.option("--router", "router_name", required=True, help="registered router name (see routers/registry.py)")
+@click.option("--router", "router_name", required=True,
+              help="registered router name (see routers/registry.py), or 'auto': pick among --candidates by the "
+                   "evaluation protocol (see --select-protocol)")
 @click.option("--dataset", "dataset_name", required=True,
               help="routellm-gsm8k, routellm-mmlu, llmrouter or elliesql (from shared/data), or a file in one of "
                    "their formats (or the demo's replay sample)")
@@ -45,9 +47,14 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="sentence encoder of the embeddings [default: POOLGATE_EMBEDDING_ENCODER or minilm-static]; "
                    "see docs/encoders.md")
+@click.option("--candidates", default=",".join(("knn", "category", "complexity", "tryage")), show_default=True,
+              help="with --router auto: the comma-separated routers to choose among")
+@click.option("--select-protocol", type=click.Choice(["kfold", "loto"]), default="kfold", show_default=True,
+              help="with --router auto: grouped 3-fold or leave-one-task-out on the training data")
 def train_offline(
     router_name: str, dataset_name: str, out: Path | None, seed: int, limit: int | None,
     params: tuple[str, ...], cache_dir: Path | None, calibration: str, encoder: str | None,
+    candidates: str, select_protocol: str,
 ) -> None:
     """Fit ROUTER on all rows of DATASET and save it as one artifact file that a pool file can load.
 
@@ -61,12 +68,21 @@ def train_offline(
     parsed = _parse_params(params)
     settings = Settings()
     cache = cache_dir if cache_dir is not None else settings.embedding_cache_dir
+    selection = None
     try:
+        if router_name == "auto":
+            if parsed:
+                raise RouterError("--param cannot be combined with --router auto (each candidate has its own)")
+            selection = _select(dataset_name, candidates, select_protocol, seed, limit, cache,
+                                encoder or settings.embedding_encoder, calibration)
+            router_name = selection.router
         result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
                               encoder=encoder or settings.embedding_encoder, calibration=calibration)
         save_result(result, out or default_artifact_path(router_name, Path(dataset_name).stem))
     except (RouterError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
+    if selection is not None:
+        result.summary["selection"] = selection.to_dict()
     click.echo(f"trained {router_name} on {result.dataset}: {result.rows} rows, models {', '.join(result.models)}, "
                f"fit in {result.seconds:.2f}s")
     if result.summary:
@@ -76,3 +92,27 @@ def train_offline(
         click.echo(preset_text(result.summary).strip())
     click.echo(f"artifact: {result.path}")
     click.echo(f"pool entry:\n    router: {router_name}\n    artifact: {result.path}")
+
+
+def _select(dataset_name: str, candidates: str, protocol: str, seed: int, limit: int | None, cache: Path | None,
+            encoder: str, calibration: str) -> Any:
+    """Run the selection protocol (:mod:`training.select`) and print what each candidate scored."""
+    from training.features import Featurizer
+    from training.load_file import load_named_or_file
+    from training.loaders import load_dataset
+    from training.select import select_router
+
+    names = [c.strip() for c in candidates.split(",") if c.strip()]
+    data = load_dataset(dataset_name, limit=limit) if limit is not None else load_named_or_file(dataset_name)
+    featurizer = Featurizer(cache_dir=cache, disk_cache=cache is not None, encoder=encoder)
+    selection = select_router(data, names, protocol=protocol, seed=seed, calibration=calibration,
+                              featurizer=featurizer)
+    click.echo(f"router selection ({protocol}, quality-first paired difference to best-single, 95% interval):")
+    for name, row in selection.candidates.items():
+        text = row["error"] if "error" in row else (
+            f"{row['diff']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]; balanced: cost "
+            f"{row['balanced_cost_ratio']:.1%} of best-single, quality {row['balanced_diff']:+.4f} "
+            f"(lower {row['balanced_diff_lower']:+.4f})")
+        click.echo(f"  {name:<12} {text}")
+    click.echo(f"selected: {selection.router}: {selection.reason}")
+    return selection

@@ -21,6 +21,7 @@ from gateway.auth import KeyRecord, KeyStore
 from gateway.errors import GatewayError
 from gateway.limits.base import (
     KeyRevoked,
+    LimitCheckFailed,
     Limiter,
     LimitExceeded,
     LimitsUnavailable,
@@ -112,6 +113,10 @@ class Tenancy:
             raise GatewayError(503, f"limits for {', '.join(exc.limits)} cannot be checked: {exc.reason}",
                                code="limits_unavailable",
                                headers={"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        except LimitCheckFailed as exc:  # this request only: every other key is still checked as usual
+            self.metrics.limit_rejection("check_failed")
+            raise GatewayError(400, f"the limits of this request cannot be checked ({exc.reason})",
+                               code="limit_check_failed", headers={"x-should-retry": "false"}) from None
         except KeyRevoked:
             self.metrics.auth_failure("revoked")
             raise GatewayError(401, f"API key {key.id} was revoked", code="revoked_api_key",
