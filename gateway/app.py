@@ -69,7 +69,8 @@ def create_app(
                      rows_at_risk=lambda: {
                          "not_journaled": writer.journal.unjournaled_rows if writer.journal is not None else 0,
                          "spool_full_dropped": writer.spool.dropped, "rejected_by_database": writer.rejected_rows},
-                     journal_pinned_files=lambda: writer.journal.pinned_files if writer.journal is not None else 0)
+                     journal_pinned_files=lambda: writer.journal.pinned_files if writer.journal is not None else 0,
+                     spool_error=lambda: writer.spool.error)
         keys = KeyStore(engine, settings.key_cache_ttl_s)
         tenancy = Tenancy(settings, pool_file, keys, make_limiter(settings), metrics, writer)
         app.state.services = Services(

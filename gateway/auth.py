@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from gateway.errors import GatewayError
-from gateway.limits.base import PERIODS, LimitSpec, Period, to_nano
+from gateway.limits.base import MAX_BUDGET_USD, MAX_RPM, MAX_TPM, PERIODS, LimitSpec, Period, to_nano
 
 log = logging.getLogger("poolgate.auth")
 
@@ -84,38 +86,78 @@ class KeyRecord:
 MASTER = KeyRecord(MASTER_KEY_ID, "master key")
 
 
+#: Bounds of a key's parameters (the admin API's model and the CLI both check them here).
+MAX_KEY_NAME_CHARS = 200
+MAX_KEY_POOLS = 100
+MAX_POOL_NAME_CHARS = 256
+#: default_flags are stored as JSON in every key row and merged into every request's flags.
+MAX_FLAGS_JSON_CHARS = 4096
+
+
 class KeyParamError(ValueError):
-    """Bad key parameters (message names the parameter)."""
+    """Bad key parameters; ``param`` names the parameter (the message does too)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _count(label: str, value: int | None, largest: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest):
+        raise KeyParamError(f"{label} must be an integer between 1 and {largest}, got {value!r}", label)
 
 
 def validate_key_params(
     name: str, budget_usd: float | None, period: str, rpm: int | None, tpm: int | None,
     pools: Sequence[str] | None, default_flags: Mapping[str, Any] | None,
 ) -> None:
-    """Raise :class:`KeyParamError` naming the first bad parameter."""
+    """Raise :class:`KeyParamError` naming the first bad parameter. Every bound keeps a value storable (no NUL, the
+    database's 32-bit rpm/tpm) and every figure a limiter derives from it exact (``gateway.limits.base``)."""
     from routers.objective import FlagError, Flags
 
-    if not name or not name.strip():
-        raise KeyParamError("name must not be empty")
-    if budget_usd is not None and not budget_usd >= 0:
-        raise KeyParamError(f"budget_usd must be >= 0, got {budget_usd}")
+    if not isinstance(name, str) or not name.strip():
+        raise KeyParamError("name must not be empty", "name")
+    if len(name) > MAX_KEY_NAME_CHARS:
+        raise KeyParamError(f"name must be at most {MAX_KEY_NAME_CHARS} characters, got {len(name)}", "name")
+    if "\x00" in name:
+        raise KeyParamError("name must not contain NUL characters", "name")
+    if budget_usd is not None and (isinstance(budget_usd, bool) or not isinstance(budget_usd, int | float)
+                                   or not 0 <= budget_usd <= MAX_BUDGET_USD):
+        raise KeyParamError(f"budget_usd must be a number between 0 and {MAX_BUDGET_USD:.0f}, got {budget_usd!r}",
+                            "budget_usd")
     if period not in PERIODS:
-        raise KeyParamError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
-    for label, value in (("rpm", rpm), ("tpm", tpm)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise KeyParamError(f"{label} must be a positive integer, got {value!r}")
-    if pools is not None and (isinstance(pools, str) or not all(isinstance(p, str) and p for p in pools)):
-        raise KeyParamError("pools must be a list of pool names")
+        raise KeyParamError(f"period must be one of {', '.join(PERIODS)}, got {str(period)[:40]!r}", "period")
+    _count("rpm", rpm, MAX_RPM)
+    _count("tpm", tpm, MAX_TPM)
+    if pools is not None and (isinstance(pools, str) or len(pools) > MAX_KEY_POOLS or not all(
+            isinstance(p, str) and 0 < len(p) <= MAX_POOL_NAME_CHARS for p in pools)):
+        raise KeyParamError(f"pools must be a list of at most {MAX_KEY_POOLS} pool names", "pools")
     if default_flags is not None:
         try:
             Flags.from_mapping(default_flags)
         except FlagError as exc:
-            raise KeyParamError(f"default_flags: {exc}") from None
+            raise KeyParamError(f"default_flags: {exc}", "default_flags") from None
+        encoded = json.dumps(dict(default_flags))
+        if len(encoded) > MAX_FLAGS_JSON_CHARS:
+            raise KeyParamError(f"default_flags must be at most {MAX_FLAGS_JSON_CHARS} characters of JSON, "
+                                f"got {len(encoded)}", "default_flags")
+        if "\\u0000" in encoded:
+            raise KeyParamError("default_flags must not contain NUL characters", "default_flags")
+
+
+def _stored_budget(value: float | None) -> float | None:
+    """A budget read back from the table, within the bounds (a row written before they existed may hold 1e308,
+    Infinity or NaN: such a budget is the largest there is, not a 500 on every request of the key)."""
+    if value is None:
+        return None
+    if math.isnan(value) or value > MAX_BUDGET_USD:
+        return MAX_BUDGET_USD
+    return max(0.0, value)
 
 
 def _record(row: Any) -> KeyRecord:
     return KeyRecord(
-        id=row.id, name=row.name, key_prefix=row.key_prefix, budget_usd=row.budget_usd,
+        id=row.id, name=row.name, key_prefix=row.key_prefix, budget_usd=_stored_budget(row.budget_usd),
         budget_period=row.budget_period, rpm=row.rpm, tpm=row.tpm,
         pools=frozenset(row.pools) if row.pools is not None else None,
         default_flags=row.default_flags or None, created_at=row.created_at, revoked_at=row.revoked_at,

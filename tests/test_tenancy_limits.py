@@ -303,17 +303,3 @@ def test_budget_periods_follow_the_utc_calendar() -> None:
     with pytest.raises(ValueError, match="period"):
         period_window("year", now)
 
-
-
-@pytest.mark.parametrize(("payload", "tokens"), [
-    ({"max_tokens": 300}, 310), ({"max_tokens": 300.0}, 310), ({"max_completion_tokens": 50.0, "n": 2.0}, 110),
-    ({"max_tokens": None, "n": None}, 10 + 256), ({"max_tokens": True}, 10 + 256),
-])
-def test_token_estimate_reads_limits_as_the_request_check_accepts_them(payload: dict[str, Any], tokens: int) -> None:
-    """3.0 passes the request check as an integer, so the reservation must count it too (not fall back)."""
-    from types import SimpleNamespace
-
-    from gateway.limits.tenancy import Tenancy
-
-    owner = SimpleNamespace(settings=SimpleNamespace(default_output_tokens=256), _pool_backends={}, _backends={})
-    assert Tenancy.estimate(owner, "m", payload, 10) == (tokens, 0.0)  # type: ignore[arg-type]

@@ -41,22 +41,36 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if m is None:
         raise ValueError(f"bad duration {text!r}: use a number and one of s, m, h, d, w (e.g. 7d, 12h)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:  # more than timedelta.max (999999999 days)
+        raise ValueError(f"duration {text.strip()!r} is too long: at most {timedelta.max.days} days") from None
 
 
 def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
-    """A window bound: a duration before ``now`` (``7d``) or an ISO datetime (UTC when naive); None for empty."""
+    """A window bound in UTC: a duration before ``now`` (``7d``) or an ISO datetime (UTC when naive); None for
+    empty. ValueError for anything else, and for a bound outside years 1..9999 once in UTC (what datetime holds)."""
     if not text:
         return None
-    try:
-        return (now or datetime.now(UTC)) - parse_duration(text)
-    except ValueError:
-        pass
+    if _DURATION.match(text):
+        delta = parse_duration(text)
+        try:
+            return (now or datetime.now(UTC)) - delta
+        except OverflowError:
+            raise ValueError(f"duration {text.strip()!r} reaches back before year 1; use a shorter one") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"bad time {text!r}: use a duration like 7d or 12h, or an ISO datetime") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    return to_utc(parsed)
+
+
+def to_utc(when: datetime) -> datetime:
+    """``when`` in UTC (naive = UTC); ValueError when that falls outside years 1..9999."""
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {when.isoformat()} is out of range once in UTC (years 1..9999)") from None
 
 
 @dataclass(frozen=True)

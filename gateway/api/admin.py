@@ -8,34 +8,46 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 from starlette.responses import JSONResponse
 
-from gateway.auth import KeyParamError, KeyRecord, require_master
+from gateway.auth import (
+    MAX_KEY_NAME_CHARS,
+    MAX_KEY_POOLS,
+    MAX_POOL_NAME_CHARS,
+    KeyParamError,
+    KeyRecord,
+    require_master,
+)
 from gateway.deps import Services, get_services
 from gateway.errors import GatewayError
-from gateway.limits.base import KeyUsage, from_nano
+from gateway.limits.base import MAX_BUDGET_USD, MAX_RPM, MAX_TPM, KeyUsage, LimitsUnavailable, Period, from_nano
 from gateway.probe import probe_all
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
 
 
+PoolName = Annotated[str, Field(min_length=1, max_length=MAX_POOL_NAME_CHARS)]
+
+
 class NewKey(BaseModel):
-    """Body of ``POST /admin/keys``."""
+    """Body of ``POST /admin/keys``. Every field is bounded here (a 400 naming it), before the database or a
+    limiter sees it: strict numbers (no "5", true or "Infinity"), rpm/tpm within 32 bits, a budget whose nano-USD
+    Redis adds exactly (``gateway.limits.base``); ``gateway.auth.validate_key_params`` checks the rest."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
-    budget_usd: float | None = Field(default=None, ge=0)
-    period: str = "month"
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    pools: list[str] | None = None
-    default_flags: dict[str, Any] | None = None
+    name: str = Field(min_length=1, max_length=MAX_KEY_NAME_CHARS)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, strict=True, allow_inf_nan=False)
+    period: Period = "month"
+    rpm: int | None = Field(default=None, ge=1, le=MAX_RPM, strict=True)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_TPM, strict=True)
+    pools: list[PoolName] | None = Field(default=None, max_length=MAX_KEY_POOLS)
+    default_flags: dict[str, Any] | None = Field(default=None, max_length=16)
 
 
 @router.get("/keys")
@@ -57,14 +69,14 @@ async def create_key(body: NewKey, services: Services = Depends(get_services)) -
             pools=body.pools, default_flags=body.default_flags,
         )
     except KeyParamError as exc:
-        raise GatewayError(400, str(exc)) from None
+        raise GatewayError(400, str(exc), param=exc.param, code="invalid_value") from None
     return JSONResponse({**record.as_dict(), "secret": secret}, status_code=201)
 
 
 async def _key_or_404(services: Services, key_id: str) -> KeyRecord:
     record = await services.tenancy.keys.get(key_id)
     if record is None:
-        raise GatewayError(404, f"no API key {key_id!r}", param="key_id", code="key_not_found")
+        raise GatewayError(404, f"no API key {key_id[:80]!r}", param="key_id", code="key_not_found")
     return record
 
 
@@ -82,8 +94,8 @@ async def get_key(key_id: str, services: Services = Depends(get_services)) -> JS
     try:
         usage: dict[str, Any] | None = usage_dict(record, await services.tenancy.limiter.usage(record.limits()))
         error = None
-    except Exception as exc:  # the limit store is down: the key itself is still worth showing
-        usage, error = None, f"{type(exc).__name__}: {exc}"
+    except LimitsUnavailable as exc:  # the limit store is down: the key itself is still worth showing
+        usage, error = None, exc.reason
     return JSONResponse({**record.as_dict(), "usage": usage, "usage_error": error})
 
 
@@ -95,7 +107,7 @@ async def revoke_key(key_id: str, services: Services = Depends(get_services)) ->
     try:
         await services.tenancy.limiter.mark_revoked(key_id)
         propagated = True
-    except Exception:  # stored as revoked anyway; other replicas see it when their cache expires
+    except LimitsUnavailable:  # stored as revoked anyway; other replicas see it when their cache expires
         propagated = False
     assert record is not None
     return JSONResponse({**record.as_dict(), "revocation_propagated": propagated})
@@ -142,6 +154,16 @@ async def limits_status(services: Services = Depends(get_services)) -> JSONRespo
                                     "budget": services.settings.redis_failure_budget}})
 
 
+def _utc_bound(value: datetime | None, param: str) -> datetime | None:
+    """A report bound in UTC; 400 naming ``param`` when it falls outside what datetime holds (years 1..9999)."""
+    from training.from_logs import to_utc
+
+    try:
+        return None if value is None else to_utc(value)
+    except ValueError as exc:
+        raise GatewayError(400, f"{param}: {exc}", param=param, code="invalid_value") from None
+
+
 @router.get("/report")
 async def report(
     since: datetime | None = Query(default=None), until: datetime | None = Query(default=None),
@@ -153,6 +175,7 @@ async def report(
     asked right after some requests counts them; other replicas' queued rows appear within their flush interval."""
     from gateway.store.models import Request as Row
 
+    since, until = _utc_bound(since, "since"), _utc_bound(until, "until")
     if services.writer.queue_depth:
         await services.writer.flush()
 

@@ -33,11 +33,6 @@ def json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def _widens(kind: Kind, got: str, value: Any) -> bool:
-    """JSON Schema's reading: an integer is a number, and a number with no fraction (``3.0``) an integer."""
-    return (kind == "number" and got == "integer") or (kind == "integer" and got == "number" and value.is_integer())
-
-
 @dataclass(frozen=True)
 class FieldRule:
     """One field: its JSON type, inclusive bounds for numbers, and the rules of its items or properties."""
@@ -67,10 +62,12 @@ class FieldRule:
         got = json_type(value)
         if got == "null" and self.nullable:
             return
-        if got != self.kind and not _widens(self.kind, got, value):
+        # an integer is a number; a number is never an integer, not even 3.0 (OpenAI refuses it too, and counts
+        # reach the limiters as exact integers)
+        if got != self.kind and not (self.kind == "number" and got == "integer"):
             expected = _ARTICLE.get(self.kind, f"a {self.kind}")
             raise GatewayError(400, f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
-                               param=param, code="invalid_type")
+                               param=param, code="invalid_value")
         self._check_range(param, value)
         if self.items is not None:
             for i, item in enumerate(value):
@@ -83,13 +80,23 @@ class FieldRule:
         what = "integer" if self.kind == "integer" else "decimal"
         if self.minimum is not None and value < self.minimum:
             raise GatewayError(400, f"Invalid '{param}': {what} below minimum value. Expected a value >= "
-                               f"{self.minimum:g}, but got {value} instead.", param=param,
-                               code=f"{what}_below_min_value")
+                               f"{self.minimum:g}, but got {_shown(value)} instead.", param=param,
+                               code="invalid_value")
         if self.maximum is not None and value > self.maximum:
             raise GatewayError(400, f"Invalid '{param}': {what} above maximum value. Expected a value <= "
-                               f"{self.maximum:g}, but got {value} instead.", param=param,
-                               code=f"{what}_above_max_value")
+                               f"{self.maximum:g}, but got {_shown(value)} instead.", param=param,
+                               code="invalid_value")
 
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: Largest max_tokens / max_completion_tokens: above every model's output limit, and small enough that the limiter's
+#: token and cost estimates stay exact integers in Redis (``gateway.limits.base``). OpenAI's own bound on ``n``.
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_CHOICES = 128
 
 _OBJECT_ITEMS = FieldRule("array", items=FieldRule("object", nullable=False))
 #: A message's content given as parts: each part an object (``{"type": "text", "text": ...}``, ...).
@@ -99,9 +106,9 @@ CONTENT_PARTS = FieldRule("array", nullable=False, items=FieldRule("object", nul
 CHAT_FIELDS: dict[str, FieldRule] = {
     "stream": FieldRule("boolean"),
     "stream_options": FieldRule("object", properties={"include_usage": FieldRule("boolean")}),
-    "max_tokens": FieldRule("integer", minimum=1),
-    "max_completion_tokens": FieldRule("integer", minimum=1),
-    "n": FieldRule("integer", minimum=1, maximum=128),
+    "max_tokens": FieldRule("integer", minimum=1, maximum=MAX_OUTPUT_TOKENS),
+    "max_completion_tokens": FieldRule("integer", minimum=1, maximum=MAX_OUTPUT_TOKENS),
+    "n": FieldRule("integer", minimum=1, maximum=MAX_CHOICES),
     "temperature": FieldRule("number", minimum=0, maximum=2),
     "top_p": FieldRule("number", minimum=0, maximum=1),
     "presence_penalty": FieldRule("number", minimum=-2, maximum=2),

@@ -23,7 +23,7 @@ from gateway.auth import KeyRecord, authenticate
 from gateway.deps import Services, get_services
 from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
-from gateway.pricing import cost_usd, count_tokens
+from gateway.pricing import cost_usd, count_tokens_off_loop
 from gateway.record import RequestRecord
 from gateway.routing import RouteDecision
 from gateway.streaming import EventStreamResponse, StreamOutcome, relay
@@ -72,10 +72,12 @@ async def chat_completions(
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
     record = _new_record(request_id, chat, services)
-    prompt_tokens = chat.prompt_tokens()
     decision: RouteDecision | None = None
     try:
-        admitted = await services.tenancy.admit(key, chat.model, chat.payload, prompt_tokens, record)
+        # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
+        quick = chat.quick_prompt_tokens()
+        admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
+        prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
         decision = await services.routing.route(
             chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
             request_flags=chat.request_flags, router_override=chat.router_override,
@@ -99,7 +101,7 @@ async def chat_completions(
     record.attempts = result.attempts
     if result.stream is not None:
         return _stream_response(services, chat, record, result, decision, started, prompt_tokens)
-    return _plain_response(services, record, result, decision, started, prompt_tokens)
+    return await _plain_response(services, record, result, decision, started, prompt_tokens)
 
 
 def _finish(services: Services, record: RequestRecord) -> None:
@@ -130,7 +132,7 @@ def _answer_text(parsed: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _plain_response(
+async def _plain_response(
     services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
     prompt_tokens: int,
 ) -> Response:
@@ -144,7 +146,8 @@ def _plain_response(
     usage = parse_usage(result.parsed.get("usage"))
     text = _answer_text(result.parsed)
     p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
-    c_tok = usage.completion_tokens if usage.completion_tokens is not None else count_tokens(text)
+    c_tok = usage.completion_tokens if usage.completion_tokens is not None else (
+        await count_tokens_off_loop(text))  # an answer of up to 16 MiB: not on the event loop
     cost = cost_usd(result.backend, p_tok, c_tok)
     record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,

@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from gateway.api.fields import CHAT_FIELDS, CONTENT_PARTS, MESSAGE_FIELDS, check_fields
 from gateway.errors import GatewayError
-from gateway.pricing import count_prompt_tokens, message_text
+from gateway.pricing import TokenCount, count_prompt_tokens_off_loop, message_text, quick_prompt_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 #: Deeper bodies get 400: the upstream encoder (orjson) stops at 255 levels, and no OpenAI request needs many.
@@ -36,8 +36,14 @@ class ChatRequest:
     request_flags: dict[str, Any] | None
     router_override: str | None
 
-    def prompt_tokens(self) -> int:
-        return count_prompt_tokens(self.messages)
+    def quick_prompt_tokens(self) -> TokenCount:
+        """Cheap count to admit the request with (exact when small, else from the size): no tokenizing work
+        is done for a request its key's limits refuse."""
+        return quick_prompt_tokens(self.messages)
+
+    async def prompt_tokens(self) -> TokenCount:
+        """The prompt's tokens, counted off the event loop (estimated from the size past the bound)."""
+        return await count_prompt_tokens_off_loop(self.messages)
 
 
 async def read_json_body(request: Request, max_bytes: int, timeout_s: float = 30.0) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway.limits.base import (
     KeyRevoked,
     KeyUsage,
+    LimitCheckFailed,
     Limiter,
     LimitExceeded,
     LimitSpec,
@@ -23,6 +24,7 @@ __all__ = [
     "InProcessLimiter",
     "KeyRevoked",
     "KeyUsage",
+    "LimitCheckFailed",
     "LimitExceeded",
     "LimitSpec",
     "Limiter",

@@ -21,6 +21,7 @@ from gateway.auth import KeyRecord, KeyStore
 from gateway.errors import GatewayError
 from gateway.limits.base import (
     KeyRevoked,
+    LimitCheckFailed,
     Limiter,
     LimitExceeded,
     LimitsUnavailable,
@@ -112,6 +113,10 @@ class Tenancy:
             raise GatewayError(503, f"limits for {', '.join(exc.limits)} cannot be checked: {exc.reason}",
                                code="limits_unavailable",
                                headers={"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        except LimitCheckFailed as exc:  # this request only: every other key is still checked as usual
+            self.metrics.limit_rejection("check_failed")
+            raise GatewayError(400, f"the limits of this request cannot be checked ({exc.reason})",
+                               code="limit_check_failed", headers={"x-should-retry": "false"}) from None
         except KeyRevoked:
             self.metrics.auth_failure("revoked")
             raise GatewayError(401, f"API key {key.id} was revoked", code="revoked_api_key",
@@ -147,9 +152,11 @@ class Tenancy:
     def estimate(self, model: str, payload: Mapping[str, Any], prompt_tokens: int) -> tuple[int, float]:
         """(tokens, USD) reserved before dispatch: prompt tokens + max_tokens (or ``default_output_tokens``) per
         choice, priced at the most expensive backend the request could reach."""
-        out = _count(payload.get("max_completion_tokens")) or _count(payload.get("max_tokens"))
-        out = out or self.settings.default_output_tokens
-        choices = _count(payload.get("n")) or 1
+        out = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        if isinstance(out, bool) or not isinstance(out, int) or out <= 0:
+            out = self.settings.default_output_tokens
+        n = payload.get("n")
+        choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
         out_tokens = out * choices
         backends: list[BackendConfig] = self._pool_backends.get(model) or (
             [self._backends[model]] if model in self._backends else [])
@@ -201,10 +208,3 @@ class Tenancy:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.limiter.close()
-
-
-def _count(value: Any) -> int | None:
-    """A positive count from a request field (``3.0`` too: the request check accepts it as an integer), else None."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
