@@ -2,9 +2,9 @@
 (``gateway.api.schema``) and by the request check (``gateway.api.request``), so that what the gateway documents is
 what it enforces, with a 400 naming the param.
 
-Types and ranges are OpenAI's (its OpenAPI document), and null means the field's default, as it does for most of
-OpenAI's optional fields. Fields not in the table are not checked: they pass to the backend untouched, and its
-verdict is relayed.
+Types and ranges are OpenAI's (its OpenAPI document), but for an upper bound on the token limits that keeps the
+limiters' figures exact; null means the field's default, as it does for most of OpenAI's optional fields. Fields
+not in the table are not checked: they pass to the backend untouched, and its verdict is relayed.
 """
 
 from __future__ import annotations
@@ -80,12 +80,16 @@ class FieldRule:
         what = "integer" if self.kind == "integer" else "decimal"
         if self.minimum is not None and value < self.minimum:
             raise GatewayError(400, f"Invalid '{param}': {what} below minimum value. Expected a value >= "
-                               f"{self.minimum:g}, but got {_shown(value)} instead.", param=param,
+                               f"{_bound(self.minimum)}, but got {_shown(value)} instead.", param=param,
                                code="invalid_value")
         if self.maximum is not None and value > self.maximum:
             raise GatewayError(400, f"Invalid '{param}': {what} above maximum value. Expected a value <= "
-                               f"{self.maximum:g}, but got {_shown(value)} instead.", param=param,
+                               f"{_bound(self.maximum)}, but got {_shown(value)} instead.", param=param,
                                code="invalid_value")
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _shown(value: Any) -> str:
