@@ -23,7 +23,7 @@ import numpy as np
 from routers import artifact
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
 #: added to the category entropy to make the prediction's uncertainty (so a sure query still needs a small margin)

@@ -52,7 +52,7 @@ import numpy as np
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 log = logging.getLogger("poolgate.routers.complexity")
 

@@ -60,7 +60,7 @@ from routers.graph_net import (
 )
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 

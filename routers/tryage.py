@@ -47,7 +47,7 @@ import numpy as np
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 ATTRIBUTE_NAMES: tuple[str, ...] = ("log_input_price", "log_output_price", "log_size_b", "release_year",
                                     "log2_context")

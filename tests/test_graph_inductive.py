@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from routers.dataset import RoutingDataset
 from routers.graph import GraphRouter
-from training.dataset import RoutingDataset
 from training.graph_train import inductive_eval
 
 STRONG = "llama-3.1-nemotron-51b-instruct"  # best single model of LLMRouter (mean score 0.62)

@@ -19,7 +19,7 @@ from gateway.routing import RoutingService
 from gateway.store import make_engine, upgrade
 from routers.base import ModelCard
 from routers.baselines import BestSingleRouter, RandomRouter
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 
 POOL = """
 backends:

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from routers.base import QueryFeatures
+from routers.dataset import RoutingDataset
 from routers.objective import PRESETS, Calibration, Flags, choose_batch, score
 from routers.registry import build_router, get_router_class
 from training.calibrate import cards_for, fit_calibrated, needs_training
-from training.dataset import RoutingDataset
 from training.features import Featurizer
 from training.protocol import OuterFold, outer_folds
 from training.results import RouterResult, SweepPoint, router_metrics

@@ -36,7 +36,7 @@ from routers.base import QueryFeatures
 from routers.features import text_stats
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: encoder names

@@ -39,8 +39,8 @@ from routers.graph_net import (
 )
 
 if TYPE_CHECKING:
+    from routers.dataset import RoutingDataset
     from routers.graph import GraphRouter, TextEncoder
-    from training.dataset import RoutingDataset
 
 TASK_DESCRIPTIONS = Path(__file__).resolve().parent / "data_config" / "task_descriptions.yaml"
 #: a query whose cosine similarity to another training query exceeds this is its duplicate: not a neighbour

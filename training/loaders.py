@@ -1,6 +1,6 @@
 """Loaders for the real routing data sets in ``shared/data`` (see its README).
 
-``load_dataset(name)`` returns a :class:`~training.dataset.RoutingDataset` for one of :data:`DATASETS`.
+``load_dataset(name)`` returns a :class:`~routers.dataset.RoutingDataset` for one of :data:`DATASETS`.
 Prices and cost assumptions come from ``training/data_config/*.yaml`` (never from code) and are copied into
 ``dataset.assumptions`` so that every report can print them. Bad input raises :class:`DatasetError` with a
 one-line message naming the file, the line or field, or the model.
@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from routers.base import ModelCard
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 from training.features import count_tokens
 
 DATASETS: tuple[str, ...] = ("routellm-gsm8k", "routellm-mmlu", "llmrouter", "elliesql")

@@ -26,9 +26,9 @@ from gateway.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_
 from gateway.pools import PoolConfig, PoolFile
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
+from routers.dataset import RoutingDataset
 from routers.objective import Calibration, Flags, choose_batch, preset, score
 from training.calibrate import fit_calibrated, preset_summary
-from training.dataset import RoutingDataset
 from training.features import DEFAULT_ENCODER
 from training.from_logs import (
     LabelledData,

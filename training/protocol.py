@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from routers.dataset import RoutingDataset
 from routers.features import unit_rows
-from training.dataset import RoutingDataset
 from training.splits import grouped_kfold, leave_one_task_out, near_duplicate_groups
 
 PROTOCOLS: tuple[str, ...] = ("kfold", "loto", "holdout", "cross")

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from routers.base import Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.registry import build_router
 from training.calibrate import fit_calibrated, preset_summary
-from training.dataset import RoutingDataset
 from training.features import DEFAULT_ENCODER
 from training.protocol import split_groups
 
