@@ -31,9 +31,9 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.pricing import count_tokens
 from gateway.scrub import NO_SECRET, Scrubber
 from gateway.upstream import ResponseTooLarge, UpstreamError, UpstreamResponse, describe
+from routers.pricing import count_tokens
 
 _DONE = b"[DONE]"
 #: One SSE event's bound: an OpenAI chunk is well under 10 KB; a "stream" with no separator is cut here.

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gateway.embedding import EmbeddingBatcher, MiniLMEncoder
+from gateway.embedding import EmbeddingBatcher
+from routers.encoders.minilm import MiniLMEncoder
 
 
 class SlowCounter:

@@ -2,7 +2,7 @@
 
 Two encoders (:data:`ENCODERS`): ``minilm`` runs all-MiniLM-L6-v2 on every text (contextual; 7-10 ms of CPU per
 question), ``minilm-static`` averages per-token vectors distilled from the same model
-(:mod:`gateway.static_embedding`; 0.1-0.2 ms). A router must be served with the encoder it was fitted
+(:mod:`routers.encoders.static`; 0.1-0.2 ms). A router must be served with the encoder it was fitted
 with: the featurizer stamps its name on the features (``QueryFeatures.encoder``) and routers record it.
 
 One :class:`Featurizer` serves both offline evaluation and the gateway at request time. It does no work in
@@ -26,17 +26,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from gateway.pricing import encoding
-from gateway.static_embedding import EMBEDDING_DIM, model_path, model_version
 from routers.base import QueryFeatures
+from routers.dataset import RoutingDataset
+from routers.encoders.model import EMBEDDING_DIM, model_path, model_version
 from routers.features import text_stats
-
-if TYPE_CHECKING:
-    from routers.dataset import RoutingDataset
+from routers.pricing import encoding
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: encoder names
@@ -85,7 +83,7 @@ class Featurizer:
     ``cache_dir=None`` uses :data:`DEFAULT_CACHE_DIR` (relative to the cwd); ``disk_cache=False`` keeps
     the cache in memory only. ``encoder`` is one of :data:`ENCODERS`; ``minilm-static`` embeddings are cheaper to
     compute than to look up, so they skip both caches; their token table is cached in ``static_table_dir``
-    (None: the user cache, see :mod:`gateway.static_embedding`).
+    (None: the user cache, see :mod:`routers.encoders.static`).
     """
 
     def __init__(
@@ -184,7 +182,7 @@ class Featurizer:
     # -- model -----------------------------------------------------------------------------------
     def _load_model(self) -> Any:
         if self._model is None and self.encoder == "minilm-static":
-            from gateway.static_embedding import StaticEncoder
+            from routers.encoders.static import StaticEncoder
 
             self._model = StaticEncoder(self.static_table_dir)
         if self._model is None:

@@ -23,11 +23,11 @@ from gateway.auth import KeyRecord, authenticate
 from gateway.deps import Services, get_services
 from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
-from gateway.pricing import cost_usd, count_tokens
 from gateway.record import RequestRecord
 from gateway.routing import RouteDecision
 from gateway.streaming import EventStreamResponse, StreamOutcome, relay
 from gateway.usage import parse_usage
+from routers.pricing import cost_usd, count_tokens
 
 router = APIRouter()
 

@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 
 from gateway.errors import GatewayError
-from gateway.pricing import count_prompt_tokens, message_text
+from routers.pricing import count_prompt_tokens, message_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 #: Deeper bodies get 400: the upstream encoder (orjson) stops at 255 levels, and no OpenAI request needs many.

@@ -25,7 +25,8 @@ def build(force: bool) -> None:
     import numpy as np
 
     from gateway.settings import Settings
-    from gateway.static_embedding import EMBEDDING_DIM, StaticEncoder, table_path
+    from routers.encoders.model import EMBEDDING_DIM
+    from routers.encoders.static import StaticEncoder, table_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table_dir = Settings().static_table_dir

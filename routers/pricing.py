@@ -9,9 +9,7 @@ both count this way, with the one shared cl100k_base tokenizer.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
-
-from gateway.pools import BackendConfig
+from typing import Any, Protocol
 
 
 @lru_cache(maxsize=1)
@@ -65,5 +63,15 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
-def cost_usd(backend: BackendConfig, prompt_tokens: int, completion_tokens: int) -> float:
+class Priced(Protocol):
+    """Anything with list prices in USD per 1M tokens (a pool file backend, a ``ModelCard``)."""
+
+    @property
+    def input_price(self) -> float: ...
+
+    @property
+    def output_price(self) -> float: ...
+
+
+def cost_usd(backend: Priced, prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * backend.input_price + completion_tokens * backend.output_price) / 1e6
