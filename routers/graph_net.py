@@ -1,6 +1,6 @@
 """The GraphRouter's graph and network: the trained graph's state, query attachment and the GNN.
 
-Used by :class:`routers.graph.GraphRouter` (inference) and ``training/graph_train.py`` (fit); pure
+Used by :class:`routers.graph.GraphRouter` (inference) and ``routers/graph_fit.py`` (fit); pure
 numpy/torch, no I/O.
 
 - :class:`GraphState`: the trained graph without the weights (task, query and LLM nodes and the

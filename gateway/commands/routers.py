@@ -1,4 +1,5 @@
-"""``poolgate routers list|promote|rollback``: the versioned routers of each pool (artifact store).
+"""``poolgate routers list|promote|rollback|register-descriptions``: the versioned routers of each pool (artifact
+store), and the model descriptions a graph artifact knows.
 
 Gateways pick a promotion or rollback up at their next poll (``POOLGATE_ROUTER_RELOAD_INTERVAL_S``); ``--notify
 URL`` (repeatable) also asks those gateways to reload now (``POST URL/admin/routers/reload`` with the master key).
@@ -176,3 +177,26 @@ def rollback(pool: str, notify_urls: tuple[str, ...]) -> None:
     click.echo(f"rolled back: {version_line(down)}")
     click.echo(f"now live:    {version_line(up)}" if up else "now live:    the pool file's router (no version left)")
     notify(notify_urls, load_context()[0].master_key)
+
+
+@routers.command("register-descriptions")
+@click.option("--artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="the graph router artifact to add descriptions to (rewritten in place)")
+@click.option("--pool-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the pool YAML whose backends' descriptions to embed (default: POOLGATE_POOL_FILE, else the demo)")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".poolgate/embeddings"),
+              help="embedding cache folder")
+def register_descriptions(artifact: Path, pool_file: Path | None, cache_dir: Path) -> None:
+    """Embed every backend description of the pool file into a graph ARTIFACT, so the gateway scores models the
+    graph never saw from their real descriptions, without retraining."""
+    from routers.base import RouterError
+    from training.features import Featurizer  # why: loads the sentence model (torch) only for this command
+    from training.graph_eval import register_descriptions as register
+
+    _, pools, _ = load_context(pool_file)
+    cards = [b.card() for b in pools.backends]
+    try:
+        registered, unseen = register(artifact, cards, Featurizer(cache_dir=cache_dir, encoder="minilm").embed)
+    except (RouterError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{artifact}: {registered} registered descriptions; models not in the graph: {unseen}")
