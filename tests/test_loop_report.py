@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
+from gateway.loop.report import LogRow, build_report, report_json
+from gateway.loop.report_html import render_html
 from gateway.pools import parse_pool_file
-from training.log_report import LogRow, build_report, report_json
-from training.log_report_html import render_html
 
 POOL = parse_pool_file("""
 backends:

@@ -60,8 +60,8 @@ async def routing_report(
     by: str = Query(default="pool"), pool: str | None = Query(default=None),
     services: Services = Depends(get_services),
 ) -> JSONResponse:
-    """Requests, tokens, cost, feedback, latency, TEP, savings and shadow costs per group (training.log_report)."""
-    from training.log_report import GROUPINGS, build_report, fetch_rows, report_json
+    """Requests, tokens, cost, feedback, latency, TEP, savings and shadow costs per group (gateway.loop.report)."""
+    from gateway.loop.report import GROUPINGS, build_report, fetch_rows, report_json
 
     if by not in GROUPINGS:
         raise GatewayError(400, f"by must be one of {', '.join(GROUPINGS)}; got {by!r}", param="by")

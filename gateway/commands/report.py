@@ -1,4 +1,4 @@
-"""``poolgate report``: what routing did and saved, from the request log (training.log_report).
+"""``poolgate report``: what routing did and saved, from the request log (gateway.loop.report).
 
 Rich tables in the terminal; ``--html FILE`` writes a self-contained page with plots; ``--json`` prints the numbers
 (the same JSON as ``GET /admin/report/routing``).
@@ -18,7 +18,7 @@ from gateway.commands.train import parse_when_option
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from training.log_report import GroupStats, LogReport
+    from gateway.loop.report import GroupStats, LogReport
 
 
 @click.command()
@@ -37,9 +37,9 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
     """Requests, tokens, cost, feedback, latency, TEP, savings vs always-strongest and shadow routers' costs."""
     from rich.console import Console
 
+    from gateway.loop.report import build_report, fetch_rows, report_json
+    from gateway.loop.report_html import write_html
     from gateway.store.db import redact
-    from training.log_report import build_report, fetch_rows, report_json
-    from training.log_report_html import write_html
 
     settings, pools, _ = load_context(pool_file)
     start, end = parse_when_option(since, "--since"), parse_when_option(until, "--until")
@@ -56,7 +56,7 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
         click.echo(f"HTML report: {write_html(rep, html_path, extra).resolve()}", err=as_json)
 
 
-#: short headers for the terminal, in the order of training.log_report_html.COLUMNS
+#: short headers for the terminal, in the order of gateway.loop.report_html.COLUMNS
 TERMINAL_COLUMNS = ("group", "req", "err", "tokens", "cost $", "$/1k req", "feedback (n)", "p50 ms", "p95 ms",
                     "p99 ms", "TEP tok", "TEP $", "saved*", "cheapest* $", "strongest* $")
 
@@ -65,7 +65,7 @@ def terminal_view(rep: LogReport) -> list[RenderableType]:
     """Rich renderables: the groups with a total row, router versions, shadow routers, the assumptions."""
     from rich.table import Table
 
-    from training.log_report_html import shadow_cells, stat_cells
+    from gateway.loop.report_html import shadow_cells, stat_cells
 
     out: list[RenderableType] = []
     window = f"{rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "the beginning"

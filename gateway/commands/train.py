@@ -15,7 +15,7 @@ import click
 from gateway.commands.routers import load_context, notify, notify_option, version_line, with_engine
 
 if TYPE_CHECKING:
-    from training.log_train import TrainOutcome
+    from gateway.loop.train import TrainOutcome
 
 
 def _dataset_spec(value: str) -> tuple[str, int | None]:
@@ -98,10 +98,10 @@ def train(
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
     from gateway.artifacts import ArtifactError, ArtifactStore
     from gateway.commands.train_offline import _parse_params
+    from gateway.loop.train import TrainRequest, train_from_logs
     from routers.base import RouterError
     from training.from_logs import TrainingDataError
     from training.loaders import DatasetError
-    from training.log_train import TrainRequest, train_from_logs
 
     if force and not promote:
         raise click.UsageError("--force only makes sense with --promote")

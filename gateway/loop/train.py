@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
 from gateway.pools import PoolConfig, PoolFile
+from gateway.store.repository import fetch_labelled
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
 from routers.dataset import RoutingDataset
@@ -35,7 +36,6 @@ from training.from_logs import (
     TrainingDataError,
     column_means,
     concat,
-    fetch_labelled,
     impute,
     log_rows_to_data,
     offline_rows,
