@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 
 from routers import artifact
+from routers.pricing import cost_usd
 
 if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
@@ -49,8 +50,8 @@ class ModelCard:
     quality: float | None = None
 
     def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """USD for one call with the given token counts at this model's prices."""
-        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+        """USD for one call with the given token counts at this model's prices (:func:`routers.pricing.cost_usd`)."""
+        return cost_usd(self, prompt_tokens, completion_tokens)
 
 
 @dataclass

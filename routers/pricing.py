@@ -1,4 +1,8 @@
-"""Token counting and USD cost from a backend's prices.
+"""Token counting and USD cost from a backend's prices: the one cost formula (:func:`token_cost_usd`).
+
+Every USD figure in poolgate (a log row's cost, the objective's expected cost, a limit's reservation, a data set's
+cost cells, the log report's counterfactuals) is :func:`token_cost_usd` of some token counts at list prices in USD
+per 1M tokens; :func:`cost_usd` and :func:`call_costs_usd` only feed it one backend or a batch.
 
 Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens with
 tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a ``name`` adds 1
@@ -8,8 +12,11 @@ both count this way, with the one shared cl100k_base tokenizer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +70,20 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return total
 
 
+#: list prices are USD per this many tokens
+PRICE_UNIT_TOKENS = 1_000_000
+
+Amount = TypeVar("Amount", float, np.ndarray)
+
+
+def token_cost_usd(prompt_tokens: Amount, completion_tokens: Amount, input_price: Amount,
+                   output_price: Amount) -> Amount:
+    """USD of a call: prompt tokens x input price + completion tokens x output price, prices per 1M tokens.
+
+    Scalars or numpy arrays (broadcast as numpy does): the same formula for one call and for a batch."""
+    return (prompt_tokens * input_price + completion_tokens * output_price) / PRICE_UNIT_TOKENS
+
+
 class Priced(Protocol):
     """Anything with list prices in USD per 1M tokens (a pool file backend, a ``ModelCard``)."""
 
@@ -73,5 +94,15 @@ class Priced(Protocol):
     def output_price(self) -> float: ...
 
 
-def cost_usd(backend: Priced, prompt_tokens: int, completion_tokens: int) -> float:
-    return (prompt_tokens * backend.input_price + completion_tokens * backend.output_price) / 1e6
+def cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) -> float:
+    """USD of one call to ``backend`` with these token counts (:func:`token_cost_usd`)."""
+    return token_cost_usd(float(prompt_tokens), float(completion_tokens), backend.input_price, backend.output_price)
+
+
+def call_costs_usd(prompt_tokens: np.ndarray, completion_tokens: np.ndarray, models: Sequence[Priced]) -> np.ndarray:
+    """``[n, m]`` USD of query i's call to model j: ``prompt_tokens`` ``[n]``, ``completion_tokens`` ``[n, m]`` (or
+    ``[m]``, the same for every query), at each model's list prices (:func:`token_cost_usd`)."""
+    p_in = np.asarray([b.input_price for b in models], dtype=np.float64)
+    p_out = np.asarray([b.output_price for b in models], dtype=np.float64)
+    prompt = np.asarray(prompt_tokens, dtype=np.float64)[:, None]
+    return token_cost_usd(prompt, np.asarray(completion_tokens, dtype=np.float64), p_in[None, :], p_out[None, :])

@@ -27,6 +27,7 @@ import numpy as np
 
 from routers.base import ModelCard
 from routers.dataset import RoutingDataset
+from routers.pricing import call_costs_usd
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -108,9 +109,7 @@ def _assemble(
     completion: np.ndarray, sources: list[str], assumptions: dict[str, Any],
 ) -> LabelledData:
     cards = [b.card() for b in backends]
-    p_in = np.asarray([c.input_price for c in cards]) / 1e6
-    p_out = np.asarray([c.output_price for c in cards]) / 1e6
-    cost = prompt[:, None] * p_in[None, :] + completion * p_out[None, :]
+    cost = call_costs_usd(prompt, completion, cards)
     ds = RoutingDataset(
         name=name, queries=texts, models=[c.name for c in cards], quality=quality, prompt_tokens=prompt,
         completion_tokens=completion, cost_usd=cost, cards=cards, tasks=None, assumptions=assumptions,

@@ -34,6 +34,7 @@ from gateway.record import RequestRecord
 from gateway.settings import Settings
 from gateway.store import LogWriter
 from routers.objective import Flags
+from routers.pricing import cost_usd
 
 log = logging.getLogger("poolgate.tenancy")
 
@@ -155,8 +156,7 @@ class Tenancy:
         out_tokens = out * choices
         backends: list[BackendConfig] = self._pool_backends.get(model) or (
             [self._backends[model]] if model in self._backends else [])
-        cost = max((prompt_tokens * b.input_price + out_tokens * b.output_price) / 1e6 for b in backends) \
-            if backends else 0.0
+        cost = max(cost_usd(b, prompt_tokens, out_tokens) for b in backends) if backends else 0.0
         return prompt_tokens + out_tokens, cost
 
     def _pressure(self, reservation: Reservation) -> Callable[[Flags], Flags] | None:

@@ -31,6 +31,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.pools import PoolFile
+from routers.pricing import token_cost_usd
 from training.metrics import tep
 
 GROUPINGS: tuple[str, ...] = ("pool", "key", "router", "backend", "day")
@@ -139,7 +140,7 @@ class Counterfactual:
 
     def cost(self, row: LogRow, backend: str) -> float:
         p_in, p_out = self.prices[backend]
-        return (row.prompt_tokens * p_in + self.completion(row, backend) * p_out) / 1e6
+        return token_cost_usd(float(row.prompt_tokens), self.completion(row, backend), p_in, p_out)
 
     def tokens(self, row: LogRow, backend: str) -> float:
         return row.prompt_tokens + self.completion(row, backend)
