@@ -9,6 +9,7 @@ float32, cosine to the float32 embeddings >= 0.9999 on LLMRouter queries, and th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,9 @@ class MiniLMEncoder:
     torch to ``threads`` intra-op threads there, leaving the other core to the event loop.
     """
 
-    def __init__(self, dtype: str = "auto", threads: int = 1, max_batch_tokens: int = 256) -> None:
+    def __init__(self, dtype: str = "auto", threads: int = 1, max_batch_tokens: int = 256, device: str = "cpu") -> None:
         self.dtype = dtype
+        self.device = device
         self.threads = threads
         self.max_batch_tokens = max_batch_tokens
         self._model: Any = None
@@ -47,11 +49,12 @@ class MiniLMEncoder:
         """Load tokenizer and model now (otherwise the first batch does)."""
         if self._model is not None:
             return
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         path = str(model_path())
         import torch
         from sentence_transformers import SentenceTransformer
 
-        st: Any = SentenceTransformer(path, device="cpu")
+        st: Any = SentenceTransformer(path, device=self.device)
         self.max_length = int(st.max_seq_length or 256)
         self._tokenizer = st.tokenizer
         dtype = self.dtype
@@ -89,8 +92,9 @@ class MiniLMEncoder:
         for row, x in enumerate(ids):
             input_ids[row, : len(x)] = torch.as_tensor(x)
             mask[row, : len(x)] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         hidden = self._model(input_ids=input_ids, attention_mask=mask,
                              token_type_ids=torch.zeros_like(input_ids)).last_hidden_state.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy()
+        return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
