@@ -11,23 +11,23 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
 from gateway.api import admin, admin_loop, feedback, health, openai
-from gateway.auth import KeyStore
-from gateway.breaker import BreakerRegistry
-from gateway.deps import Services
-from gateway.dispatch import Dispatcher
-from gateway.embedding import Embedders
+from gateway.api.deps import Services
 from gateway.errors import install_error_handlers
-from gateway.http1 import Http1Transport
 from gateway.limits import make_limiter
+from gateway.limits.keys import KeyStore
 from gateway.limits.tenancy import Tenancy
 from gateway.metrics import Metrics
 from gateway.metrics import router as metrics_router
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
-from gateway.reload import start_closed_loop, stop_closed_loop
-from gateway.routing import RoutingService
+from gateway.proxy.breaker import BreakerRegistry
+from gateway.proxy.dispatch import Dispatcher
+from gateway.proxy.http1 import Http1Transport
+from gateway.proxy.upstream import Transport, limits_from
+from gateway.routing.embedding import Embedders
+from gateway.routing.reload import start_closed_loop, stop_closed_loop
+from gateway.routing.service import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
-from gateway.upstream import Transport, limits_from
 
 log = logging.getLogger("poolgate")
 

@@ -71,7 +71,7 @@ class RequestRecord:
         error_message: str | None = None,
         response_text: str | None = None,
     ) -> None:
-        """Set the request's outcome, once. Token counts must be non-negative (``gateway.usage`` checks
+        """Set the request's outcome, once. Token counts must be non-negative (``gateway.proxy.usage`` checks
         what backends report)."""
         if self.finished:
             raise RecordFinishedTwice(f"request record {self.id} finished twice")

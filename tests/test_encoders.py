@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from gateway.embedding import Embedders
+from gateway.routing.embedding import Embedders
 from routers.base import QueryFeatures, Router, RouterError
 from routers.encoders.static import StaticEncoder
 from routers.features import text_stats

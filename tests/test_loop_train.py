@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from gateway.artifacts import ArtifactStore
 from gateway.cli import main
 from gateway.loop.train import TrainRequest, train_from_logs
 from gateway.pools import parse_pool_file
+from gateway.routing.artifacts import ArtifactStore
 from gateway.store import Feedback, Request, make_engine, upgrade
 from training.from_logs import (
     LabelledRow,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gateway.embedding import EmbeddingBatcher
+from gateway.routing.embedding import EmbeddingBatcher
 from routers.encoders.minilm import MiniLMEncoder
 
 
@@ -85,7 +85,7 @@ async def test_training_and_serving_embed_with_one_minilm_implementation(queries
     serving, within rounding of bfloat16 of the training vectors."""
     from sentence_transformers import SentenceTransformer
 
-    from gateway.embedding import Embedders
+    from gateway.routing.embedding import Embedders
     from routers.encoders.model import model_path
     from training.features import Featurizer
 
@@ -114,7 +114,7 @@ async def test_training_and_serving_embed_with_one_minilm_implementation(queries
 
 
 async def test_training_and_serving_share_the_static_encoder(queries: list[str]) -> None:
-    from gateway.embedding import Embedders
+    from gateway.routing.embedding import Embedders
     from training.features import Featurizer
 
     training = Featurizer(encoder="minilm-static").embed(queries[:4])

@@ -3,9 +3,9 @@
 Two encoders (:data:`ENCODERS`): ``minilm`` runs all-MiniLM-L6-v2 on every text (contextual; 7-10 ms of CPU per
 question; :mod:`routers.encoders.minilm` in float32), ``minilm-static`` averages per-token vectors distilled from the
 same model (:mod:`routers.encoders.static`; 0.1-0.2 ms). Serving runs the same two implementations
-(``gateway.embedding``), so a router sees at request time the vectors it was fitted on. A router must be served with
-the encoder it was fitted with: the featurizer stamps its name on the features (``QueryFeatures.encoder``) and
-routers record it.
+(``gateway.routing.embedding``), so a router sees at request time the vectors it was fitted on. A router must be
+served with the encoder it was fitted with: the featurizer stamps its name on the features
+(``QueryFeatures.encoder``) and routers record it.
 
 One :class:`Featurizer` serves offline evaluation and training. It does no work in
 ``__init__``; the model loads on first use. Embeddings are cached in memory and on disk, keyed by

@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 from starlette.responses import JSONResponse
 
-from gateway.auth import KeyParamError, KeyRecord, require_master
-from gateway.deps import Services, get_services
+from gateway.api.deps import Services, get_services
 from gateway.errors import GatewayError
 from gateway.limits.base import KeyUsage, from_nano
-from gateway.probe import probe_all
+from gateway.limits.keys import KeyParamError, KeyRecord, require_master
+from gateway.proxy.probe import probe_all
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
 

@@ -1,4 +1,4 @@
-"""Admin API of the closed loop (master key only, :func:`gateway.auth.require_master`).
+"""Admin API of the closed loop (master key only, :func:`gateway.limits.keys.require_master`).
 
 - ``POST /admin/routers/reload``: poll the artifact table now (instead of waiting for the next poll) and answer
   what every pool serves afterwards, with any load error.
@@ -14,10 +14,10 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import JSONResponse
 
-from gateway.artifacts import ArtifactStore
-from gateway.auth import require_master
-from gateway.deps import Services, get_services
+from gateway.api.deps import Services, get_services
 from gateway.errors import GatewayError
+from gateway.limits.keys import require_master
+from gateway.routing.artifacts import ArtifactStore
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
 

@@ -24,10 +24,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import JSONResponse
 
+from gateway.api.deps import Services, get_services
 from gateway.api.request import read_json_body
-from gateway.auth import KeyRecord, authenticate
-from gateway.deps import Services, get_services
 from gateway.errors import GatewayError
+from gateway.limits.keys import KeyRecord, authenticate
 from gateway.store.models import Feedback
 from gateway.store.models import Request as RequestRow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
-from gateway.deps import Services, get_services
+from gateway.api.deps import Services, get_services
 from gateway.store import ping
 
 router = APIRouter()

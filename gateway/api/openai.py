@@ -2,7 +2,7 @@
 
 The route is thin: parse and check the request, route, dispatch, relay, and finish one typed
 :class:`~gateway.record.RequestRecord` (metrics, limits, then the log writer, off the response path) for every
-request that got as far as routing. The backend's ``usage`` is checked at this edge (``gateway.usage``): counts
+request that got as far as routing. The backend's ``usage`` is checked at this edge (``gateway.proxy.usage``): counts
 that are not plausible integers are dropped, counted by the gateway instead, and the row says
 ``usage_estimated``.
 """
@@ -17,16 +17,16 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from gateway.api.deps import Services, get_services
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
-from gateway.auth import KeyRecord, authenticate
-from gateway.deps import Services, get_services
-from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
+from gateway.limits.keys import KeyRecord, authenticate
+from gateway.proxy.dispatch import AllBackendsFailed, UpstreamResult
+from gateway.proxy.streaming import EventStreamResponse, StreamOutcome, relay
+from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
-from gateway.routing import RouteDecision
-from gateway.streaming import EventStreamResponse, StreamOutcome, relay
-from gateway.usage import parse_usage
+from gateway.routing.service import RouteDecision
 from routers.pricing import cost_usd, count_tokens
 
 router = APIRouter()
@@ -103,7 +103,8 @@ async def chat_completions(
 
 
 def _finish(services: Services, record: RequestRecord) -> None:
-    """Hand the record on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
+    """Hand the record on (metrics, limits, log), once the shadow routers' choices are in it
+    (gateway.routing.shadow)."""
     if services.shadow is not None:
         services.shadow.finish(record, services.tenancy.finish)
     else:

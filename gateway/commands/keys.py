@@ -21,7 +21,7 @@ def _run(action: Callable[[Any, Any], Awaitable[T]]) -> T:
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.auth import KeyParamError, KeyStore
+    from gateway.limits.keys import KeyParamError, KeyStore
     from gateway.settings import Settings
     from gateway.store import StoreError, make_engine
     from gateway.store.db import redact

@@ -39,11 +39,11 @@ def check(file: Path | None, as_json: bool) -> None:
     import asyncio
     import json
 
-    from gateway.http1 import Http1Transport
     from gateway.pools import DEMO_POOL_PATH, PoolFileError, load_pool_file
-    from gateway.probe import probe_all
+    from gateway.proxy.http1 import Http1Transport
+    from gateway.proxy.probe import probe_all
+    from gateway.proxy.upstream import limits_from
     from gateway.settings import Settings
-    from gateway.upstream import limits_from
 
     settings = Settings()
     path = file or settings.pool_file or DEMO_POOL_PATH

@@ -19,8 +19,8 @@ import click
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from gateway.artifacts import VersionRecord
     from gateway.pools import PoolFile
+    from gateway.routing.artifacts import VersionRecord
     from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -134,7 +134,7 @@ def routers() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def list_versions(pool: str | None, as_json: bool) -> None:
     """Every registered version (oldest first) with its status and held-out numbers."""
-    from gateway.artifacts import ArtifactStore
+    from gateway.routing.artifacts import ArtifactStore
 
     settings, _, _ = load_context()
     records = with_engine(settings, lambda e: ArtifactStore(e, settings.artifacts_dir).versions(pool))
@@ -148,7 +148,7 @@ def list_versions(pool: str | None, as_json: bool) -> None:
 
 
 def _store_call(fn: Callable[[Any], Awaitable[T]]) -> T:
-    from gateway.artifacts import ArtifactError, ArtifactStore
+    from gateway.routing.artifacts import ArtifactError, ArtifactStore
 
     settings, _, _ = load_context()
     try:

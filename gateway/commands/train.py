@@ -96,9 +96,9 @@ def train(
     pool_file: Path | None, encoder: str | None, notify_urls: tuple[str, ...],
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
-    from gateway.artifacts import ArtifactError, ArtifactStore
     from gateway.commands.train_offline import _parse_params
     from gateway.loop.train import TrainRequest, train_from_logs
+    from gateway.routing.artifacts import ArtifactError, ArtifactStore
     from routers.base import RouterError
     from training.from_logs import TrainingDataError
     from training.loaders import DatasetError

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth import KeyRecord, KeyStore
 from gateway.errors import GatewayError
 from gateway.limits.base import (
     KeyRevoked,
@@ -28,6 +27,7 @@ from gateway.limits.base import (
     pressured_quality_target,
     to_nano,
 )
+from gateway.limits.keys import KeyRecord, KeyStore
 from gateway.metrics import Metrics
 from gateway.pools import BackendConfig, PoolFile
 from gateway.record import RequestRecord

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
 from gateway.pools import PoolConfig, PoolFile
+from gateway.routing.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
 from gateway.store.repository import fetch_labelled
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
@@ -130,7 +130,7 @@ def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None, en
 
 
 def _load_serving(live: VersionRecord | None, config: PoolConfig, base_dir: Path | None) -> tuple[Router, str]:
-    from gateway.routing import load_router
+    from gateway.routing.service import load_router
 
     if live is not None:
         return load_version(live), f"{live.router} {live.version} (live)"

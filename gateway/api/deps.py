@@ -8,19 +8,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from gateway.breaker import BreakerRegistry
-from gateway.dispatch import Dispatcher
 from gateway.limits.tenancy import Tenancy
 from gateway.metrics import Metrics
 from gateway.pools import PoolFile
-from gateway.routing import RoutingService
+from gateway.proxy.breaker import BreakerRegistry
+from gateway.proxy.dispatch import Dispatcher
+from gateway.proxy.upstream import Transport
+from gateway.routing.service import RoutingService
 from gateway.settings import Settings
 from gateway.store import LogWriter
-from gateway.upstream import Transport
 
 if TYPE_CHECKING:
-    from gateway.reload import RouterReloader
-    from gateway.shadow import ShadowRecorder
+    from gateway.routing.reload import RouterReloader
+    from gateway.routing.shadow import ShadowRecorder
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     pool_file: PoolFile
     routing: RoutingService
-    upstream: Transport  # every backend call goes through it (gateway.upstream)
+    upstream: Transport  # every backend call goes through it (gateway.proxy.upstream)
     breakers: BreakerRegistry
     dispatcher: Dispatcher
     engine: AsyncEngine
@@ -36,7 +36,7 @@ class Services:
     metrics: Metrics
     tenancy: Tenancy
     extras: dict[str, Any] = field(default_factory=dict)
-    #: closed loop (gateway.reload.start_closed_loop): shadow choices for log rows, router version polling
+    #: closed loop (gateway.routing.reload.start_closed_loop): shadow choices for log rows, router version polling
     shadow: ShadowRecorder | None = None
     reloader: RouterReloader | None = None
 
