@@ -44,7 +44,7 @@ def test_backend_card_objective_and_batch_costs_agree() -> None:
 
 
 def test_a_reservation_is_priced_at_the_dearest_member_by_the_same_formula() -> None:
-    tenancy = Tenancy(Settings(), POOL, None, None, None, None)  # type: ignore[arg-type]  # estimate needs no service
+    tenancy = Tenancy(Settings(), POOL, None, None)  # type: ignore[arg-type]  # estimate needs no service
     tokens, cost = tenancy.estimate("auto", {"max_tokens": 100, "n": 2}, 50)
     assert tokens == 250
     assert cost == pytest.approx(max(cost_usd(b, 50, 200) for b in POOL.backends))

@@ -15,10 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 from starlette.responses import JSONResponse
 
-from gateway.api.deps import Services, get_services
+from gateway.api.deps import (
+    BreakersDep,
+    EngineDep,
+    KeysDep,
+    LimiterDep,
+    PoolFileDep,
+    RoutingDep,
+    SettingsDep,
+    UpstreamDep,
+    WriterDep,
+    require_master,
+)
 from gateway.errors import GatewayError
 from gateway.limits.base import KeyUsage, from_nano
-from gateway.limits.keys import KeyParamError, KeyRecord, require_master
+from gateway.limits.keys import KeyParamError, KeyRecord, KeyStore
 from gateway.proxy.probe import probe_all
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
@@ -39,20 +50,20 @@ class NewKey(BaseModel):
 
 
 @router.get("/keys")
-async def list_keys(include_revoked: bool = True, services: Services = Depends(get_services)) -> JSONResponse:
-    keys = await services.tenancy.keys.list(include_revoked=include_revoked)
-    return JSONResponse({"object": "list", "data": [k.as_dict() for k in keys]})
+async def list_keys(keys: KeysDep, include_revoked: bool = True) -> JSONResponse:
+    found = await keys.list(include_revoked=include_revoked)
+    return JSONResponse({"object": "list", "data": [k.as_dict() for k in found]})
 
 
 @router.post("/keys", status_code=201)
-async def create_key(body: NewKey, services: Services = Depends(get_services)) -> JSONResponse:
+async def create_key(body: NewKey, keys: KeysDep, pool_file: PoolFileDep) -> JSONResponse:
     """Create a key; the response holds its secret, which is not stored and cannot be shown again."""
-    known = {p.name for p in services.pool_file.pools}
+    known = {p.name for p in pool_file.pools}
     unknown = sorted(set(body.pools or ()) - known)
     if unknown:
         raise GatewayError(400, f"unknown pool(s) {unknown}; known: {sorted(known)}", param="pools")
     try:
-        record, secret = await services.tenancy.keys.create(
+        record, secret = await keys.create(
             body.name, budget_usd=body.budget_usd, period=body.period, rpm=body.rpm, tpm=body.tpm,
             pools=body.pools, default_flags=body.default_flags,
         )
@@ -61,8 +72,8 @@ async def create_key(body: NewKey, services: Services = Depends(get_services)) -
     return JSONResponse({**record.as_dict(), "secret": secret}, status_code=201)
 
 
-async def _key_or_404(services: Services, key_id: str) -> KeyRecord:
-    record = await services.tenancy.keys.get(key_id)
+async def _key_or_404(keys: KeyStore, key_id: str) -> KeyRecord:
+    record = await keys.get(key_id)
     if record is None:
         raise GatewayError(404, f"no API key {key_id!r}", param="key_id", code="key_not_found")
     return record
@@ -76,11 +87,11 @@ def usage_dict(record: KeyRecord, usage: KeyUsage) -> dict[str, Any]:
 
 
 @router.get("/keys/{key_id}")
-async def get_key(key_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+async def get_key(key_id: str, keys: KeysDep, limiter: LimiterDep) -> JSONResponse:
     """A key and its usage now (sliding-window counts, spend in the current budget period)."""
-    record = await _key_or_404(services, key_id)
+    record = await _key_or_404(keys, key_id)
     try:
-        usage: dict[str, Any] | None = usage_dict(record, await services.tenancy.limiter.usage(record.limits()))
+        usage: dict[str, Any] | None = usage_dict(record, await limiter.usage(record.limits()))
         error = None
     except Exception as exc:  # the limit store is down: the key itself is still worth showing
         usage, error = None, f"{type(exc).__name__}: {exc}"
@@ -88,12 +99,12 @@ async def get_key(key_id: str, services: Services = Depends(get_services)) -> JS
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: str, services: Services = Depends(get_services)) -> JSONResponse:
+async def revoke_key(key_id: str, keys: KeysDep, limiter: LimiterDep) -> JSONResponse:
     """Revoke a key: every replica refuses it from its next request (Redis marker; else ``key_cache_ttl_s``)."""
-    await _key_or_404(services, key_id)
-    record = await services.tenancy.keys.revoke(key_id)
+    await _key_or_404(keys, key_id)
+    record = await keys.revoke(key_id)
     try:
-        await services.tenancy.limiter.mark_revoked(key_id)
+        await limiter.mark_revoked(key_id)
         propagated = True
     except Exception:  # stored as revoked anyway; other replicas see it when their cache expires
         propagated = False
@@ -102,10 +113,10 @@ async def revoke_key(key_id: str, services: Services = Depends(get_services)) ->
 
 
 @router.get("/pools")
-async def list_pools(services: Services = Depends(get_services)) -> JSONResponse:
-    states = services.breakers.states()
+async def list_pools(routing: RoutingDep, breakers: BreakersDep) -> JSONResponse:
+    states = breakers.states()
     data = []
-    for name, rt in services.routing.runtimes.items():
+    for name, rt in routing.runtimes.items():
         data.append({
             "name": name, "router": rt.router.name, "router_version": rt.router_version,
             "objective": rt.config.objective, "fallback": rt.config.fallback,
@@ -117,35 +128,34 @@ async def list_pools(services: Services = Depends(get_services)) -> JSONResponse
 
 
 @router.get("/pools/health")
-async def pools_health(services: Services = Depends(get_services)) -> JSONResponse:
+async def pools_health(pool_file: PoolFileDep, upstream: UpstreamDep) -> JSONResponse:
     """Probe every backend now (``GET /models``, or a 1-token chat completion where that is missing)."""
-    results = await probe_all(services.pool_file, services.upstream)
+    results = await probe_all(pool_file, upstream)
     healthy = all(r["ok"] for r in results)
     return JSONResponse({"healthy": healthy, "backends": results}, status_code=200 if healthy else 503)
 
 
 @router.get("/routers")
-async def routers(services: Services = Depends(get_services)) -> JSONResponse:
+async def routers(routing: RoutingDep) -> JSONResponse:
     data = [{"pool": name, "router": rt.router.name, "version": rt.router_version,
              "artifact": str(rt.config.artifact) if rt.config.artifact else None,
-             "shadow_routers": sorted(rt.shadows)} for name, rt in services.routing.runtimes.items()]
+             "shadow_routers": sorted(rt.shadows)} for name, rt in routing.runtimes.items()]
     return JSONResponse({"object": "list", "data": data})
 
 
 @router.get("/limits")
-async def limits_status(services: Services = Depends(get_services)) -> JSONResponse:
-    limiter = services.tenancy.limiter
+async def limits_status(limiter: LimiterDep, settings: SettingsDep) -> JSONResponse:
     available = await limiter.ping()
     return JSONResponse({"store": limiter.name, "available": available, "last_error": limiter.last_error or None,
-                         "policy": {"rpm": services.settings.redis_failure_rpm,
-                                    "tpm": services.settings.redis_failure_tpm,
-                                    "budget": services.settings.redis_failure_budget}})
+                         "policy": {"rpm": settings.redis_failure_rpm,
+                                    "tpm": settings.redis_failure_tpm,
+                                    "budget": settings.redis_failure_budget}})
 
 
 @router.get("/report")
 async def report(
     since: datetime | None = Query(default=None), until: datetime | None = Query(default=None),
-    key_id: str | None = None, services: Services = Depends(get_services),
+    key_id: str | None = None, *, writer: WriterDep, engine: EngineDep,
 ) -> JSONResponse:
     """Totals of the request log per (key, pool, backend): requests, errors, tokens, cost, mean latency.
 
@@ -153,8 +163,8 @@ async def report(
     asked right after some requests counts them; other replicas' queued rows appear within their flush interval."""
     from gateway.store.models import Request as Row
 
-    if services.writer.queue_depth:
-        await services.writer.flush()
+    if writer.queue_depth:
+        await writer.flush()
 
     cols = (Row.key_id, Row.pool, Row.backend)
     query = select(
@@ -169,7 +179,7 @@ async def report(
         query = query.where(Row.created_at < until)
     if key_id is not None:
         query = query.where(Row.key_id == key_id)
-    async with services.engine.connect() as conn:
+    async with engine.connect() as conn:
         rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
     for r in rows:
         r["errors"], r["cost_usd"] = int(r["errors"] or 0), float(r["cost_usd"] or 0.0)

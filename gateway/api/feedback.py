@@ -17,19 +17,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import JSONResponse
 
-from gateway.api.deps import Services, get_services
+from gateway.api.deps import CallerKey, EngineDep, WriterDep
 from gateway.api.request import read_json_body
 from gateway.errors import GatewayError
-from gateway.limits.keys import KeyRecord, authenticate
+from gateway.limits.keys import KeyRecord
 from gateway.store.models import Feedback
 from gateway.store.models import Request as RequestRow
+from gateway.store.writer import LogWriter
 
 router = APIRouter()
 
@@ -101,12 +102,12 @@ async def _request_owner(engine: AsyncEngine, request_id: str) -> tuple[bool, st
     return (row is not None, row.key_id if row is not None else None)
 
 
-async def find_request(services: Services, request_id: str, key: KeyRecord | None) -> None:
+async def find_request(engine: AsyncEngine, writer: LogWriter, request_id: str, key: KeyRecord | None) -> None:
     """Return if the caller may label ``request_id``; 404 otherwise (after flushing the writer once)."""
-    exists, owner = await _request_owner(services.engine, request_id)
+    exists, owner = await _request_owner(engine, request_id)
     if not exists:  # the row may still sit in the writer's queue
-        await services.writer.flush()
-        exists, owner = await _request_owner(services.engine, request_id)
+        await writer.flush()
+        exists, owner = await _request_owner(engine, request_id)
     if not exists or (key is not None and not key.is_master and owner != key.id):
         raise GatewayError(404, f"no request with id {request_id!r} in the log", param="request_id",
                            code="request_not_found")
@@ -138,25 +139,21 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/feedback")
-async def post_feedback(
-    request: Request, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> JSONResponse:
+async def post_feedback(request: Request, engine: EngineDep, writer: WriterDep, key: CallerKey) -> JSONResponse:
     """Label a request (see the module docstring); answers the stored label and whether it was created."""
     fb = parse_feedback(await read_json_body(request, MAX_BODY_BYTES))
-    await find_request(services, fb.request_id, key)
-    created, stored = await upsert_feedback(services.engine, fb)
+    await find_request(engine, writer, fb.request_id, key)
+    created, stored = await upsert_feedback(engine, fb)
     return JSONResponse({**_view(stored), "created": created}, status_code=201 if created else 200)
 
 
 @router.get("/v1/feedback/{request_id}")
-async def get_feedback(
-    request_id: str, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> JSONResponse:
+async def get_feedback(request_id: str, engine: EngineDep, writer: WriterDep, key: CallerKey) -> JSONResponse:
     """The label of one request; 404 when the request or its label does not exist."""
-    await find_request(services, request_id, key)
+    await find_request(engine, writer, request_id, key)
     table = Feedback.__table__
     assert isinstance(table, Table)
-    async with services.engine.connect() as conn:
+    async with engine.connect() as conn:
         row = (await conn.execute(select(table).where(table.c.request_id == request_id))).first()
     if row is None:
         raise GatewayError(404, f"request {request_id!r} has no feedback yet", param="request_id",

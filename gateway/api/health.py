@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
-from gateway.api.deps import Services, get_services
+from gateway.api.deps import BreakersDep, EngineDep, WriterDep
 from gateway.store import ping
 
 router = APIRouter()
@@ -18,7 +18,7 @@ async def health() -> JSONResponse:
 
 
 @router.get("/health/ready")
-async def ready(services: Services = Depends(get_services)) -> JSONResponse:
+async def ready(engine: EngineDep, writer: WriterDep, breakers: BreakersDep) -> JSONResponse:
     """Readiness: 200 while this replica serves requests, 503 when it refuses them.
 
     The log database being down does not make a replica unready: rows go to the local spool and are written
@@ -26,11 +26,10 @@ async def ready(services: Services = Depends(get_services)) -> JSONResponse:
     of its load balancer at once. Only a replica refusing requests (``spool_full_policy=refuse`` with a full
     spool) is unready, so traffic moves to replicas that still have room.
     """
-    db_ok = await ping(services.engine)
-    writer = services.writer
+    db_ok = await ping(engine)
     refusing = writer.refusing
     status = "ok" if db_ok else ("unavailable" if refusing else "degraded")
     body = {"status": status, "database": db_ok, "log_queue_depth": writer.queue_depth,
             "spool_bytes": writer.spool.size_bytes, "spool_dropped_rows": writer.spool.dropped,
-            "breakers": services.breakers.states()}
+            "breakers": breakers.states()}
     return JSONResponse(body, status_code=503 if refusing else 200)

@@ -1,10 +1,9 @@
-"""API keys: creation (secret shown once, stored as SHA-256), lookup with a short cache, and the request check.
+"""API keys: creation (secret shown once, stored as SHA-256) and lookup with a short cache (:class:`KeyStore`).
 
 Secrets are 256-bit random tokens, so a plain SHA-256 is enough to make a stolen table useless (a slow password
-hash would only add milliseconds to every request). ``authenticate`` is the FastAPI dependency of the OpenAI
-routes: with ``auth_enabled`` off it returns None at once (the local demo); on, it maps ``Authorization: Bearer``
-to a :class:`KeyRecord` or answers 401 as OpenAI error JSON. The master key (settings) is accepted too and has
-no limits; admin routes accept only the master key (:func:`require_master`).
+hash would only add milliseconds to every request). The request check (``Authorization: Bearer``, 401 as OpenAI
+error JSON, the master key) is the FastAPI dependency ``gateway.api.deps.authenticate``; the master key (settings)
+has no limits and is the only key the admin routes accept.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.requests import Request
 
 from gateway.errors import GatewayError
 from gateway.limits.base import PERIODS, LimitSpec, Period, to_nano
@@ -213,51 +211,6 @@ class KeyStore:
         return await self.get(key_id)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _unauthorized(message: str, code: str) -> GatewayError:
-    return GatewayError(401, message, code=code, headers={"www-authenticate": "Bearer"})
-
-
 def is_master(secret: str, master_key: str | None) -> bool:
+    """True when ``secret`` is the master key (compared in constant time)."""
     return bool(master_key) and hmac.compare_digest(secret.encode(), (master_key or "").encode())
-
-
-async def authenticate(request: Request) -> KeyRecord | None:
-    """FastAPI dependency: the caller's key (None when auth is off); 401 when missing, unknown or revoked."""
-    services = request.app.state.services
-    settings = services.settings
-    if not settings.auth_enabled:
-        return None
-    secret = bearer_token(request)
-    if secret is None:
-        services.metrics.auth_failure("missing")
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-    if is_master(secret, settings.master_key):
-        return MASTER
-    record: KeyRecord | None = await services.tenancy.keys.by_secret(secret)
-    if record is None:
-        services.metrics.auth_failure("invalid")
-        raise _unauthorized(f"invalid API key {secret[:6]}...", "invalid_api_key")
-    if record.revoked:
-        services.metrics.auth_failure("revoked")
-        raise _unauthorized(f"API key {record.id} was revoked", "revoked_api_key")
-    return record
-
-
-async def require_master(request: Request) -> None:
-    """FastAPI dependency of the admin routes: the master key (settings.master_key) or 401/403."""
-    master_key = request.app.state.services.settings.master_key
-    if not master_key:
-        raise GatewayError(403, "the admin API is disabled: set POOLGATE_MASTER_KEY", code="admin_disabled")
-    secret = bearer_token(request)
-    if secret is None:
-        raise _unauthorized("missing master key: send 'Authorization: Bearer <master key>'", "missing_api_key")
-    if not is_master(secret, master_key):
-        raise _unauthorized("the admin API needs the master key", "invalid_api_key")

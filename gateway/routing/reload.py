@@ -18,17 +18,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gateway.routing.artifacts import ArtifactStore, VersionRecord, load_version
 from gateway.routing.service import PoolRuntime, RoutingService, load_router
 from routers.base import Router, RouterError
-
-if TYPE_CHECKING:
-    from gateway.api.deps import Services
 
 log = logging.getLogger("poolgate.reload")
 
@@ -184,22 +180,3 @@ class RouterReloader:
             "pools": {pool: {**state.as_dict(), "shadows": shadows.get(pool, {})}
                       for pool, state in self.primary.items()},
         }
-
-
-async def start_closed_loop(services: Services, artifacts_dir: Path, interval_s: float) -> None:
-    """Attach the shadow recorder and the reloader to ``services``; load live versions before serving."""
-    from gateway.routing.shadow import ShadowRecorder
-
-    services.shadow = ShadowRecorder(services.routing, writer=services.writer)  # held rows: gateway.routing.shadow
-    reloader = RouterReloader(services.routing, ArtifactStore(services.engine, artifacts_dir), interval_s)
-    services.reloader = reloader
-    await reloader.poll_once()
-    reloader.start()
-
-
-async def stop_closed_loop(services: Services) -> None:
-    """Stop polling and let rows waiting on shadow choices reach the writer."""
-    if services.reloader is not None:
-        await services.reloader.stop()
-    if services.shadow is not None:
-        await services.shadow.drain()
