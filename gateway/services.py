@@ -31,6 +31,7 @@ from gateway.routing.service import RoutingService
 from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
+from gateway.store.repository import LogRepository
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Services:
     pool_file: PoolFile
     engine: AsyncEngine
     writer: LogWriter  # the log store's batched writer (gateway.store.writer)
+    repository: LogRepository  # every read of the log store, reports aggregated in SQL (gateway.store.repository)
     embedders: Embedders
     routing: RoutingService
     shadow: ShadowRecorder
@@ -99,7 +101,7 @@ def build_services(
     shadow = ShadowRecorder(routing, writer=writer)  # rows waiting on shadow choices are journaled by the writer
     artifacts = ArtifactStore(engine, settings.artifacts_dir)
     return Services(
-        settings=settings, pool_file=pool_file, engine=engine, writer=writer,
+        settings=settings, pool_file=pool_file, engine=engine, writer=writer, repository=LogRepository(engine),
         embedders=embedders, routing=routing, shadow=shadow, artifacts=artifacts,
         reloader=RouterReloader(routing, artifacts, settings.router_reload_interval_s),
         upstream=upstream, breakers=breakers,

@@ -12,15 +12,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import case, func, select
 from starlette.responses import JSONResponse
 
 from gateway.api.deps import (
     BreakersDep,
-    EngineDep,
     KeysDep,
     LimiterDep,
     PoolFileDep,
+    RepositoryDep,
     RoutingDep,
     SettingsDep,
     UpstreamDep,
@@ -155,36 +154,15 @@ async def limits_status(limiter: LimiterDep, settings: SettingsDep) -> JSONRespo
 @router.get("/report")
 async def report(
     since: datetime | None = Query(default=None), until: datetime | None = Query(default=None),
-    key_id: str | None = None, *, writer: WriterDep, engine: EngineDep,
+    key_id: str | None = None, *, writer: WriterDep, repository: RepositoryDep,
 ) -> JSONResponse:
     """Totals of the request log per (key, pool, backend): requests, errors, tokens, cost, mean latency.
 
     Rows this replica still holds in its writer's queue (up to one flush interval) are written first, so a report
     asked right after some requests counts them; other replicas' queued rows appear within their flush interval."""
-    from gateway.store.models import Request as Row
-
     if writer.queue_depth:
         await writer.flush()
-
-    cols = (Row.key_id, Row.pool, Row.backend)
-    query = select(
-        *cols, func.count().label("requests"),
-        func.sum(case((Row.status == "ok", 0), else_=1)).label("errors"),
-        func.sum(Row.prompt_tokens).label("prompt_tokens"), func.sum(Row.completion_tokens).label("completion_tokens"),
-        func.sum(Row.cost_usd).label("cost_usd"), func.avg(Row.latency_ms).label("mean_latency_ms"),
-    ).group_by(*cols).order_by(*cols)
-    if since is not None:
-        query = query.where(Row.created_at >= since)
-    if until is not None:
-        query = query.where(Row.created_at < until)
-    if key_id is not None:
-        query = query.where(Row.key_id == key_id)
-    async with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
-    for r in rows:
-        r["errors"], r["cost_usd"] = int(r["errors"] or 0), float(r["cost_usd"] or 0.0)
-        r["prompt_tokens"], r["completion_tokens"] = int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0)
-        r["mean_latency_ms"] = round(float(r["mean_latency_ms"] or 0.0), 2)
+    rows = await repository.usage_totals(since, until, key_id)
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "prompt_tokens", "completion_tokens",
                                                   "cost_usd")}
     return JSONResponse({"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,

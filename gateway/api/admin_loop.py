@@ -8,14 +8,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import JSONResponse
 
-from gateway.api.deps import ArtifactsDep, EngineDep, PoolFileDep, ReloaderDep, require_master
+from gateway.api.deps import ArtifactsDep, PoolFileDep, ReloaderDep, RepositoryDep, require_master
 from gateway.errors import GatewayError
+from gateway.loop.report import GROUPINGS, report_json
+from gateway.loop.report import routing_report as build_routing_report
+from training.from_logs import parse_when
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_master)], tags=["admin"])
 
@@ -34,8 +36,6 @@ async def router_versions(artifacts: ArtifactsDep, reloader: ReloaderDep, pool: 
 
 def parse_since(value: str | None, param: str) -> datetime | None:
     """``7d``-style durations (before now) or ISO datetimes; 400 naming ``param`` otherwise."""
-    from training.from_logs import parse_when
-
     try:
         return parse_when(value)
     except ValueError as exc:
@@ -46,14 +46,12 @@ def parse_since(value: str | None, param: str) -> datetime | None:
 async def routing_report(
     since: str | None = Query(default="7d"), until: str | None = Query(default=None),
     by: str = Query(default="pool"), pool: str | None = Query(default=None),
-    *, engine: EngineDep, pool_file: PoolFileDep,
+    *, repository: RepositoryDep, pool_file: PoolFileDep,
 ) -> JSONResponse:
-    """Requests, tokens, cost, feedback, latency, TEP, savings and shadow costs per group (gateway.loop.report)."""
-    from gateway.loop.report import GROUPINGS, build_report, fetch_rows, report_json
-
+    """Requests, tokens, cost, feedback, latency, TEP, savings and shadow costs per group (gateway.loop.report),
+    aggregated by the database over the window."""
     if by not in GROUPINGS:
         raise GatewayError(400, f"by must be one of {', '.join(GROUPINGS)}; got {by!r}", param="by")
     start, end = parse_since(since, "since"), parse_since(until, "until")
-    rows = await fetch_rows(engine, start, end, pool)
-    report = await asyncio.to_thread(build_report, rows, pool_file, by, start, end)
+    report = await build_routing_report(repository, pool_file, by, start, end, pool)
     return JSONResponse(report_json(report))

@@ -31,6 +31,7 @@ from gateway.routing.service import RoutingService
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import LogWriter
+from gateway.store.repository import LogRepository
 
 
 async def get_services(request: Request) -> Services:
@@ -44,6 +45,10 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 async def get_engine(services: ServicesDep) -> AsyncEngine:
     return services.engine
+
+
+async def get_repository(services: ServicesDep) -> LogRepository:
+    return services.repository
 
 
 async def get_settings(services: ServicesDep) -> Settings:
@@ -91,6 +96,7 @@ async def get_limiter(services: ServicesDep) -> Limiter:
 
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+RepositoryDep = Annotated[LogRepository, Depends(get_repository)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolFileDep = Annotated[PoolFile, Depends(get_pool_file)]
 RoutingDep = Annotated[RoutingService, Depends(get_routing)]

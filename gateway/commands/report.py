@@ -37,14 +37,14 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
     """Requests, tokens, cost, feedback, latency, TEP, savings vs always-strongest and shadow routers' costs."""
     from rich.console import Console
 
-    from gateway.loop.report import build_report, fetch_rows, report_json
+    from gateway.loop.report import report_json, routing_report
     from gateway.loop.report_html import write_html
     from gateway.store.db import redact
+    from gateway.store.repository import LogRepository
 
     settings, pools, _ = load_context(pool_file)
     start, end = parse_when_option(since, "--since"), parse_when_option(until, "--until")
-    rows = with_engine(settings, lambda engine: fetch_rows(engine, start, end, pool))
-    rep = build_report(rows, pools, by, start, end)
+    rep = with_engine(settings, lambda engine: routing_report(LogRepository(engine), pools, by, start, end, pool))
     if as_json:
         click.echo(json.dumps(report_json(rep), indent=2))
     else:
@@ -52,7 +52,7 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
         for renderable in terminal_view(rep):
             console.print(renderable)
     if html_path is not None:
-        extra = {"database": redact(settings.database_url), "requests": len(rows), "pool": pool or "all"}
+        extra = {"database": redact(settings.database_url), "requests": rep.total.requests, "pool": pool or "all"}
         click.echo(f"HTML report: {write_html(rep, html_path, extra).resolve()}", err=as_json)
 
 

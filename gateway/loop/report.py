@@ -15,146 +15,126 @@ latency p50/p95/p99, and against counterfactual policies on the same requests:
 - each shadow router: its would-be cost on the requests it scored, agreement with the served backend, and its
   estimated quality (same estimate).
 Counterfactual numbers cover successful requests of pools whose backends are in the pool file ("eligible").
+
+The database does the counting (``gateway.store.repository``: ``GROUP BY`` cells over the window, the few sorted
+latencies around each percentile, time buckets); this module turns those aggregates into the report's numbers.
+Every counterfactual is linear in a cell's token sums, so cells give the same numbers as the requests would.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-import numpy as np
-from sqlalchemy import Table, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import Any, Protocol
 
 from gateway.pools import PoolFile
+from gateway.store.repository import GROUPINGS, TOTAL, LogRepository, ReportCell, ShadowCell, TimeCell, Window
 from routers.pricing import token_cost_usd
 from training.metrics import tep
 
-GROUPINGS: tuple[str, ...] = ("pool", "key", "router", "backend", "day")
 NAN = float("nan")
+#: the latency percentiles every group reports
+PERCENTILES: tuple[float, ...] = (50.0, 95.0, 99.0)
+
+__all__ = ["GROUPINGS", "GroupStats", "LogReport", "ShadowStats", "build_report", "report_json", "routing_report"]
 
 
-@dataclass(frozen=True)
-class LogRow:
-    """The columns of one request the report reads, with its feedback score (None when unlabelled)."""
+class TokenSums(Protocol):
+    """What a counterfactual cost reads of a cell: who answered its ``n`` requests and their token sums."""
 
-    id: str
-    created_at: datetime
-    pool: str | None
-    router: str | None
-    router_version: str | None
-    key_id: str | None
-    backend: str | None
-    status: str
-    latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    candidates: tuple[str, ...]
-    shadow: dict[str, Any] | None
-    score: float | None
+    @property
+    def backend(self) -> str | None: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
 
 
-async def fetch_rows(
-    engine: AsyncEngine, since: datetime | None, until: datetime | None, pool: str | None = None
-) -> list[LogRow]:
-    """Requests in [since, until) (of ``pool``), each with its feedback score."""
-    from gateway.store.models import Feedback, Request
+class Sums(TokenSums, Protocol):
+    """A cell whose eligibility can be told: its pool, status and cheapest priced candidate too."""
 
-    req, fb = Request.__table__, Feedback.__table__
-    assert isinstance(req, Table) and isinstance(fb, Table)
-    cols = [req.c[n] for n in ("id", "created_at", "pool", "router", "router_version", "key_id", "backend", "status",
-                               "latency_ms", "prompt_tokens", "completion_tokens", "cost_usd", "candidates",
-                               "shadow")]
-    query = select(*cols, fb.c.score).outerjoin(fb, fb.c.request_id == req.c.id).order_by(req.c.created_at)
-    if since is not None:
-        query = query.where(req.c.created_at >= since)
-    if until is not None:
-        query = query.where(req.c.created_at < until)
-    if pool is not None:
-        query = query.where(req.c.pool == pool)
-    async with engine.connect() as conn:
-        result = (await conn.execute(query)).all()
-    return [
-        LogRow(r.id, r.created_at, r.pool, r.router, r.router_version, r.key_id, r.backend, r.status,
-               float(r.latency_ms or 0.0), int(r.prompt_tokens or 0), int(r.completion_tokens or 0),
-               float(r.cost_usd or 0.0),
-               tuple(c["backend"] for c in (r.candidates or []) if isinstance(c, dict) and "backend" in c),
-               r.shadow if isinstance(r.shadow, dict) else None, None if r.score is None else float(r.score))
-        for r in result
-    ]
+    @property
+    def pool(self) -> str | None: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def cheapest(self) -> str | None: ...
 
 
-def router_label(row: LogRow) -> str:
+def router_label(router: str | None, version: str | None) -> str:
     """``router@version`` (``(direct)`` for requests that named a backend)."""
-    if not row.router or row.router == "direct":
+    if not router or router == "direct":
         return "(direct)"
-    return f"{row.router}@{row.router_version}" if row.router_version else row.router
+    return f"{router}@{version}" if version else router
 
 
-def group_key(row: LogRow, by: str) -> str:
+def group_key(cell: ReportCell | ShadowCell, by: str) -> str:
+    """The group of a cell's requests under grouping ``by`` (``gateway.store.repository`` labels them alike)."""
     if by == "pool":
-        return row.pool or "(direct)"
+        return cell.pool or "(direct)"
     if by == "key":
-        return row.key_id or "(no key)"
+        return cell.key_id or "(no key)"
     if by == "router":
-        return router_label(row)
+        return router_label(cell.router, cell.router_version)
     if by == "backend":
-        return row.backend or "(none)"
+        return cell.backend or "(none)"
     if by == "day":
-        return row.created_at.date().isoformat()
+        return cell.day
+    if by == TOTAL:
+        return TOTAL
     raise ValueError(f"unknown grouping {by!r}; known: {', '.join(GROUPINGS)}")
 
 
 class Counterfactual:
     """Prices, per-backend verbosity and quality estimates of one window (see the module docstring)."""
 
-    def __init__(self, rows: Sequence[LogRow], pool_file: PoolFile) -> None:
+    def __init__(self, cells: Sequence[ReportCell], pool_file: PoolFile) -> None:
         self.prices = {b.name: (b.input_price, b.output_price) for b in pool_file.backends}
-        ok = [r for r in rows if r.status == "ok" and r.backend]
-        comp: dict[str, list[int]] = defaultdict(list)
-        scores: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for r in ok:
-            comp[r.backend or ""].append(r.completion_tokens)
-            if r.score is not None and r.pool:
-                scores[(r.pool, r.backend or "")].append(r.score)
-        self.mean_completion = {b: float(np.mean(v)) for b, v in comp.items()}
-        self.quality = {k: float(np.mean(v)) for k, v in scores.items()}
-        self.quality_n = {k: len(v) for k, v in scores.items()}
+        comp: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        scores: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        for c in cells:
+            if c.status != "ok" or not c.backend:
+                continue
+            comp[c.backend][0] += c.completion_tokens
+            comp[c.backend][1] += c.n
+            if c.labelled and c.pool:
+                scores[(c.pool, c.backend)][0] += c.score_sum
+                scores[(c.pool, c.backend)][1] += c.labelled
+        self.mean_completion = {b: total / n for b, (total, n) in comp.items()}
+        self.quality = {k: total / n for k, (total, n) in scores.items()}
+        self.quality_n = {k: int(n) for k, (_, n) in scores.items()}
 
-    def eligible(self, row: LogRow) -> bool:
-        return (row.status == "ok" and row.pool is not None and row.backend in self.prices
-                and bool(self.candidates(row)))
+    def eligible(self, cell: Sums) -> bool:
+        """Successful pooled requests answered by a priced backend, with a priced candidate."""
+        return (cell.status == "ok" and cell.pool is not None and cell.backend in self.prices
+                and cell.cheapest is not None)
 
-    def candidates(self, row: LogRow) -> list[str]:
-        return [c for c in row.candidates if c in self.prices]
+    def completion(self, cell: TokenSums, backend: str) -> float:
+        """The cell's completion tokens had ``backend`` answered: the logged ones where it did, else its mean."""
+        if backend == cell.backend:
+            return float(cell.completion_tokens)
+        mean = self.mean_completion.get(backend)
+        return float(cell.completion_tokens) if mean is None else cell.n * mean
 
-    def completion(self, row: LogRow, backend: str) -> float:
-        if backend == row.backend:
-            return float(row.completion_tokens)
-        return self.mean_completion.get(backend, float(row.completion_tokens))
-
-    def cost(self, row: LogRow, backend: str) -> float:
+    def cost(self, cell: TokenSums, backend: str) -> float:
         p_in, p_out = self.prices[backend]
-        return token_cost_usd(float(row.prompt_tokens), self.completion(row, backend), p_in, p_out)
+        return token_cost_usd(float(cell.prompt_tokens), self.completion(cell, backend), p_in, p_out)
 
-    def tokens(self, row: LogRow, backend: str) -> float:
-        return row.prompt_tokens + self.completion(row, backend)
+    def tokens(self, cell: TokenSums, backend: str) -> float:
+        return cell.prompt_tokens + self.completion(cell, backend)
 
-    def cheapest(self, row: LogRow) -> str:
-        """Lowest input + output price (ties: lower input price), as the ``cheapest`` baseline orders."""
-        return min(self.candidates(row), key=lambda b: (sum(self.prices[b]), self.prices[b][0]))
-
-    def strongest(self, row: LogRow) -> str:
-        """Highest input + output price, as the ``strongest`` baseline orders (size breaks no ties here)."""
-        return max(self.candidates(row), key=lambda b: sum(self.prices[b]))
-
-    def quality_of(self, row: LogRow, backend: str) -> float:
-        return self.quality.get((row.pool or "", backend), NAN)
+    def quality_of(self, pool: str | None, backend: str) -> float:
+        return self.quality.get((pool or "", backend), NAN)
 
 
 @dataclass
@@ -196,61 +176,73 @@ class GroupStats:
     shadows: dict[str, ShadowStats] = field(default_factory=dict)
 
 
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else NAN
+def _weighted_mean(pairs: Iterable[tuple[float, int]]) -> float:
+    """Mean of the finite values, each counted ``n`` times (NaN when there are none)."""
+    total = count = 0.0
+    for value, n in pairs:
+        if math.isfinite(value):
+            total, count = total + value * n, count + n
+    return total / count if count else NAN
 
 
-def group_stats(key: str, rows: Sequence[LogRow], cf: Counterfactual) -> GroupStats:
+def percentile(n: int, ranked: dict[int, float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation, numpy's default) of ``n`` sorted values of which ``ranked``
+    holds those around position ``(n - 1) q / 100`` (``LogRepository.latency_ranks``)."""
+    h = (n - 1) * (q / 100.0)
+    lo = min(int(math.floor(h)), n - 1)
+    hi = min(lo + 1, n - 1)
+    a, b = ranked[lo], ranked[hi]
+    return a + (b - a) * (h - lo)
+
+
+def group_stats(key: str, cells: Sequence[ReportCell], shadows: Sequence[ShadowCell],
+                latency: tuple[int, dict[int, float]] | None, cf: Counterfactual) -> GroupStats:
     """The numbers of one group of requests (see the module docstring)."""
-    g = GroupStats(key, requests=len(rows))
-    if not rows:
+    g = GroupStats(key, requests=sum(c.n for c in cells))
+    if not g.requests:
         return g
-    g.errors = sum(r.status != "ok" for r in rows)
+    g.errors = sum(c.n for c in cells if c.status != "ok")
     g.error_rate = g.errors / g.requests
-    g.prompt_tokens = sum(r.prompt_tokens for r in rows)
-    g.completion_tokens = sum(r.completion_tokens for r in rows)
-    g.cost_usd = float(sum(r.cost_usd for r in rows))
-    labels = [r.score for r in rows if r.score is not None]
-    g.labelled, g.mean_feedback = len(labels), _mean(labels)
-    g.latency_p50, g.latency_p95, g.latency_p99 = (
-        float(v) for v in np.percentile([r.latency_ms for r in rows], [50, 95, 99])
-    )
-    elig = [r for r in rows if cf.eligible(r)]
-    g.eligible = len(elig)
-    if not elig:
+    g.prompt_tokens = sum(c.prompt_tokens for c in cells)
+    g.completion_tokens = sum(c.completion_tokens for c in cells)
+    g.cost_usd = float(sum(c.cost_usd for c in cells))
+    g.labelled = sum(c.labelled for c in cells)
+    g.mean_feedback = sum(c.score_sum for c in cells) / g.labelled if g.labelled else NAN
+    if latency is not None:
+        g.latency_p50, g.latency_p95, g.latency_p99 = (percentile(*latency, q) for q in PERCENTILES)
+    elig = [c for c in cells if cf.eligible(c)]
+    g.eligible = n = sum(c.n for c in elig)
+    if not n:
         return g
-    cheap, strong = [cf.cheapest(r) for r in elig], [cf.strongest(r) for r in elig]
-    g.eligible_cost_usd = float(sum(r.cost_usd for r in elig))
-    g.cheapest_cost_usd = float(sum(cf.cost(r, b) for r, b in zip(elig, cheap, strict=True)))
-    g.strongest_cost_usd = float(sum(cf.cost(r, b) for r, b in zip(elig, strong, strict=True)))
-    g.cheapest_quality_est = _mean([cf.quality_of(r, b) for r, b in zip(elig, cheap, strict=True)])
-    g.strongest_quality_est = _mean([cf.quality_of(r, b) for r, b in zip(elig, strong, strict=True)])
-    n = len(elig)
-    tokens = sum(cf.tokens(r, r.backend or "") for r in elig) / n
-    cheap_tokens = sum(cf.tokens(r, b) for r, b in zip(elig, cheap, strict=True)) / n
+    g.eligible_cost_usd = float(sum(c.cost_usd for c in elig))
+    g.cheapest_cost_usd = float(sum(cf.cost(c, c.cheapest or "") for c in elig))
+    g.strongest_cost_usd = float(sum(cf.cost(c, c.strongest or "") for c in elig))
+    g.cheapest_quality_est = _weighted_mean((cf.quality_of(c.pool, c.cheapest or ""), c.n) for c in elig)
+    g.strongest_quality_est = _weighted_mean((cf.quality_of(c.pool, c.strongest or ""), c.n) for c in elig)
+    tokens = sum(cf.tokens(c, c.backend or "") for c in elig) / n
+    cheap_tokens = sum(cf.tokens(c, c.cheapest or "") for c in elig) / n
     g.tep_tokens = tep(g.mean_feedback, tokens, g.cheapest_quality_est, cheap_tokens)
     g.tep_usd = tep(g.mean_feedback, g.eligible_cost_usd / n, g.cheapest_quality_est, g.cheapest_cost_usd / n)
     if g.strongest_cost_usd > 0:
         g.savings_vs_strongest = 1.0 - g.eligible_cost_usd / g.strongest_cost_usd
-    g.shadows = _shadow_stats(elig, cf)
+    g.shadows = _shadow_stats(shadows, cf)
     return g
 
 
-def _shadow_stats(rows: Sequence[LogRow], cf: Counterfactual) -> dict[str, ShadowStats]:
-    picks: dict[str, list[tuple[LogRow, str]]] = defaultdict(list)
-    for r in rows:
-        for name, entry in (r.shadow or {}).items():
-            if isinstance(entry, dict) and entry.get("backend") in cf.prices:
-                picks[name].append((r, entry["backend"]))
+def _shadow_stats(cells: Sequence[ShadowCell], cf: Counterfactual) -> dict[str, ShadowStats]:
+    picks: dict[str, list[ShadowCell]] = defaultdict(list)
+    for c in cells:
+        if c.backend in cf.prices and c.choice in cf.prices:
+            picks[c.name].append(c)
     out = {}
-    for name, pairs in sorted(picks.items()):
+    for name, group in sorted(picks.items()):
+        n = sum(c.n for c in group)
         out[name] = ShadowStats(
-            n=len(pairs),
-            cost_usd=float(sum(cf.cost(r, b) for r, b in pairs)),
-            served_cost_usd=float(sum(r.cost_usd for r, _ in pairs)),
-            agreement=float(np.mean([b == r.backend for r, b in pairs])),
-            quality_est=_mean([cf.quality_of(r, b) for r, b in pairs]),
+            n=n,
+            cost_usd=float(sum(cf.cost(c, c.choice) for c in group)),
+            served_cost_usd=float(sum(c.cost_usd for c in group)),
+            agreement=sum(c.n for c in group if c.choice == c.backend) / n,
+            quality_est=_weighted_mean((cf.quality_of(c.pool, c.choice), c.n) for c in group),
         )
     return out
 
@@ -276,62 +268,105 @@ class LogReport:
 BUCKET_SECONDS: tuple[int, ...] = (10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
 
-def _bucket(rows: Sequence[LogRow]) -> tuple[int, str, float]:
+def bucket_for(span: tuple[datetime, datetime] | None) -> tuple[int, str, float]:
     """(bucket width in s, time unit name, seconds per unit): the finest width giving at most 60 buckets."""
-    span = (rows[-1].created_at - rows[0].created_at).total_seconds() if rows else 0.0
-    width = next((w for w in BUCKET_SECONDS if span / w <= 60), BUCKET_SECONDS[-1])
+    seconds = (span[1] - span[0]).total_seconds() if span else 0.0
+    width = next((w for w in BUCKET_SECONDS if seconds / w <= 60), BUCKET_SECONDS[-1])
     unit, per = ("minutes", 60.0) if width < 3600 else ("hours", 3600.0) if width < 86400 else ("days", 86400.0)
     return width, unit, per
 
 
-def _timeline(rows: Sequence[LogRow], cf: Counterfactual, width: int, per_unit: float) -> list[dict[str, Any]]:
+def _empty_bucket(key: int, first: int, per_unit: float) -> dict[str, Any]:
+    return {"start": datetime.fromtimestamp(key, UTC), "x": (key - first) / per_unit, "requests": 0,
+            "cost_usd": 0.0, "cheapest_cost_usd": 0.0, "strongest_cost_usd": 0.0, "backends": {}}
+
+
+def _timeline(cells: Sequence[TimeCell], cf: Counterfactual, width: int, per_unit: float) -> list[dict[str, Any]]:
     """Per time bucket: start, x (units since the first bucket), requests, served and counterfactual costs, mix."""
+    if not cells:
+        return []
+    first = min(c.bucket for c in cells)
     out: dict[int, dict[str, Any]] = {}
-    first = None
-    for r in rows:
-        key = int(r.created_at.timestamp() // width * width)
-        first = key if first is None else first
-        b = out.get(key)
+    for c in cells:
+        b = out.get(c.bucket)
         if b is None:
-            b = out[key] = {"start": datetime.fromtimestamp(key, UTC), "x": (key - first) / per_unit, "requests": 0,
-                            "cost_usd": 0.0, "cheapest_cost_usd": 0.0, "strongest_cost_usd": 0.0, "backends": {}}
-        b["requests"] += 1
-        b["cost_usd"] += r.cost_usd
-        if r.backend and r.status == "ok":
-            b["backends"][r.backend] = b["backends"].get(r.backend, 0) + 1
-        if cf.eligible(r):
-            b["cheapest_cost_usd"] += cf.cost(r, cf.cheapest(r))
-            b["strongest_cost_usd"] += cf.cost(r, cf.strongest(r))
-    if out and first is not None and (max(out) - first) // width <= 1000:  # quiet buckets are zero, not missing
+            b = out[c.bucket] = _empty_bucket(c.bucket, first, per_unit)
+        b["requests"] += c.n
+        b["cost_usd"] += c.cost_usd
+        if c.backend and c.status == "ok":
+            b["backends"][c.backend] = b["backends"].get(c.backend, 0) + c.n
+        if cf.eligible(c):
+            b["cheapest_cost_usd"] += cf.cost(c, c.cheapest or "")
+            b["strongest_cost_usd"] += cf.cost(c, c.strongest or "")
+    if (max(out) - first) // width <= 1000:  # quiet buckets are zero, not missing
         for key in range(first, max(out) + 1, width):
-            out.setdefault(key, {"start": datetime.fromtimestamp(key, UTC), "x": (key - first) / per_unit,
-                                 "requests": 0, "cost_usd": 0.0, "cheapest_cost_usd": 0.0, "strongest_cost_usd": 0.0,
-                                 "backends": {}})
+            out.setdefault(key, _empty_bucket(key, first, per_unit))
     return [out[k] for k in sorted(out)]
 
 
-def build_report(
-    rows: Sequence[LogRow], pool_file: PoolFile, by: str = "pool",
-    since: datetime | None = None, until: datetime | None = None,
-) -> LogReport:
-    """Every number of the report from the rows of one window (sorted by time, as :func:`fetch_rows` gives)."""
+@dataclass(frozen=True)
+class ReportData:
+    """The aggregates of one window that :func:`build_report` turns into a report (from ``LogRepository``)."""
+
+    cells: Sequence[ReportCell]
+    shadows: Sequence[ShadowCell] = ()
+    time_cells: Sequence[TimeCell] = ()
+    #: grouping (or ``total``) -> group key -> (requests, {rank: latency ms}) around each percentile
+    latency: dict[str, dict[str, tuple[int, dict[int, float]]]] = field(default_factory=dict)
+    span: tuple[datetime, datetime] | None = None
+
+
+async def fetch_report_data(repo: LogRepository, pool_file: PoolFile, by: str, window: Window) -> ReportData:
+    """Every aggregate :func:`build_report` reads, each one ``GROUP BY`` query over the window."""
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}; known: {', '.join(GROUPINGS)}")
-    cf = Counterfactual(rows, pool_file)
-    grouped: dict[str, list[LogRow]] = defaultdict(list)
-    per_router: dict[str, list[LogRow]] = defaultdict(list)
+    prices = {b.name: (b.input_price, b.output_price) for b in pool_file.backends}
+    span = await repo.span(window)
+    if span is None:
+        return ReportData(cells=[])
+    width, _, _ = bucket_for(span)
+    quantiles = [q / 100.0 for q in PERCENTILES]
+    latency = {g: await repo.latency_ranks(window, g, quantiles) for g in dict.fromkeys((by, "router", TOTAL))}
+    return ReportData(await repo.report_cells(window, prices), await repo.shadow_cells(window, prices),
+                      await repo.time_cells(window, prices, width), latency, span)
+
+
+async def routing_report(repo: LogRepository, pool_file: PoolFile, by: str = "pool", since: datetime | None = None,
+                         until: datetime | None = None, pool: str | None = None) -> LogReport:
+    """The report of the window [since, until) (of ``pool``), computed from the database's aggregates."""
+    data = await fetch_report_data(repo, pool_file, by, Window(since, until, pool))
+    return build_report(data, pool_file, by, since, until)
+
+
+def _grouped(data: ReportData, by: str, cf: Counterfactual) -> list[GroupStats]:
+    cells: dict[str, list[ReportCell]] = defaultdict(list)
+    shadows: dict[str, list[ShadowCell]] = defaultdict(list)
+    for c in data.cells:
+        cells[group_key(c, by)].append(c)
+    for s in data.shadows:
+        shadows[group_key(s, by)].append(s)
+    latency = data.latency.get(by, {})
+    return [group_stats(k, v, shadows.get(k, []), latency.get(k), cf) for k, v in sorted(cells.items())]
+
+
+def build_report(data: ReportData, pool_file: PoolFile, by: str = "pool",
+                 since: datetime | None = None, until: datetime | None = None) -> LogReport:
+    """Every number of the report from the aggregates of one window (:func:`fetch_report_data`)."""
+    if by not in GROUPINGS:
+        raise ValueError(f"unknown grouping {by!r}; known: {', '.join(GROUPINGS)}")
+    cf = Counterfactual(data.cells, pool_file)
     mix: dict[str, dict[str, int]] = defaultdict(dict)
-    for r in rows:
-        grouped[group_key(r, by)].append(r)
-        per_router[router_label(r)].append(r)
-        if r.status == "ok" and r.backend:
-            mix[router_label(r)][r.backend] = mix[router_label(r)].get(r.backend, 0) + 1
+    for c in data.cells:
+        if c.status == "ok" and c.backend:
+            label = router_label(c.router, c.router_version)
+            mix[label][c.backend] = mix[label].get(c.backend, 0) + c.n
     quality = {f"{p}/{b}": {"mean_feedback": q, "labelled": cf.quality_n[(p, b)]} for (p, b), q in cf.quality.items()}
-    width, unit, per_unit = _bucket(rows)
+    width, unit, per_unit = bucket_for(data.span)
+    total = _grouped(data, TOTAL, cf)
     return LogReport(
-        since, until, by, [group_stats(k, v, cf) for k, v in sorted(grouped.items())], group_stats("total", rows, cf),
-        [group_stats(k, v, cf) for k, v in sorted(per_router.items())], _timeline(rows, cf, width, per_unit), width,
-        unit, dict(mix), quality, ASSUMPTIONS,
+        since, until, by, _grouped(data, by, cf), total[0] if total else GroupStats(TOTAL),
+        _grouped(data, "router", cf), _timeline(data.time_cells, cf, width, per_unit), width, unit, dict(mix),
+        quality, ASSUMPTIONS,
     )
 
 

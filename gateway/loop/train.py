@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.pools import PoolConfig, PoolFile
 from gateway.routing.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
-from gateway.store.repository import fetch_labelled
+from gateway.store.repository import LogRepository
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
 from routers.dataset import RoutingDataset
@@ -149,7 +149,7 @@ async def gather_data(
         known = ", ".join(p.name for p in pool_file.pools) or "(none)"
         raise TrainingDataError(f"no pool {req.pool!r} in the pool file; pools: {known}")
     backends = [pool_file.backend(m) for m in config.members]
-    rows, no_text = await fetch_labelled(engine, req.pool, req.since, req.until)
+    rows, no_text = await LogRepository(engine).labelled(req.pool, req.since, req.until)
     parts = [log_rows_to_data(rows, backends, default_output_tokens, req.pool)] if rows else []
     for name, limit in req.datasets:
         parts.append(offline_rows(load_dataset(name, limit=limit), backends))
