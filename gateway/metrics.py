@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gateway.record import RequestRecord
@@ -152,8 +153,6 @@ def _top_candidate(candidates: Iterable[dict[str, Any]]) -> str | None:
 
 def iter_samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
     """(labels, value) of every sample called ``name`` in exposition ``text`` (tests and `poolgate` tools)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:

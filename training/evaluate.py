@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import yaml
 
 from routers.base import QueryFeatures
 from routers.dataset import RoutingDataset
@@ -97,8 +98,6 @@ class _FoldRun:
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``knn`` or ``complexity[mode=expected;cv_folds=5]`` -> (registry name, constructor params; values as YAML)."""
-    import yaml
-
     name, sep, rest = spec.partition("[")
     if not sep:
         return spec.strip(), {}

@@ -33,7 +33,9 @@ import numpy as np
 
 from routers.base import QueryFeatures
 from routers.dataset import RoutingDataset
+from routers.encoders.minilm import MiniLMEncoder
 from routers.encoders.model import EMBEDDING_DIM, model_version
+from routers.encoders.static import StaticEncoder
 from routers.features import text_stats
 from routers.pricing import encoding
 
@@ -180,13 +182,8 @@ class Featurizer:
     # -- model -----------------------------------------------------------------------------------
     def _load_model(self) -> Any:
         if self._model is None and self.encoder == "minilm-static":
-            from routers.encoders.static import StaticEncoder
-
             self._model = StaticEncoder(self.static_table_dir)
         if self._model is None:
-            # why: imports torch and loads the sentence model, which only the minilm encoder needs
-            from routers.encoders.minilm import MiniLMEncoder
-
             self._model = MiniLMEncoder(dtype="float32", device=self.device)  # the one implementation serving runs
         return self._model
 

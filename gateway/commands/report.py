@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 def report(since: str, until: str | None, by: str, pool: str | None, html_path: Path | None, as_json: bool,
            pool_file: Path | None) -> None:
     """Requests, tokens, cost, feedback, latency, TEP, savings vs always-strongest and shadow routers' costs."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from rich.console import Console
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.loop.report import report_json, routing_report
     from gateway.loop.report_html import write_html
     from gateway.store.db import redact
@@ -63,8 +65,10 @@ TERMINAL_COLUMNS = ("group", "req", "err", "tokens", "cost $", "$/1k req", "feed
 
 def terminal_view(rep: LogReport) -> list[RenderableType]:
     """Rich renderables: the groups with a total row, router versions, shadow routers, the assumptions."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from rich.table import Table
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.loop.report_html import shadow_cells, stat_cells
 
     out: list[RenderableType] = []

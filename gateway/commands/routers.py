@@ -28,8 +28,10 @@ T = TypeVar("T")
 
 def load_context(pool_file: Path | None = None) -> tuple[Settings, PoolFile, Path]:
     """Settings, the pool file (``--pool-file``, else POOLGATE_POOL_FILE, else the demo pool) and its folder."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from pydantic import ValidationError
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.app import resolve_pool_file
     from gateway.pools import PoolFileError, load_pool_file
     from gateway.settings import Settings
@@ -52,8 +54,10 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
 
     Database errors become one-line ClickExceptions (a PostgreSQL store must be migrated: poolgate db upgrade).
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.store import StoreError, make_engine, upgrade
 
     try:
@@ -79,6 +83,7 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
 
 def notify(urls: tuple[str, ...], master_key: str | None) -> None:
     """Ask each gateway at ``urls`` to reload its routers now; report each outcome, never fail the command."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
     for url in urls:
@@ -134,6 +139,7 @@ def routers() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def list_versions(pool: str | None, as_json: bool) -> None:
     """Every registered version (oldest first) with its status and held-out numbers."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.routing.artifacts import ArtifactStore
 
     settings, _, _ = load_context()
@@ -148,6 +154,7 @@ def list_versions(pool: str | None, as_json: bool) -> None:
 
 
 def _store_call(fn: Callable[[Any], Awaitable[T]]) -> T:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.routing.artifacts import ArtifactError, ArtifactStore
 
     settings, _, _ = load_context()
@@ -189,6 +196,7 @@ def rollback(pool: str, notify_urls: tuple[str, ...]) -> None:
 def register_descriptions(artifact: Path, pool_file: Path | None, cache_dir: Path) -> None:
     """Embed every backend description of the pool file into a graph ARTIFACT, so the gateway scores models the
     graph never saw from their real descriptions, without retraining."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from routers.base import RouterError
     from training.features import Featurizer  # why: loads the sentence model (torch) only for this command
     from training.graph_eval import register_descriptions as register

@@ -30,6 +30,7 @@ def _dataset_spec(value: str) -> tuple[str, int | None]:
 
 def parse_when_option(value: str | None, option: str) -> datetime | None:
     """``--since``/``--until``: a duration before now or an ISO datetime."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.from_logs import parse_when
 
     try:
@@ -96,6 +97,7 @@ def train(
     pool_file: Path | None, encoder: str | None, notify_urls: tuple[str, ...],
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.commands.train_offline import _parse_params
     from gateway.loop.train import TrainRequest, train_from_logs
     from gateway.routing.artifacts import ArtifactError, ArtifactStore

