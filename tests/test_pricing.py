@@ -7,19 +7,11 @@ import numpy as np
 import pytest
 
 from gateway.limits.tenancy import Tenancy
-from gateway.pools import parse_pool_file
 from gateway.settings import Settings
 from routers.base import ModelCard, Prediction
 from routers.objective import expected_cost
 from routers.pricing import call_costs_usd, cost_usd, token_cost_usd
-
-POOL = parse_pool_file("""
-backends:
-  - {name: cheap, base_url: "http://127.0.0.1:9/v1", model: c, input_price: 0.5, output_price: 1.5}
-  - {name: strong, base_url: "http://127.0.0.1:9/v1", model: s, input_price: 10, output_price: 30}
-pools:
-  - {name: auto, members: [cheap, strong]}
-""")
+from tests.test_loop_report import POOL  # cheap: 0.5 / 1.0, strong: 10 / 30 USD per 1M tokens
 
 
 def test_the_formula_is_tokens_times_prices_per_million() -> None:

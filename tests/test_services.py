@@ -69,3 +69,17 @@ def test_request_finished_hands_the_record_to_metrics_limits_and_writer_in_order
         assert calls.log == ["shadow"]
         calls.waiting.pop()()
     assert calls.log == ["shadow", "metrics", "limits", "writer"]
+
+
+def test_each_route_dependency_gives_the_service_of_its_declared_type() -> None:
+    from typing import get_args
+
+    from gateway.api import deps
+
+    fields = {f.name: f.type for f in dataclasses.fields(Services)}
+    aliases = {name: value for name, value in vars(deps).items() if name.endswith("Dep") and name != "ServicesDep"}
+    assert len(aliases) >= 10
+    for name, alias in aliases.items():
+        declared, marker = get_args(alias)
+        service = marker.dependency.__name__.removeprefix("get_")
+        assert fields[service] == declared.__name__, (name, service)

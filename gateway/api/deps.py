@@ -12,7 +12,9 @@ key configured).
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,71 +45,31 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_engine(services: ServicesDep) -> AsyncEngine:
-    return services.engine
+def _service(name: str) -> Callable[..., Awaitable[Any]]:
+    """The dependency that gives ``services.<name>`` (a name that is not a ``Services`` field fails at import)."""
+    if name not in {f.name for f in dataclasses.fields(Services)}:
+        raise AttributeError(f"Services has no field {name!r}")
+
+    async def dependency(services: ServicesDep) -> Any:
+        return getattr(services, name)
+
+    dependency.__name__ = f"get_{name}"
+    return dependency
 
 
-async def get_repository(services: ServicesDep) -> LogRepository:
-    return services.repository
-
-
-async def get_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
-async def get_pool_file(services: ServicesDep) -> PoolFile:
-    return services.pool_file
-
-
-async def get_routing(services: ServicesDep) -> RoutingService:
-    return services.routing
-
-
-async def get_artifacts(services: ServicesDep) -> ArtifactStore:
-    return services.artifacts
-
-
-async def get_reloader(services: ServicesDep) -> RouterReloader:
-    return services.reloader
-
-
-async def get_upstream(services: ServicesDep) -> Transport:
-    return services.upstream
-
-
-async def get_breakers(services: ServicesDep) -> BreakerRegistry:
-    return services.breakers
-
-
-async def get_writer(services: ServicesDep) -> LogWriter:
-    return services.writer
-
-
-async def get_metrics(services: ServicesDep) -> Metrics:
-    return services.metrics
-
-
-async def get_keys(services: ServicesDep) -> KeyStore:
-    return services.keys
-
-
-async def get_limiter(services: ServicesDep) -> Limiter:
-    return services.limiter
-
-
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-RepositoryDep = Annotated[LogRepository, Depends(get_repository)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-PoolFileDep = Annotated[PoolFile, Depends(get_pool_file)]
-RoutingDep = Annotated[RoutingService, Depends(get_routing)]
-ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
-ReloaderDep = Annotated[RouterReloader, Depends(get_reloader)]
-UpstreamDep = Annotated[Transport, Depends(get_upstream)]
-BreakersDep = Annotated[BreakerRegistry, Depends(get_breakers)]
-WriterDep = Annotated[LogWriter, Depends(get_writer)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-KeysDep = Annotated[KeyStore, Depends(get_keys)]
-LimiterDep = Annotated[Limiter, Depends(get_limiter)]
+EngineDep = Annotated[AsyncEngine, Depends(_service("engine"))]
+RepositoryDep = Annotated[LogRepository, Depends(_service("repository"))]
+SettingsDep = Annotated[Settings, Depends(_service("settings"))]
+PoolFileDep = Annotated[PoolFile, Depends(_service("pool_file"))]
+RoutingDep = Annotated[RoutingService, Depends(_service("routing"))]
+ArtifactsDep = Annotated[ArtifactStore, Depends(_service("artifacts"))]
+ReloaderDep = Annotated[RouterReloader, Depends(_service("reloader"))]
+UpstreamDep = Annotated[Transport, Depends(_service("upstream"))]
+BreakersDep = Annotated[BreakerRegistry, Depends(_service("breakers"))]
+WriterDep = Annotated[LogWriter, Depends(_service("writer"))]
+MetricsDep = Annotated[Metrics, Depends(_service("metrics"))]
+KeysDep = Annotated[KeyStore, Depends(_service("keys"))]
+LimiterDep = Annotated[Limiter, Depends(_service("limiter"))]
 
 
 def bearer_token(request: Request) -> str | None:

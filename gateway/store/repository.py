@@ -75,15 +75,21 @@ class Window:
 
 
 @dataclass(frozen=True)
-class ReportCell:
-    """One ``GROUP BY`` cell of a window: requests sharing pool, key, router, backend, status, UTC day and the
-    cheapest and dearest priced candidate (None: no candidate has a price), with their sums."""
+class Requester:
+    """Who asked and who answered: the dimensions every report grouping is computed from."""
 
     pool: str | None
     key_id: str | None
     router: str | None
     router_version: str | None
     backend: str | None
+
+
+@dataclass(frozen=True)
+class ReportCell(Requester):
+    """One ``GROUP BY`` cell of a window: requests sharing pool, key, router, backend, status, UTC day and the
+    cheapest and dearest priced candidate (None: no candidate has a price), with their sums."""
+
     status: str
     day: str
     cheapest: str | None
@@ -97,14 +103,9 @@ class ReportCell:
 
 
 @dataclass(frozen=True)
-class ShadowCell:
+class ShadowCell(Requester):
     """Successful pooled requests with a priced candidate on which shadow router ``name`` chose ``choice``."""
 
-    pool: str | None
-    key_id: str | None
-    router: str | None
-    router_version: str | None
-    backend: str | None
     day: str
     name: str
     choice: str
