@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from routers.base import ModelCard
+from routers.registry import ROUTERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 KNOWN_CAPABILITIES = frozenset({"tools", "json", "vision", "streaming"})
@@ -117,8 +118,6 @@ class PoolFile(BaseModel):
 
     @model_validator(mode="after")
     def _cross_refs(self) -> PoolFile:
-        from routers.registry import ROUTERS
-
         names = [b.name for b in self.backends]
         dup = {n for n in names if names.count(n) > 1}
         if dup:

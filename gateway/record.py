@@ -4,7 +4,8 @@ Its fields are the ``requests`` columns (a test keeps them equal), so a misspelt
 when set (slots) and a mypy error before that, never a silently NULL column. The route creates the record with
 what the request says, tenancy adds the key, routing its decision, then exactly one :meth:`RequestRecord.finish`
 sets the outcome (a second one raises); shadow routers may attach their choices afterwards (``shadow``).
-``Tenancy.finish`` hands it to ``Metrics.observe``, the limiter's settle and ``LogWriter.submit``.
+The request-finished step (``gateway.finish.RequestFinisher``) hands it to ``Metrics.observe``, the limits' settle
+(``Tenancy.settle``) and ``LogWriter.submit``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class RequestRecord:
         error_message: str | None = None,
         response_text: str | None = None,
     ) -> None:
-        """Set the request's outcome, once. Token counts must be non-negative (``gateway.usage`` checks
+        """Set the request's outcome, once. Token counts must be non-negative (``gateway.proxy.usage`` checks
         what backends report)."""
         if self.finished:
             raise RecordFinishedTwice(f"request record {self.id} finished twice")

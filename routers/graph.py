@@ -8,7 +8,7 @@ query <-> LLM carrying the observed effect (quality) and normalized cost of the 
 The graph state and the network (:class:`~routers.graph_net.GraphNet`: node states by message passing,
 edge evidence from neighbours, task and LLM, and an edge head giving effect and cost residual) live in
 :mod:`routers.graph_net`; this module is the :class:`~routers.base.Router`: fit, predict, registered
-descriptions and the artifact. Training (``training/graph_train.py``) hides the LLM edges of a random
+descriptions and the artifact. Training (``routers/graph_fit.py``) hides the LLM edges of a random
 share of the queries, and sometimes every edge of one LLM, and fits the hidden edges from the visible ones.
 
 Inference attaches new queries one-way (trained nodes -> new node, never back), so the trained graph
@@ -42,6 +42,7 @@ from torch import Tensor
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.features import unit_rows
+from routers.graph_fit import fit_graph_router
 from routers.graph_net import (
     ATTR_NAMES,
     EPS_USD,
@@ -60,7 +61,7 @@ from routers.graph_net import (
 )
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
@@ -71,7 +72,7 @@ GRAPH_FORMAT = 1
 class GraphRouter(Router):
     """Heterogeneous-GNN router predicting effect and cost of every (query, LLM) edge; see the module doc.
 
-    Training parameters, read by ``training.graph_train``: ``hidden`` state width, ``layers``
+    Training parameters, read by ``routers.graph_fit``: ``hidden`` state width, ``layers``
     message-passing rounds, ``k_neighbors`` query-query edges, ``epochs``, ``lr`` (node network) and
     ``evidence_lr`` (the linear read of the edge evidence, learned faster), ``weight_decay``,
     ``hide_frac`` share of training queries whose edges are hidden per epoch, ``llm_mask_prob`` chance
@@ -110,9 +111,7 @@ class GraphRouter(Router):
         self.text_encoder: TextEncoder | None = None
 
     def fit(self, dataset: RoutingDataset) -> Self:
-        """Build the graph from ``dataset`` and train the network (see ``training/graph_train.py``)."""
-        from training.graph_train import fit_graph_router
-
+        """Build the graph from ``dataset`` and train the network (see ``routers/graph_fit.py``)."""
         self._record_encoder(dataset)
         fit_graph_router(self, dataset)
         return self

@@ -50,7 +50,7 @@ from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterErr
 from routers.category import query_matrix
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 #: numeric card attributes, in the order of :func:`card_numbers` (NaN where the card does not say)
 CARD_NUMBER_NAMES: tuple[str, ...] = ("log_input_price", "log_output_price", "log_size_b", "log_context_window",

@@ -22,7 +22,7 @@ from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterErr
 from routers.features import unit_rows
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 K_GRID: tuple[int, ...] = (1, 3, 5, 10, 20, 40, 80)
 _CHUNK = 2048  # query rows per similarity block: bounds memory at CHUNK x n_train floats

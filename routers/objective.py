@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import ModelCard, Prediction
+from routers.pricing import call_costs_usd
 
 #: output length assumed when neither the router nor the candidate says (tokens)
 DEFAULT_OUTPUT_TOKENS = 256.0
@@ -339,10 +340,7 @@ def expected_cost(
         out_tok = np.broadcast_to(np.asarray(per_model, dtype=np.float64), (n, m))
     if prediction.cost_usd is not None:
         return prediction.cost_usd.astype(np.float64), out_tok
-    p_in = np.asarray([c.input_price for c in candidates], dtype=np.float64) / 1e6
-    p_out = np.asarray([c.output_price for c in candidates], dtype=np.float64) / 1e6
-    cost = np.asarray(prompt_tokens, dtype=np.float64)[:, None] * p_in[None, :] + out_tok * p_out[None, :]
-    return cost, out_tok
+    return call_costs_usd(prompt_tokens, out_tok, candidates), out_tok
 
 
 def score(prediction: Prediction, candidates: Sequence[ModelCard], flags: Flags, prompt_tokens: np.ndarray,

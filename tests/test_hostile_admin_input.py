@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.auth import MAX_KEY_NAME_CHARS
 from gateway.limits.base import MAX_BUDGET_USD, MAX_RPM, MAX_TPM
+from gateway.limits.keys import MAX_KEY_NAME_CHARS
 from tests.conftest import _admin, backend_yaml, requires_postgres
 
 pytestmark = requires_postgres

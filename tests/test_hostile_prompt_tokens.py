@@ -55,7 +55,7 @@ class CountingEncoding:
 @pytest.fixture
 def tokenizer_calls(monkeypatch: pytest.MonkeyPatch) -> CountingEncoding:
     """Every encode of the gateway's tokenizer (gateways started in this process: ``gateway`` fixture)."""
-    import gateway.pricing as pricing
+    import routers.pricing as pricing
 
     counting = CountingEncoding(pricing.encoding())
     monkeypatch.setattr(pricing, "encoding", lambda: counting)
@@ -150,11 +150,11 @@ def test_a_key_whose_rpm_is_spent_gets_429_without_any_tokenizing(
 async def test_prompt_counts_are_exact_inline_exact_in_a_thread_or_estimated_past_the_bound(
     tokenizer_calls: CountingEncoding,
 ) -> None:
-    from gateway.pricing import (
+    from gateway.proxy.tokens import count_prompt_tokens_off_loop
+    from routers.pricing import (
         EXACT_COUNT_MAX_CHARS,
         INLINE_COUNT_CHARS,
         count_prompt_tokens,
-        count_prompt_tokens_off_loop,
         estimate_prompt_tokens,
         quick_prompt_tokens,
     )

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.irt import CardFeatures, IRTRouter
 from routers.registry import make_router
-from training.dataset import RoutingDataset
 
 DIM = 8
 #: two strong (large, dear) and two weak (small, cheap) models, each good in its own direction of embedding space

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.knn import KNNRouter
 from routers.registry import make_router
-from training.dataset import RoutingDataset
 
 CARDS = [ModelCard("cheap", 0.1, 0.1), ModelCard("strong", 10.0, 30.0)]
 

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from gateway.artifacts import ArtifactStore
 from gateway.cli import main
+from gateway.loop.train import TrainRequest, train_from_logs
 from gateway.pools import parse_pool_file
+from gateway.routing.artifacts import ArtifactStore
 from gateway.store import Feedback, Request, make_engine, upgrade
 from training.from_logs import (
     LabelledRow,
@@ -26,7 +27,6 @@ from training.from_logs import (
     offline_rows,
     parse_duration,
 )
-from training.log_train import TrainRequest, train_from_logs
 
 NOW = datetime.now(UTC)
 POOL = """

@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from routers.base import ModelCard
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 from training.evaluate import EvaluationResult
 from training.features import Featurizer
 from training.results import RouterResult

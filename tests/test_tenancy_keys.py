@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from gateway.auth import KeyParamError, KeyStore, hash_secret
 from gateway.cli import main
 from gateway.errors import GatewayError
+from gateway.limits.keys import KeyParamError, KeyStore, hash_secret
 from gateway.store import make_engine, upgrade
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from routers.base import ModelCard, Prediction, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.objective import PRESET_TARGETS, Calibration, Flags, OperatingCurve, choose_batch, score
 from routers.registry import build_router
-from training.dataset import RoutingDataset
 from training.splits import _groups, grouped_kfold
 
 CALIBRATION_MODES: tuple[str, ...] = ("mixed", "query", "task", "none")

@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import yaml
 
 from routers.base import QueryFeatures
+from routers.dataset import RoutingDataset
 from routers.objective import PRESETS, Calibration, Flags, choose_batch, score
 from routers.registry import build_router, get_router_class
 from training.calibrate import cards_for, fit_calibrated, needs_training
-from training.dataset import RoutingDataset
 from training.features import Featurizer
 from training.protocol import OuterFold, outer_folds
 from training.results import RouterResult, SweepPoint, router_metrics
@@ -97,8 +98,6 @@ class _FoldRun:
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``knn`` or ``complexity[mode=expected;cv_folds=5]`` -> (registry name, constructor params; values as YAML)."""
-    import yaml
-
     name, sep, rest = spec.partition("[")
     if not sep:
         return spec.strip(), {}

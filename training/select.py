@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routers.base import RouterError
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 from training.evaluate import EvaluationResult, evaluate_routers
 from training.features import Featurizer
 from training.report import BASELINE_NAMES

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
-from gateway.deps import Services, get_services
+from gateway.api.deps import BreakersDep, EngineDep, WriterDep
 from gateway.store import ping
 
 router = APIRouter()
@@ -18,7 +18,7 @@ async def health() -> JSONResponse:
 
 
 @router.get("/health/ready")
-async def ready(services: Services = Depends(get_services)) -> JSONResponse:
+async def ready(engine: EngineDep, writer: WriterDep, breakers: BreakersDep) -> JSONResponse:
     """Readiness: 200 while this replica serves requests, 503 when it refuses them.
 
     The log database being down does not make a replica unready: rows go to the local spool and are written
@@ -30,12 +30,11 @@ async def ready(services: Services = Depends(get_services)) -> JSONResponse:
     then wait in memory, and are dropped (``spool_dropped_rows``) or requests refused, by ``spool_full_policy``.
     A failing spool is ``degraded`` even with the database up: the journal, on the same disk, fails too.
     """
-    db_ok = await ping(services.engine)
-    writer = services.writer
+    db_ok = await ping(engine)
     refusing = writer.refusing
     spool_error = writer.spool.error
     status = "ok" if db_ok and spool_error is None else ("unavailable" if refusing else "degraded")
     body = {"status": status, "database": db_ok, "log_queue_depth": writer.queue_depth,
             "spool_bytes": writer.spool.size_bytes, "spool_dropped_rows": writer.spool.dropped,
-            "spool_error": spool_error, "breakers": services.breakers.states()}
+            "spool_error": spool_error, "breakers": breakers.states()}
     return JSONResponse(body, status_code=503 if refusing else 200)

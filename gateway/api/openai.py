@@ -1,10 +1,10 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 The route is thin: parse and check the request, route, dispatch, relay, and finish one typed
-:class:`~gateway.record.RequestRecord` (metrics, limits, then the log writer, off the response path) for every
-request that got as far as routing. The backend's ``usage`` is checked at this edge (``gateway.usage``): counts
-that are not plausible integers are dropped, counted by the gateway instead, and the row says
-``usage_estimated``.
+:class:`~gateway.record.RequestRecord` for every request that got as far as routing: ``finish(record)``
+(``gateway.finish``) hands it to the metrics, the limits and the log writer, off the response path. The
+backend's ``usage`` is checked at this edge (``gateway.proxy.usage``): counts that are not plausible integers are
+dropped, counted by the gateway instead, and the row says ``usage_estimated``.
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ import uuid
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.api.deps import CallerKey, PoolFileDep, RoutingDep, ServicesDep
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
-from gateway.auth import KeyRecord, authenticate
-from gateway.deps import Services, get_services
-from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
-from gateway.pricing import cost_usd, count_tokens_off_loop
+from gateway.proxy.dispatch import AllBackendsFailed, UpstreamResult
+from gateway.proxy.streaming import EventStreamResponse, StreamOutcome, relay
+from gateway.proxy.tokens import count_tokens_off_loop
+from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
-from gateway.routing import RouteDecision
-from gateway.streaming import EventStreamResponse, StreamOutcome, relay
-from gateway.usage import parse_usage
+from gateway.routing.service import RouteDecision
+from gateway.services import Services
+from routers.pricing import cost_usd
 
 router = APIRouter()
 
@@ -61,9 +62,7 @@ def _record_decision(record: RequestRecord, decision: RouteDecision) -> None:
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_OPENAPI)
-async def chat_completions(
-    request: Request, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> Response:
+async def chat_completions(request: Request, services: ServicesDep, key: CallerKey) -> Response:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     if services.writer.refusing:  # spool_full_policy=refuse: serve nothing that cannot be logged
@@ -84,8 +83,7 @@ async def chat_completions(
             key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
         )
         _record_decision(record, decision)
-        if services.shadow is not None:  # shadow routers' choices, computed while the backend answers
-            services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)
+        services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
     except GatewayError as exc:
         _finish_error(services, record, started, exc.status, exc.type, exc.message)
@@ -104,20 +102,12 @@ async def chat_completions(
     return await _plain_response(services, record, result, decision, started, prompt_tokens)
 
 
-def _finish(services: Services, record: RequestRecord) -> None:
-    """Hand the record on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
-    if services.shadow is not None:
-        services.shadow.finish(record, services.tenancy.finish)
-    else:
-        services.tenancy.finish(record)
-
-
 def _finish_error(
     services: Services, record: RequestRecord, started: float, status: int, etype: str, msg: str
 ) -> None:
     record.finish(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
                   latency_ms=(time.perf_counter() - started) * 1000)
-    _finish(services, record)
+    services.finish(record)
 
 
 def _answer_text(parsed: dict[str, Any]) -> str:
@@ -141,7 +131,7 @@ async def _plain_response(
     if result.parsed is None:  # an error passed through (a 4xx that is the request's fault)
         record.finish(status="error", http_status=result.status, latency_ms=latency_ms, error_type="upstream_error",
                       error_message=result.body[:2000].decode("utf-8", "replace"))
-        _finish(services, record)
+        services.finish(record)
         return Response(result.body, status_code=result.status, media_type="application/json", headers=headers)
     usage = parse_usage(result.parsed.get("usage"))
     text = _answer_text(result.parsed)
@@ -152,7 +142,7 @@ async def _plain_response(
     record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
-    _finish(services, record)
+    services.finish(record)
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
@@ -178,7 +168,7 @@ def _stream_response(
             latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
             error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
-        _finish(services, record)
+        services.finish(record)
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
@@ -191,15 +181,13 @@ def _stream_response(
 
 
 @router.get("/v1/models")
-async def list_models(
-    services: Services = Depends(get_services), _key: KeyRecord | None = Depends(authenticate)
-) -> Response:
+async def list_models(routing: RoutingDep, pool_file: PoolFileDep, _key: CallerKey) -> Response:
     data = []
-    for name, rt in services.routing.runtimes.items():
+    for name, rt in routing.runtimes.items():
         data.append({"id": name, "object": "model", "created": 0, "owned_by": "poolgate",
                      "poolgate": {"type": "pool", "members": rt.config.members, "router": rt.router.name,
                                   "router_version": rt.router_version, "objective": rt.config.objective}})
-    for b in services.pool_file.backends:
+    for b in pool_file.backends:
         data.append({"id": b.name, "object": "model", "created": 0, "owned_by": "poolgate",
                      "poolgate": {"type": "backend", "upstream_model": b.model, "input_price": b.input_price,
                                   "output_price": b.output_price, "context_window": b.context_window,

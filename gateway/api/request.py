@@ -15,7 +15,8 @@ from starlette.requests import Request
 
 from gateway.api.fields import CHAT_FIELDS, CONTENT_PARTS, MESSAGE_FIELDS, check_fields
 from gateway.errors import GatewayError
-from gateway.pricing import TokenCount, count_prompt_tokens_off_loop, message_text, quick_prompt_tokens
+from gateway.proxy.tokens import count_prompt_tokens_off_loop
+from routers.pricing import TokenCount, message_text, quick_prompt_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 #: Deeper bodies get 400: the upstream encoder (orjson) stops at 255 levels, and no OpenAI request needs many.

@@ -20,12 +20,16 @@ def build(force: bool) -> None:
     A gateway whose router was fitted on minilm-static embeddings builds it on first start otherwise (about a
     minute of CPU); an image that runs this once starts at once.
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import logging
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import numpy as np
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.settings import Settings
-    from gateway.static_embedding import EMBEDDING_DIM, StaticEncoder, table_path
+    from routers.encoders.model import EMBEDDING_DIM
+    from routers.encoders.static import StaticEncoder, table_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table_dir = Settings().static_table_dir

@@ -19,8 +19,10 @@ import click
 def feedback(request_id: str, score: float | None, thumbs: str | None, comment: str | None, labeler: str | None,
              url: str | None, api_key: str | None) -> None:
     """Give REQUEST_ID (its x-poolgate-request-id header) a score or a thumbs up/down; again = update."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.settings import Settings
 
     if (score is None) == (thumbs is None):

@@ -16,6 +16,7 @@ def pools() -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def validate(file: Path) -> None:
     """Validate a pool FILE; errors name the key and line (exit 2)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.pools import PoolFileError, load_pool_file
 
     try:
@@ -36,14 +37,16 @@ def check(file: Path | None, as_json: bool) -> None:
 
     Each backend gets ``GET <base_url>/models``, or a 1-token chat completion where that route is missing.
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import asyncio
     import json
 
-    from gateway.http1 import Http1Transport
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.pools import DEMO_POOL_PATH, PoolFileError, load_pool_file
-    from gateway.probe import probe_all
+    from gateway.proxy.http1 import Http1Transport
+    from gateway.proxy.probe import probe_all
+    from gateway.proxy.upstream import limits_from
     from gateway.settings import Settings
-    from gateway.upstream import limits_from
 
     settings = Settings()
     path = file or settings.pool_file or DEMO_POOL_PATH

@@ -12,6 +12,7 @@ import click
 
 
 def _wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -30,6 +31,7 @@ def _die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM it when the gateway dies, however the gateway dies
     (uvicorn re-raises SIGTERM after shutdown, which skips our ``finally``)."""
     try:
+        # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
         import ctypes
         import signal
 
@@ -59,8 +61,10 @@ def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
 @click.option("--no-replay", is_flag=True, help="with the demo pool, do not start the replay backend")
 def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool) -> None:
     """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import uvicorn
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.app import create_app
     from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError

@@ -15,7 +15,7 @@ import click
 from gateway.commands.routers import load_context, notify, notify_option, version_line, with_engine
 
 if TYPE_CHECKING:
-    from training.log_train import TrainOutcome
+    from gateway.loop.train import TrainOutcome
 
 
 def _dataset_spec(value: str) -> tuple[str, int | None]:
@@ -30,6 +30,7 @@ def _dataset_spec(value: str) -> tuple[str, int | None]:
 
 def parse_when_option(value: str | None, option: str) -> datetime | None:
     """``--since``/``--until``: a duration before now or an ISO datetime."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.from_logs import parse_when
 
     try:
@@ -96,12 +97,13 @@ def train(
     pool_file: Path | None, encoder: str | None, notify_urls: tuple[str, ...],
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
-    from gateway.artifacts import ArtifactError, ArtifactStore
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.commands.train_offline import _parse_params
+    from gateway.loop.train import TrainRequest, train_from_logs
+    from gateway.routing.artifacts import ArtifactError, ArtifactStore
     from routers.base import RouterError
     from training.from_logs import TrainingDataError
     from training.loaders import DatasetError
-    from training.log_train import TrainRequest, train_from_logs
 
     if force and not promote:
         raise click.UsageError("--force only makes sense with --promote")

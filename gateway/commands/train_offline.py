@@ -11,6 +11,7 @@ import click
 
 def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs; each VALUE is read as YAML (numbers, lists, ``{a: b}`` maps, plain strings)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import yaml
 
     params: dict[str, Any] = {}
@@ -60,6 +61,7 @@ def train_offline(
 
     Prints the artifact path and the lines to put in a pool entry (router, artifact).
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.settings import Settings
     from routers.base import RouterError
     from training.loaders import DatasetError
@@ -86,6 +88,7 @@ def train_offline(
     click.echo(f"trained {router_name} on {result.dataset}: {result.rows} rows, models {', '.join(result.models)}, "
                f"fit in {result.seconds:.2f}s")
     if result.summary:
+        # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
         from gateway.commands.routers import preset_text
 
         click.echo(f"summary: {json.dumps(result.summary, default=str)}")
@@ -97,6 +100,7 @@ def train_offline(
 def _select(dataset_name: str, candidates: str, protocol: str, seed: int, limit: int | None, cache: Path | None,
             encoder: str, calibration: str) -> Any:
     """Run the selection protocol (:mod:`training.select`) and print what each candidate scored."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.features import Featurizer
     from training.load_file import load_named_or_file
     from training.loaders import load_dataset

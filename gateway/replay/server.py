@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.pricing import count_prompt_tokens, encoding
 from gateway.replay.data import MODEL_SOURCES, PromptMatch, ReplayStore
 from gateway.replay.tokens import content_text, decode, split_pieces, truncate
+from routers.pricing import count_prompt_tokens, encoding
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error"}
 

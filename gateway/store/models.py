@@ -165,7 +165,7 @@ class ApiKey(Base):
 
 
 class RouterVersion(Base):
-    """One trained router artifact of a pool (migration ``0003``); ``gateway.artifacts`` owns the rows.
+    """One trained router artifact of a pool (migration ``0003``); ``gateway.routing.artifacts`` owns the rows.
 
     ``version`` is ``v1``, ``v2``, ... per pool. ``status``: ``candidate`` (trained, not served), ``live`` (at most
     one per pool: what every gateway serves), ``retired`` (was live, superseded by a promotion) or ``rolled_back``

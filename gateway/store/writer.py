@@ -14,7 +14,7 @@ rows it made durable. A process killed with SIGKILL (no shutdown code runs) ther
 next ``start`` on the same spool directory turns its journal into spool segments and replays them. A journal
 write that fails is logged and counted and the row stays queued in memory, as without a journal.
 
-A row whose final version comes later (a pool with shadow routers: ``gateway/shadow.py``) is ``hold``-ed: its
+A row whose final version comes later (a pool with shadow routers: ``gateway/routing/shadow.py``) is ``hold``-ed: its
 provisional version (``shadow`` = ``PENDING_SHADOW``) is journaled at once, not queued, and its journal file is
 kept until the caller ``release``s it after submitting the final row; a SIGKILL in between loses no row, and the
 next start replays the provisional one. Inserts skip ids already stored, with one exception so that the final

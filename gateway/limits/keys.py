@@ -1,10 +1,9 @@
-"""API keys: creation (secret shown once, stored as SHA-256), lookup with a short cache, and the request check.
+"""API keys: creation (secret shown once, stored as SHA-256) and lookup with a short cache (:class:`KeyStore`).
 
 Secrets are 256-bit random tokens, so a plain SHA-256 is enough to make a stolen table useless (a slow password
-hash would only add milliseconds to every request). ``authenticate`` is the FastAPI dependency of the OpenAI
-routes: with ``auth_enabled`` off it returns None at once (the local demo); on, it maps ``Authorization: Bearer``
-to a :class:`KeyRecord` or answers 401 as OpenAI error JSON. The master key (settings) is accepted too and has
-no limits; admin routes accept only the master key (:func:`require_master`).
+hash would only add milliseconds to every request). The request check (``Authorization: Bearer``, 401 as OpenAI
+error JSON, the master key) is the FastAPI dependency ``gateway.api.deps.authenticate``; the master key (settings)
+has no limits and is the only key the admin routes accept.
 """
 
 from __future__ import annotations
@@ -25,10 +24,11 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.requests import Request
 
 from gateway.errors import GatewayError
 from gateway.limits.base import MAX_BUDGET_USD, MAX_RPM, MAX_TPM, PERIODS, LimitSpec, Period, to_nano
+from gateway.store.models import ApiKey
+from routers.objective import FlagError, Flags
 
 log = logging.getLogger("poolgate.auth")
 
@@ -113,8 +113,6 @@ def validate_key_params(
 ) -> None:
     """Raise :class:`KeyParamError` naming the first bad parameter. Every bound keeps a value storable (no NUL, the
     database's 32-bit rpm/tpm) and every figure a limiter derives from it exact (``gateway.limits.base``)."""
-    from routers.objective import FlagError, Flags
-
     if not isinstance(name, str) or not name.strip():
         raise KeyParamError("name must not be empty", "name")
     if len(name) > MAX_KEY_NAME_CHARS:
@@ -189,8 +187,6 @@ class KeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        from gateway.store.models import ApiKey
-
         try:
             async with self.engine.connect() as conn:
                 row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.key_hash == digest))).first()
@@ -211,8 +207,6 @@ class KeyStore:
         tpm: int | None = None, pools: Sequence[str] | None = None, default_flags: Mapping[str, Any] | None = None,
     ) -> tuple[KeyRecord, str]:
         """Store a new key; returns (record, secret). The secret is not kept anywhere: show it once."""
-        from gateway.store.models import ApiKey
-
         validate_key_params(name, budget_usd, period, rpm, tpm, pools, default_flags)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         digest = hash_secret(secret)
@@ -229,8 +223,6 @@ class KeyStore:
         return _record(SimpleNamespace(**values)), secret
 
     async def list(self, include_revoked: bool = True) -> list[KeyRecord]:
-        from gateway.store.models import ApiKey
-
         query = select(ApiKey.__table__).order_by(ApiKey.created_at)
         if not include_revoked:
             query = query.where(ApiKey.revoked_at.is_(None))
@@ -238,16 +230,12 @@ class KeyStore:
             return [_record(r) for r in (await conn.execute(query)).all()]
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        from gateway.store.models import ApiKey
-
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(ApiKey.__table__).where(ApiKey.id == key_id))).first()
         return _record(row) if row is not None else None
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Mark ``key_id`` revoked (idempotent); None when there is no such key."""
-        from gateway.store.models import ApiKey
-
         async with self.engine.begin() as conn:
             await conn.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                                .values(revoked_at=datetime.now(UTC)))
@@ -255,51 +243,6 @@ class KeyStore:
         return await self.get(key_id)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _unauthorized(message: str, code: str) -> GatewayError:
-    return GatewayError(401, message, code=code, headers={"www-authenticate": "Bearer"})
-
-
 def is_master(secret: str, master_key: str | None) -> bool:
+    """True when ``secret`` is the master key (compared in constant time)."""
     return bool(master_key) and hmac.compare_digest(secret.encode(), (master_key or "").encode())
-
-
-async def authenticate(request: Request) -> KeyRecord | None:
-    """FastAPI dependency: the caller's key (None when auth is off); 401 when missing, unknown or revoked."""
-    services = request.app.state.services
-    settings = services.settings
-    if not settings.auth_enabled:
-        return None
-    secret = bearer_token(request)
-    if secret is None:
-        services.metrics.auth_failure("missing")
-        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-    if is_master(secret, settings.master_key):
-        return MASTER
-    record: KeyRecord | None = await services.tenancy.keys.by_secret(secret)
-    if record is None:
-        services.metrics.auth_failure("invalid")
-        raise _unauthorized(f"invalid API key {secret[:6]}...", "invalid_api_key")
-    if record.revoked:
-        services.metrics.auth_failure("revoked")
-        raise _unauthorized(f"API key {record.id} was revoked", "revoked_api_key")
-    return record
-
-
-async def require_master(request: Request) -> None:
-    """FastAPI dependency of the admin routes: the master key (settings.master_key) or 401/403."""
-    master_key = request.app.state.services.settings.master_key
-    if not master_key:
-        raise GatewayError(403, "the admin API is disabled: set POOLGATE_MASTER_KEY", code="admin_disabled")
-    secret = bearer_token(request)
-    if secret is None:
-        raise _unauthorized("missing master key: send 'Authorization: Bearer <master key>'", "missing_api_key")
-    if not is_master(secret, master_key):
-        raise _unauthorized("the admin API needs the master key", "invalid_api_key")

@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gateway.loop.report import GroupStats, LogReport
 from training.html import PALETTE, svg_plot
-from training.log_report import GroupStats, LogReport
 from training.report import fmt_num, fmt_pct
 
 STYLE = (

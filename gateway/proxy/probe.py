@@ -2,7 +2,7 @@
 check``): ``GET {base_url}/models``, or a 1-token chat completion where that route is missing (404/405).
 
 What a backend says in an error reaches the operator, so it is scrubbed of the backend's key like every other
-upstream text (``gateway.scrub``).
+upstream text (``gateway.proxy.scrub``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from gateway.pools import BackendConfig, PoolFile
-from gateway.scrub import scrub_secrets
-from gateway.upstream import Timeouts, Transport, UpstreamError, describe
+from gateway.proxy.scrub import scrub_secrets
+from gateway.proxy.upstream import Timeouts, Transport, UpstreamError, describe
 
 #: A probe reads at most this much of an answer (it only needs the status and an error's first words).
 PROBE_MAX_BYTES = 1024 * 1024

@@ -6,8 +6,8 @@ tokens are counted from the relayed content. If the upstream fails or ends witho
 client gets an OpenAI-style error event and the log row says so.
 
 Every event is scrubbed of the backend's key before it goes out, and events that carry an error also of any
-``Bearer <token>`` (``gateway.scrub``). Memory is bounded whatever the backend sends: the transport buffers at
-most ``gateway.http1.HIGH_WATER`` bytes and cuts a stream past ``max_stream_bytes``; an event may be at most
+``Bearer <token>`` (``gateway.proxy.scrub``). Memory is bounded whatever the backend sends: the transport buffers at
+most ``gateway.proxy.http1.HIGH_WATER`` bytes and cuts a stream past ``max_stream_bytes``; an event may be at most
 ``MAX_EVENT_BYTES`` (a stream without event separators is cut there, never joined quadratically); content text is
 kept for counting and storing up to ``TEXT_KEEP_CHARS`` characters, and only its length beyond that.
 
@@ -31,9 +31,9 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.pricing import count_tokens
-from gateway.scrub import NO_SECRET, Scrubber
-from gateway.upstream import ResponseTooLarge, UpstreamError, UpstreamResponse, describe
+from gateway.proxy.scrub import NO_SECRET, Scrubber
+from gateway.proxy.upstream import ResponseTooLarge, UpstreamError, UpstreamResponse, describe
+from routers.pricing import count_tokens
 
 _DONE = b"[DONE]"
 #: One SSE event's bound: an OpenAI chunk is well under 10 KB; a "stream" with no separator is cut here.
@@ -56,7 +56,7 @@ class EventTooLarge(ResponseTooLarge):
 @dataclass
 class StreamOutcome:
     """What the relay saw; handed to ``on_finish`` exactly once. ``usage`` is the backend's last ``usage``
-    value as sent (``gateway.usage.parse_usage`` checks it)."""
+    value as sent (``gateway.proxy.usage.parse_usage`` checks it)."""
 
     usage: Any = None
     ttft_ms: float | None = None

@@ -1,4 +1,4 @@
-"""Dispatch a request down the router's ranking over the gateway's one upstream transport (``gateway.upstream``).
+"""Dispatch a request down the router's ranking over the gateway's one upstream transport (``gateway.proxy.upstream``).
 
 For each ranked backend (skipping those whose breaker is open) it tries up to ``1 + retries`` times,
 with exponential backoff, on connect errors, timeouts, 429 and 5xx, and on a 200 that is not an answer: a plain
@@ -7,7 +7,7 @@ as an event stream, a body over the size cap. It falls back to the next backend 
 the client: a non-streaming answer is buffered whole (at most ``max_response_bytes``); for a stream, the first
 body chunk is read before the backend is committed to, so a backend that stalls before its first byte still falls
 back. Other 4xx answers are the client's fault and are returned without fallback, with the backend's own OpenAI
-error fields (``gateway.upstream_errors``). Each attempt is
+error fields (``gateway.proxy.upstream_errors``). Each attempt is
 bounded by the backend's ``connect_timeout_s``, ``read_timeout_s`` (any silence) and ``timeout_s`` (the whole
 exchange, a stream's last byte included).
 
@@ -15,7 +15,7 @@ A 429 or 503 with ``Retry-After`` is obeyed: that backend is not retried within 
 holds it off for the time asked (at most ``RETRY_AFTER_CAP_S``), and the request falls back at once. When
 every backend that answered said 429, the client gets 429 (with the shortest Retry-After) instead of 502.
 
-Upstream text on its way to the client or the log is scrubbed of the backend's key (``gateway.scrub``).
+Upstream text on its way to the client or the log is scrubbed of the backend's key (``gateway.proxy.scrub``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 
 import orjson
 
-from gateway.breaker import BreakerRegistry
 from gateway.pools import BackendConfig
-from gateway.scrub import NO_SECRET, Scrubber, scrub_secrets
-from gateway.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
-from gateway.upstream_errors import relayed_error_body, upstream_message
+from gateway.proxy.breaker import BreakerRegistry
+from gateway.proxy.scrub import NO_SECRET, Scrubber, scrub_secrets
+from gateway.proxy.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
+from gateway.proxy.upstream_errors import relayed_error_body, upstream_message
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05

@@ -1,8 +1,8 @@
 """A backend's error answer, relayed to the client as the backend sent it.
 
-A 4xx that is the request's fault (``gateway.dispatch`` does not fall back on it) reaches the client with the
+A 4xx that is the request's fault (``gateway.proxy.dispatch`` does not fall back on it) reaches the client with the
 backend's status and the four OpenAI error fields the backend sent: ``message``, ``type``, ``param``, ``code``,
-each scrubbed of secrets (``gateway.scrub``). Which backend answered is said by the ``x-poolgate-backend`` header,
+each scrubbed of secrets (``gateway.proxy.scrub``). Which backend answered is said by the ``x-poolgate-backend`` header,
 not by rewriting the body. Only what is missing or not of the spec's type is filled in: a missing ``type`` becomes
 the status's OpenAI type, an integer ``code`` (vLLM sends the status so) its string, anything else null.
 Other fields of the backend's error are dropped: the body stays a valid OpenAI ``ErrorResponse``.
@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import openai_error_type
-from gateway.scrub import scrub_secrets
+from gateway.proxy.scrub import scrub_secrets
 
 
 def upstream_error_object(body: bytes) -> dict[str, Any] | None:

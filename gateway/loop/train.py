@@ -22,26 +22,30 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
 from gateway.pools import PoolConfig, PoolFile
+from gateway.routing.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
+from gateway.routing.service import load_router
+from gateway.store.repository import LogRepository
 from routers.base import Prediction, Router
 from routers.baselines import CheapestRouter, StrongestRouter
+from routers.dataset import RoutingDataset
 from routers.objective import Calibration, Flags, choose_batch, preset, score
+from routers.registry import build_router
 from training.calibrate import fit_calibrated, preset_summary
-from training.dataset import RoutingDataset
 from training.features import DEFAULT_ENCODER
 from training.from_logs import (
     LabelledData,
     TrainingDataError,
     column_means,
     concat,
-    fetch_labelled,
     impute,
     log_rows_to_data,
     offline_rows,
 )
+from training.loaders import load_dataset
 from training.metrics import chosen, mean_cost, mean_quality, tep
 from training.splits import split_by_query
+from training.train_router import attach_features
 
 log = logging.getLogger("poolgate.training")
 
@@ -124,14 +128,10 @@ def evaluate_policy(router: Router, data: RoutingDataset, observed: np.ndarray, 
 
 
 def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None, encoder: str) -> RoutingDataset:
-    from training.train_router import attach_features
-
     return attach_features(data, embeddings, cache_dir, encoder)
 
 
 def _load_serving(live: VersionRecord | None, config: PoolConfig, base_dir: Path | None) -> tuple[Router, str]:
-    from gateway.routing import load_router
-
     if live is not None:
         return load_version(live), f"{live.router} {live.version} (live)"
     router, version = load_router(config, base_dir)
@@ -142,14 +142,12 @@ async def gather_data(
     engine: AsyncEngine, pool_file: PoolFile, req: TrainRequest, default_output_tokens: int
 ) -> tuple[LabelledData, int]:
     """Log rows (and offline rows) of the request as one :class:`LabelledData`; refuses too few rows."""
-    from training.loaders import load_dataset
-
     config = pool_file.pool(req.pool)
     if config is None:
         known = ", ".join(p.name for p in pool_file.pools) or "(none)"
         raise TrainingDataError(f"no pool {req.pool!r} in the pool file; pools: {known}")
     backends = [pool_file.backend(m) for m in config.members]
-    rows, no_text = await fetch_labelled(engine, req.pool, req.since, req.until)
+    rows, no_text = await LogRepository(engine).labelled(req.pool, req.since, req.until)
     parts = [log_rows_to_data(rows, backends, default_output_tokens, req.pool)] if rows else []
     for name, limit in req.datasets:
         parts.append(offline_rows(load_dataset(name, limit=limit), backends))
@@ -173,8 +171,6 @@ def fit_and_compare(
     base_dir: Path | None, cache_dir: Path | None,
 ) -> tuple[Router, dict[str, Any], dict[str, Any] | None, str, dict[str, dict[str, Any]], int, int]:
     """Split, impute, fit the candidate and evaluate it beside the serving version (see the module doc)."""
-    from routers.registry import build_router
-
     candidate = build_router(req.router, req.params, req.seed)
     try:
         serving, label = _load_serving(live, config, base_dir)

@@ -2,7 +2,7 @@
 
 Every ``router_reload_interval_s`` (and on ``POST /admin/routers/reload``) :meth:`RouterReloader.poll_once` reads
 the live version of every pool. A pool whose live version changed gets it loaded in a worker thread (SHA-256 and
-router checked, :func:`gateway.artifacts.load_version`), *warmed* (one prediction on a probe query, which also
+router checked, :func:`gateway.routing.artifacts.load_version`), *warmed* (one prediction on a probe query, which also
 loads the embedding model when the router needs it), and only then swapped in with
 :meth:`RoutingService.swap_router`: requests already routed finish on the old version, new ones get the new one,
 none waits for a load. A version that fails any step is not served; the pool keeps its current version, the
@@ -18,17 +18,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from gateway.artifacts import ArtifactStore, VersionRecord, load_version
-from gateway.routing import PoolRuntime, RoutingService, load_router
+from gateway.routing.artifacts import ArtifactStore, VersionRecord, load_version
+from gateway.routing.service import PoolRuntime, RoutingService, load_router
 from routers.base import Router, RouterError
-
-if TYPE_CHECKING:
-    from gateway.deps import Services
 
 log = logging.getLogger("poolgate.reload")
 
@@ -184,22 +180,3 @@ class RouterReloader:
             "pools": {pool: {**state.as_dict(), "shadows": shadows.get(pool, {})}
                       for pool, state in self.primary.items()},
         }
-
-
-async def start_closed_loop(services: Services, artifacts_dir: Path, interval_s: float) -> None:
-    """Attach the shadow recorder and the reloader to ``services``; load live versions before serving."""
-    from gateway.shadow import ShadowRecorder
-
-    services.shadow = ShadowRecorder(services.routing, writer=services.writer)  # held rows: gateway.shadow
-    reloader = RouterReloader(services.routing, ArtifactStore(services.engine, artifacts_dir), interval_s)
-    services.reloader = reloader
-    await reloader.poll_once()
-    reloader.start()
-
-
-async def stop_closed_loop(services: Services) -> None:
-    """Stop polling and let rows waiting on shadow choices reach the writer."""
-    if services.reloader is not None:
-        await services.reloader.stop()
-    if services.shadow is not None:
-        await services.shadow.drain()

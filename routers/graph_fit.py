@@ -1,4 +1,4 @@
-"""GraphRouter training: build the task/query/LLM graph from a ``RoutingDataset``, then learn by edge masking.
+"""GraphRouter fitting: build the task/query/LLM graph from a ``RoutingDataset``, then learn by edge masking.
 
 Every epoch hides the query-LLM edges of a random ``hide_frac`` of the training queries (with
 probability ``llm_mask_prob`` also every edge of one random LLM, so the network learns to score an LLM
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 
 from routers.base import ModelCard, RouterError
+from routers.encoders.minilm import MiniLMEncoder
 from routers.features import unit_rows
 from routers.graph_net import (
     ATTR_NAMES,
@@ -39,10 +40,10 @@ from routers.graph_net import (
 )
 
 if TYPE_CHECKING:
+    from routers.dataset import RoutingDataset
     from routers.graph import GraphRouter, TextEncoder
-    from training.dataset import RoutingDataset
 
-TASK_DESCRIPTIONS = Path(__file__).resolve().parent / "data_config" / "task_descriptions.yaml"
+TASK_DESCRIPTIONS = Path(__file__).resolve().parent / "data" / "task_descriptions.yaml"
 #: a query whose cosine similarity to another training query exceeds this is its duplicate: not a neighbour
 DUPLICATE_SIM = 0.999
 #: task label used when a dataset has none
@@ -70,12 +71,10 @@ def load_task_table(path: Path = TASK_DESCRIPTIONS) -> dict[str, Any]:
 
 
 def default_encoder() -> TextEncoder:
-    """The project's sentence featurizer (all-MiniLM-L6-v2, 384-d, unit norm). Model descriptions are always
-    embedded with this contextual encoder, whichever encoder the queries use: they are few, and fit and
-    ``register`` must agree."""
-    from training.features import Featurizer
-
-    return Featurizer(encoder="minilm").embed
+    """The ``minilm`` encoder in float32, as the featurizer runs it (all-MiniLM-L6-v2, 384-d, unit norm). Model
+    descriptions are always embedded with this contextual encoder, whichever encoder the queries use: they are
+    few, and fit and ``register`` must agree."""
+    return MiniLMEncoder(dtype="float32")
 
 
 def _llm_nodes(cards: list[ModelCard], encode: TextEncoder, dim: int) -> dict[str, Any]:
@@ -229,165 +228,3 @@ def fit_graph_router(router: GraphRouter, dataset: RoutingDataset) -> GraphRoute
     info.update(fit_seconds=round(time.perf_counter() - started, 2), queries=len(dataset), models=len(dataset.models))
     router.set_trained(state, net, info)
     return router
-
-
-def inductive_eval(
-    dataset: RoutingDataset, held_out: str, router: GraphRouter, test_size: float = 0.2, seed: int = 0,
-) -> dict[str, Any]:
-    """Fit ``router`` with ``held_out`` absent from the graph, then route the test split over the whole pool,
-    adding ``held_out`` at inference by its card alone (description + attributes). ``dataset.features`` must be set.
-
-    Returns its true and predicted mean quality, the AUC of its predicted quality against its true outcome
-    (>= 0.5 counts as a success; 0.5 = chance), and per objective preset (GraphRouter's scenarios), on the
-    queries where it is the unique best model by the *true* utility: how often routing chooses it (chance:
-    1 / pool size) and its mean rank in the predicted utility (chance: (pool size + 1) / 2); plus how often it
-    is chosen overall and the true mean utility (reward) routed with it in the pool and without it.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    from routers.base import Prediction
-    from routers.objective import PRESETS, choose_batch, score
-    from training.splits import split_by_query
-
-    if dataset.features is None:
-        raise RouterError("inductive_eval needs dataset.features (featurize the dataset first)")
-    train, test = split_by_query(dataset, test_size, seed)
-    router.fit(dataset.subset(train).select_models([m for m in dataset.models if m != held_out]))
-    te = dataset.subset(test)
-    feats = dataset.features.subset(test)
-    pred = router.predict(feats, te.cards)
-    j, rows, m = te.models.index(held_out), np.arange(len(te)), len(te.models)
-    success = te.quality[:, j] >= 0.5
-    out: dict[str, Any] = {
-        "held_out": held_out, "true_mean": float(te.quality[:, j].mean()),
-        "pred_mean": float(pred.quality[:, j].mean()), "pred_std": float(pred.quality[:, j].std()),
-        "auc": float(roc_auc_score(success, pred.quality[:, j])) if 0 < success.mean() < 1 else float("nan"),
-        "chance": 1.0 / m, "chance_rank": (m + 1) / 2,
-    }
-    truth = Prediction(quality=te.quality, cost_usd=te.cost_usd)
-    for name, flags in PRESETS.items():
-        true_u = score(truth, te.cards, flags, feats.prompt_tokens).utility
-        est_u = score(pred, te.cards, flags, feats.prompt_tokens).utility
-        best = true_u.max(axis=1, keepdims=True)
-        unique = np.isclose(true_u[:, j], best[:, 0]) & (np.isclose(true_u, best).sum(axis=1) == 1)
-        chosen = choose_batch(pred, te.cards, flags, feats.prompt_tokens)
-        rank = 1 + (est_u > est_u[:, [j]]).sum(axis=1)
-        without = np.where(np.arange(m) == j, -np.inf, est_u).argmax(axis=1)
-        out[name] = {
-            "best_n": int(unique.sum()),
-            "chosen_where_best": float((chosen[unique] == j).mean()) if unique.any() else float("nan"),
-            "rank_where_best": float(rank[unique].mean()) if unique.any() else float("nan"),
-            "chosen_overall": float((chosen == j).mean()),
-            "reward_with": float(true_u[rows, chosen].mean()), "reward_without": float(true_u[rows, without].mean()),
-        }
-    return out
-
-
-def scenario_table(
-    dataset: RoutingDataset, router_names: list[str], seed: int = 0
-) -> list[dict[str, Any]]:
-    """GraphRouter's three scenarios (the objective's presets) for each router on one 80/20 split by query.
-
-    reward = the *true* utility of the chosen model under the preset: quality weight x quality - cost weight x
-    cost min-max normalized across the pool for that query (:func:`routers.objective.score`), averaged over
-    the test queries; with the mean true quality and USD cost of the choices. ``dataset.features`` must be set.
-    """
-    from routers.base import Prediction
-    from routers.objective import PRESETS, choose_batch, score
-    from routers.registry import build_router
-    from training.splits import split_by_query
-
-    if dataset.features is None:
-        raise RouterError("scenario_table needs dataset.features (featurize the dataset first)")
-    train, test = split_by_query(dataset, 0.2, seed)
-    te, feats = dataset.subset(test), dataset.features.subset(test)
-    truth, rows, out = Prediction(quality=te.quality, cost_usd=te.cost_usd), np.arange(len(te)), []
-    for name in router_names:
-        router = build_router(name, seed=seed)
-        started = time.perf_counter()
-        router.fit(te if router.evaluation_only else dataset.subset(train))
-        fit_s = time.perf_counter() - started
-        pred = router.predict(feats, te.cards)
-        for scenario, flags in PRESETS.items():
-            chosen = choose_batch(pred, te.cards, flags, feats.prompt_tokens)
-            utility = score(truth, te.cards, flags, feats.prompt_tokens).utility
-            out.append({"router": name, "scenario": scenario, "reward": float(utility[rows, chosen].mean()),
-                        "quality": float(te.quality[rows, chosen].mean()),
-                        "cost_usd": float(te.cost_usd[rows, chosen].mean()), "fit_s": fit_s})
-    return out
-
-
-def register_pool(artifact: Path | None, pool_file: Path | None, featurizer: Any) -> int:
-    """Embed the descriptions of every backend in ``pool_file`` into the graph ``artifact`` (in place), so the
-    gateway scores models the graph never saw from their real descriptions, without retraining."""
-    from gateway.pools import load_pool_file
-    from routers.base import Router
-    from routers.graph import GraphRouter
-
-    if artifact is None or pool_file is None:
-        raise SystemExit("register needs --artifact and --pool-file")
-    try:
-        router = Router.load(artifact)
-        pools = load_pool_file(pool_file)
-    except (RouterError, ValueError, OSError) as exc:
-        raise SystemExit(f"Error: {exc}") from None
-    if not isinstance(router, GraphRouter):
-        raise SystemExit(f"Error: {artifact}: holds router {router.name!r}, not 'graph'")
-    cards = [b.card() for b in pools.backends]
-    router.register_models(cards, encoder=featurizer.embed)
-    router.save(artifact)
-    new = [c.name for c in cards if c.name not in router.models_]
-    print(f"{artifact}: {len(router.state_.desc_cache)} registered descriptions; models not in the graph: {new}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training.graph_train inductive|scenarios|register ...``: the inductive table (one row per
-    held-out model and scenario) or the scenario table (one row per router and scenario), on the seed-0 80/20
-    split by query; or ``register --artifact A --pool-file P``: embed P's backend descriptions into A."""
-    import argparse
-
-    from routers.graph import GraphRouter
-    from training.features import Featurizer
-    from training.loaders import load_dataset
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("what", choices=("inductive", "scenarios", "register"))
-    ap.add_argument("--artifact", type=Path, help="register: the graph artifact to add descriptions to (in place)")
-    ap.add_argument("--pool-file", type=Path, help="register: the pool YAML whose backends' descriptions to embed")
-    ap.add_argument("--dataset", default="llmrouter")
-    ap.add_argument("--held-out", default="", help="inductive: models to hold out (default: each in turn)")
-    ap.add_argument("--routers", default="random,best-single,knn,complexity,graph,oracle", help="scenarios")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, default=Path(".poolgate/embeddings"))
-    ap.add_argument("--encoder", choices=("minilm", "minilm-static"), default="minilm-static",
-                    help="query embeddings")
-    args = ap.parse_args(argv)
-    descriptions = Featurizer(cache_dir=args.cache_dir, encoder="minilm")
-    if args.what == "register":
-        return register_pool(args.artifact, args.pool_file, descriptions)
-    featurizer = Featurizer(cache_dir=args.cache_dir, encoder=args.encoder)
-    ds = load_dataset(args.dataset)
-    ds = ds.with_features(featurizer.featurize_dataset(ds))
-    if args.what == "scenarios":
-        print(f"{'router':12} {'scenario':13} {'reward':>7} {'quality':>7} {'cost_usd':>10} {'fit_s':>6}")
-        for r in scenario_table(ds, args.routers.split(","), args.seed):
-            print(f"{r['router']:12} {r['scenario']:13} {r['reward']:7.4f} {r['quality']:7.4f} {r['cost_usd']:10.3e} "
-                  f"{r['fit_s']:6.1f}", flush=True)
-        return 0
-    cols = ("best_n", "chosen_where_best", "rank_where_best", "chosen_overall", "reward_with", "reward_without")
-    print(f"{'held_out':34} {'true_q':>6} {'pred_q':>6} {'auc':>5} {'scenario':13}", *(f"{c:>17}" for c in cols))
-    for name in [m for m in args.held_out.split(",") if m] or ds.models:
-        router = GraphRouter(seed=args.seed)
-        router.text_encoder = descriptions.embed
-        res = inductive_eval(ds, name, router, seed=args.seed)
-        for scenario in ("quality-first", "balanced", "cost-first"):
-            cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in (res[scenario][c] for c in cols)]
-            print(f"{name:34} {res['true_mean']:6.3f} {res['pred_mean']:6.3f} {res['auc']:5.3f} {scenario:13}",
-                  *(f"{v:>17}" for v in cells), flush=True)
-    print(f"chance: chosen_where_best {res['chance']:.3f}, rank_where_best {res['chance_rank']:.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 A version is written file first (``<artifacts_dir>/<pool>/<router>-<id>.router``, via :meth:`Router.save`),
 then registered as a row holding its path and SHA-256. Promotion is one transaction that makes the chosen
-version the pool's only ``live`` row; every gateway polls for that row (``gateway.reload``) and swaps it in.
+version the pool's only ``live`` row; every gateway polls for that row (``gateway.routing.reload``) and swaps it in.
 Rollback takes the live version down (``rolled_back``) and makes the most recently promoted ``retired`` one
 live again; with none left the pool serves what its pool file says.
 

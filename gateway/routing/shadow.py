@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.record import RequestRecord
-from gateway.routing import PoolRuntime, RouteDecision, RoutingService
+from gateway.routing.service import PoolRuntime, RouteDecision, RoutingService
 from gateway.store.writer import PENDING_SHADOW, LogWriter
 from routers.base import Router
 from routers.objective import Calibration, Flags, decide

@@ -6,7 +6,7 @@ seam is shaped like httpx's (``AsyncBaseTransport.handle_async_request`` returns
 as it comes, and failures are a small hierarchy of transport errors), but smaller: one call,
 :meth:`Transport.request`, with the request's timeouts and its response-size cap as arguments.
 
-The one implementation is :class:`gateway.http1.Http1Transport` (HTTP/1.1 over asyncio, responses parsed by
+The one implementation is :class:`gateway.proxy.http1.Http1Transport` (HTTP/1.1 over asyncio, responses parsed by
 httptools); see its module doc for why it is not httpx's or aiohttp's client, and for the measurements.
 
 Limits (:class:`UpstreamLimits`, from ``Settings``): connections in all and per origin, how long a request may
