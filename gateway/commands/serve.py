@@ -69,7 +69,7 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError
     from gateway.settings import Settings
-    from gateway.store import upgrade
+    from gateway.store import upgrade_embedded
     from gateway.store.db import redact
 
     if pool_file is not None:
@@ -77,8 +77,7 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     settings = Settings()
     host = host or settings.host
     port = port or settings.port
-    if settings.database_url.startswith("sqlite"):
-        upgrade(settings.database_url)  # embedded default: the schema is ours to create
+    upgrade_embedded(settings.database_url)
     child = None
     if settings.pool_file is None and not no_replay:
         click.echo(f"starting the replay backend on {settings.replay_host}:{settings.replay_port} (demo pool)")

@@ -70,6 +70,24 @@ def print_outcome(out: TrainOutcome) -> None:
     click.echo(f"promotion:  {'LIVE' if out.promoted else 'not live'}: {out.reason}")
 
 
+def _check_pool_choice(pool_file: Path | None, demo_pool: bool, serving: Path | None) -> Path | None:
+    """The pool file to train for: ``--pool-file``, POOLGATE_POOL_FILE (``serving``), or the demo pool if asked.
+
+    Why refuse otherwise: a version trained on the demo pool's backends but registered under a pool name the
+    gateway serves from another file would route to backends that pool does not have."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.pools import DEMO_POOL_PATH
+
+    if demo_pool:
+        if pool_file is not None:
+            raise click.UsageError("give --pool-file or --demo-pool, not both")
+        return DEMO_POOL_PATH
+    if pool_file is None and serving is None:
+        raise click.UsageError("which pool file does the gateway serve? pass --pool-file FILE or set "
+                               "POOLGATE_POOL_FILE (as for `poolgate serve`); for the demo pool pass --demo-pool")
+    return pool_file
+
+
 @click.command()
 @click.option("--router", "router_name", required=True, help="registered router name (e.g. knn, complexity)")
 @click.option("--pool", required=True, help="pool whose logs to learn from and that the version is for")
@@ -87,14 +105,15 @@ def print_outcome(out: TrainOutcome) -> None:
 @click.option("--force", is_flag=True, help="with --promote: make it live even if it is worse")
 @click.option("--note", default=None, help="free text stored with the version")
 @click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="pool YAML [POOLGATE_POOL_FILE, else the demo pool]")
+              help="the pool YAML the gateway serves [POOLGATE_POOL_FILE; neither: refused, see --demo-pool]")
+@click.option("--demo-pool", is_flag=True, help="train for the packaged demo pool (a gateway run with no pool file)")
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="sentence encoder to fit on [default: the serving router's, else POOLGATE_EMBEDDING_ENCODER]")
 @notify_option
 def train(
     router_name: str, pool: str, since: str, until: str | None, datasets: tuple[str, ...], params: tuple[str, ...],
     seed: int, test_size: float, min_rows: int, promote: bool, force: bool, note: str | None,
-    pool_file: Path | None, encoder: str | None, notify_urls: tuple[str, ...],
+    pool_file: Path | None, demo_pool: bool, encoder: str | None, notify_urls: tuple[str, ...],
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
@@ -107,7 +126,8 @@ def train(
 
     if force and not promote:
         raise click.UsageError("--force only makes sense with --promote")
-    settings, pools, base_dir = load_context(pool_file)
+    settings, _, _ = load_context(pool_file)
+    settings, pools, base_dir = load_context(_check_pool_choice(pool_file, demo_pool, settings.pool_file))
     req = TrainRequest(
         router=router_name, pool=pool,
         since=parse_when_option(since, "--since"), until=parse_when_option(until, "--until"),

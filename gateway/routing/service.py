@@ -183,15 +183,18 @@ class RoutingService:
         router, version = runtime.router, runtime.router_version
         if router_override and router_override != router.name:
             router, version = self._override(router_override), "builtin"
-        # a capability the request implies (tools, json, vision) filters only where the pool declares it at all
-        declared = frozenset().union(*(c.capabilities for c in runtime.cards))
-        required_capabilities = required_capabilities & declared
+        # a capability the request implies (tools, json, vision) filters only where the pool declares it at all,
+        # unless the pool is strict (docs/routing.md, "Capabilities and context windows")
+        strict = runtime.config.strict_capabilities
+        if not strict:
+            declared = frozenset().union(*(c.capabilities for c in runtime.cards))
+            required_capabilities = required_capabilities & declared
         prediction, router_error = await self._predict(router, runtime, prompt_text, prompt_tokens)
         name = router.name if router_error is None else f"{router.name}>cheapest"
         try:
             calibration = Calibration.of(router) if router_error is None else Calibration()
             ranking, scores = decide(prediction, runtime.cards, flags, prompt_tokens, required_capabilities,
-                                     calibration)
+                                     calibration, strict=strict)
         except ConstraintError as exc:
             raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.constraint}", code="unsatisfiable") from None
         candidates = [
