@@ -172,3 +172,42 @@ def test_min_context_with_an_undeclared_window_follows_the_pools_rule(fake_backe
     err = info.value.body
     assert isinstance(err, dict) and err["param"] == "poolgate.flags.min_context"
     assert "strict_capabilities: an undeclared context_window fails" in err["message"]
+
+
+# -- the demo's recorded prompts --------------------------------------------------------------------
+def test_every_readme_question_is_a_recorded_prompt_of_the_demo() -> None:
+    import re
+
+    from gateway.replay.data import ReplayStore
+
+    store = ReplayStore.load()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    questions = re.findall(r'"role": "user", "content": "([^"]+)"', readme)
+    assert len(questions) >= 6
+    assert [q for q in questions if store.match(q).kind != "exact"] == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_gateway_passes_the_replays_nearest_match_signal_on(gateway, stream: bool) -> None:
+    from gateway.replay.data import ReplayStore
+    from gateway.replay.server import create_replay_app
+    from tests.servers import ServerThread
+
+    store = ReplayStore.load()
+    with ServerThread(create_replay_app(store)) as replay:
+        gw = gateway(f"""backends:
+  - name: mixtral-8x7b
+    base_url: {replay.url}/v1
+    model: mixtral-8x7b
+pools:
+  - name: auto
+    members: [mixtral-8x7b]
+""")
+        for prompt, kind in ((store.records[0].prompt, "exact"), ("What is the capital of France?", "nearest")):
+            body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": prompt}]}
+            resp = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-poolgate-replay-match"] == kind
+            similarity = float(resp.headers["x-poolgate-replay-similarity"])
+            assert similarity == 1.0 if kind == "exact" else 0.0 <= similarity < 1.0
+            assert "x-replay-correct" not in resp.headers and "x-poolgate-replay-correct" not in resp.headers

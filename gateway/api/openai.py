@@ -127,7 +127,7 @@ async def _plain_response(
     prompt_tokens: int,
 ) -> Response:
     latency_ms = (time.perf_counter() - started) * 1000
-    headers = _headers(record.id, decision, result.backend.name, None)
+    headers = _headers(record.id, decision, result.backend.name, None) | result.passed_headers
     if result.parsed is None:  # an error passed through (a 4xx that is the request's fault)
         record.finish(status="error", http_status=result.status, latency_ms=latency_ms, error_type="upstream_error",
                       error_message=result.body[:2000].decode("utf-8", "replace"))
@@ -173,7 +173,7 @@ def _stream_response(
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
     )
-    headers = _headers(record.id, decision, backend.name, estimate)
+    headers = _headers(record.id, decision, backend.name, estimate) | result.passed_headers
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
     body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)

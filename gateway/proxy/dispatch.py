@@ -56,6 +56,7 @@ class UpstreamResult:
     content_type: str = "application/json"
     response: UpstreamResponse | None = None
     stream: AsyncIterator[bytes] | None = None
+    passed_headers: dict[str, str] = field(default_factory=dict)  # what the client also sees (_replay_signal)
     first_byte_at: float | None = None
     scrubber: Scrubber = NO_SECRET
 
@@ -193,6 +194,7 @@ class Dispatcher:
                 return status, None, UpstreamResult(
                     None, status, [], body=body, parsed=parsed,  # type: ignore[arg-type]
                     content_type=response.header("content-type") or "application/json",
+                    passed_headers=_replay_signal(response),
                 ), None, b""
             chunks = response.aiter_raw()
             first = await chunks.__anext__()
@@ -216,7 +218,29 @@ class Dispatcher:
             response=response,
             stream=_prepend(first, chunks),
             first_byte_at=first_at,
+            passed_headers=_replay_signal(response),
         ), None, b""
+
+
+_REPLAY_MATCHES = frozenset({"exact", "nearest"})
+
+
+def _replay_signal(response: UpstreamResponse) -> dict[str, str]:
+    """The replay demo backend's match headers, passed on as ``x-poolgate-replay-match`` (exact|nearest) and
+    ``x-poolgate-replay-similarity``, so a demo user sees when the answer was recorded for another prompt.
+
+    Only these two and only well-formed values: a backend's headers are otherwise never relayed."""
+    match, similarity = response.header("x-replay-match"), response.header("x-replay-similarity")
+    if match not in _REPLAY_MATCHES:
+        return {}
+    out = {"x-poolgate-replay-match": str(match)}
+    try:
+        value = float(similarity or "")
+    except ValueError:
+        return out
+    if 0.0 <= value <= 1.0:
+        out["x-poolgate-replay-similarity"] = f"{value:.3f}"
+    return out
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
