@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
+from gateway.access_log import AccessLogMiddleware
 from gateway.api import admin, admin_loop, feedback, health, metrics, openai
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
@@ -57,6 +58,7 @@ def create_app(
         default_response_class=ORJSONResponse,
     )
     install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware)  # outermost: every request, whatever answers it
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="requests larger than this get 413")
     max_header_bytes: int = Field(default=64 * 1024, gt=0, description="request line + headers over this get 431")
+    access_log: bool = Field(default=True, description="poolgate serve: one line per request on stderr")
+    log_format: Literal["text", "json"] = Field(default="text", description="access log: text lines or JSON lines")
     client_read_timeout_s: float = Field(
         default=30.0, gt=0, description="a client must send its request head, and then its body, within this (408)")
 

@@ -17,6 +17,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.access_log import RECORD_STATE_KEY
 from gateway.api.deps import CallerKey, PoolFileDep, RoutingDep, ServicesDep
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
@@ -71,6 +72,7 @@ async def chat_completions(request: Request, services: ServicesDep, key: CallerK
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
     record = _new_record(request_id, chat, services)
+    setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
     decision: RouteDecision | None = None
     try:
         # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
