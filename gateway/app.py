@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
@@ -32,8 +33,10 @@ def create_app(
     settings: Settings | None = None,
     pool_file: PoolFile | None = None,
     transport: Transport | None = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
-    """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``)."""
+    """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``);
+    ``tracer_provider`` (an OpenTelemetry TracerProvider) receives its spans instead of the OTLP exporter."""
     settings = settings or Settings()
     if pool_file is None:
         pool_file, base_dir = resolve_pool_file(settings)
@@ -42,7 +45,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, pool_file, base_dir, transport)
+        services = build_services(settings, pool_file, base_dir, transport, tracer_provider)
         await services.start()
         app.state.services = services  # read only by gateway.api.deps.get_services
         try:

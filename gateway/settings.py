@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     client_read_timeout_s: float = Field(
         default=30.0, gt=0, description="a client must send its request head, and then its body, within this (408)")
 
+    otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector for OpenTelemetry traces (poolgate[otel]); unset = none")
+
     # -- upstream (gateway/proxy/upstream.py: one transport for every backend call) -------------------------
     max_response_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="a plain backend answer over this fails (next backend, or 502)")

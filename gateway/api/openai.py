@@ -22,6 +22,7 @@ from gateway.api.deps import CallerKey, PoolFileDep, RoutingDep, ServicesDep
 from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
 from gateway.errors import GatewayError
+from gateway.limits.keys import KeyRecord
 from gateway.proxy.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.proxy.streaming import EventStreamResponse, StreamOutcome, relay
 from gateway.proxy.tokens import count_tokens_off_loop
@@ -29,6 +30,7 @@ from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
 from gateway.routing.service import RouteDecision
 from gateway.services import Services
+from gateway.tracing import route_attributes
 from routers.pricing import cost_usd
 
 router = APIRouter()
@@ -73,17 +75,34 @@ async def chat_completions(request: Request, services: ServicesDep, key: CallerK
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
     record = _new_record(request_id, chat, services)
     setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
+    services.tracing.start_request(request_id, chat.model, chat.payload, chat.stream)
+    try:
+        with services.tracing.request_context(request_id):
+            return await _serve(services, chat, record, key, started)
+    except BaseException as exc:  # a bug or a cancelled task: end the span rather than keep it open for ever
+        services.tracing.abandon(request_id, exc)
+        raise
+
+
+async def _serve(
+    services: Services, chat: ChatRequest, record: RequestRecord, key: KeyRecord | None, started: float
+) -> Response:
+    """Admit, route, dispatch and answer one parsed chat request (inside its trace span)."""
+    request_id = record.id
     decision: RouteDecision | None = None
     try:
         # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
         quick = chat.quick_prompt_tokens()
         admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
         prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
-        decision = await services.routing.route(
-            chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
-            request_flags=chat.request_flags, router_override=chat.router_override,
-            key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
-        )
+        with services.tracing.span("poolgate.route") as span:
+            decision = await services.routing.route(
+                chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
+                request_flags=chat.request_flags, router_override=chat.router_override,
+                key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
+            )
+            if span is not None:
+                span.set_attributes(route_attributes(decision))
         _record_decision(record, decision)
         services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
@@ -99,6 +118,8 @@ async def chat_completions(request: Request, services: ServicesDep, key: CallerK
         return err.response(_headers(request_id, decision, record.backend, None))
     record.backend = result.backend.name
     record.attempts = result.attempts
+    answered_by = (result.parsed or {}).get("model") if result.parsed is not None else None
+    services.tracing.annotate(request_id, {"gen_ai.response.model": str(answered_by or result.backend.model)})
     if result.stream is not None:
         return _stream_response(services, chat, record, result, decision, started, prompt_tokens)
     return await _plain_response(services, record, result, decision, started, prompt_tokens)
@@ -156,6 +177,7 @@ def _stream_response(
     decision: RouteDecision, started: float, prompt_tokens: int,
 ) -> Response:
     backend = result.backend
+    stream_span = services.tracing.start_child(record.id, "poolgate.stream", {"poolgate.backend": backend.name})
 
     def on_finish(out: StreamOutcome) -> None:
         usage = parse_usage(out.usage)
@@ -170,6 +192,10 @@ def _stream_response(
             latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
             error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
+        if stream_span is not None:
+            stream_span.set_attributes({"gen_ai.usage.output_tokens": c_tok, "poolgate.ttft_ms": out.ttft_ms or 0.0,
+                                        "error.type": error_type or ""})
+            stream_span.end()
         services.finish(record)
 
     estimate = next(
