@@ -117,6 +117,7 @@ def train(
 ) -> None:
     """Train ROUTER for POOL from logged requests with feedback (and optional offline data sets)."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.commands.train_offline import _parse_params
     from gateway.loop.train import TrainRequest, train_from_logs
     from gateway.routing.artifacts import ArtifactError, ArtifactStore
@@ -136,11 +137,12 @@ def train(
         encoder=encoder, default_encoder=settings.embedding_encoder,
     )
     try:
-        outcome = with_engine(settings, lambda engine: train_from_logs(
-            engine, ArtifactStore(engine, settings.artifacts_dir), pools, req,
-            default_output_tokens=settings.default_output_tokens, base_dir=base_dir,
-            cache_dir=settings.embedding_cache_dir,
-        ))
+        with progress_bars():
+            outcome = with_engine(settings, lambda engine: train_from_logs(
+                engine, ArtifactStore(engine, settings.artifacts_dir), pools, req,
+                default_output_tokens=settings.default_output_tokens, base_dir=base_dir,
+                cache_dir=settings.embedding_cache_dir,
+            ))
     except (TrainingDataError, RouterError, DatasetError, ArtifactError) as exc:
         raise click.ClickException(str(exc)) from None
     print_outcome(outcome)
