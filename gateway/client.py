@@ -21,11 +21,12 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
-import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 __all__ = ["AsyncChatStream", "AsyncPoolgate", "ChatResult", "ChatStream", "Poolgate", "PoolgateConnectionError",
            "PoolgateError"]
@@ -312,6 +313,9 @@ class Poolgate:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, master_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 2) -> None:
+        # why: openai (with its types and aiohttp) takes ~1 s to import; `import gateway.client` should not
+        import openai
+
         self.base_url, key, master = _settings(base_url, api_key, master_key)
         self.openai = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, timeout=timeout,
                                     max_retries=max_retries)
@@ -364,6 +368,9 @@ class AsyncPoolgate:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, master_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 2) -> None:
+        # why: openai (with its types and aiohttp) takes ~1 s to import; `import gateway.client` should not
+        import openai
+
         self.base_url, key, master = _settings(base_url, api_key, master_key)
         self.openai = openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=key, timeout=timeout,
                                          max_retries=max_retries)

@@ -211,3 +211,16 @@ pools:
             similarity = float(resp.headers["x-poolgate-replay-similarity"])
             assert similarity == 1.0 if kind == "exact" else 0.0 <= similarity < 1.0
             assert "x-replay-correct" not in resp.headers and "x-poolgate-replay-correct" not in resp.headers
+
+
+# -- a light SDK ------------------------------------------------------------------------------------
+def test_importing_the_sdk_loads_no_torch_numpy_fastapi_or_openai() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.client; "
+            "print(sorted(m for m in ('torch', 'numpy', 'fastapi', 'openai', 'sqlalchemy') if m in sys.modules))")
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root,
+                         env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == "[]"
