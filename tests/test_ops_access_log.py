@@ -81,3 +81,50 @@ def test_without_configuration_nothing_is_logged(gw, capsys) -> None:
     assert chat(gw.url).status_code == 200
     captured = capsys.readouterr()
     assert "/v1/chat/completions" not in captured.out + captured.err
+
+
+def test_poolgate_serve_writes_json_lines_to_stderr(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.servers import free_port
+
+    root = str(Path(__file__).resolve().parents[1])
+    port, replay_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POOLGATE_")}
+    env.update(PYTHONPATH=root, POOLGATE_PORT=str(port), POOLGATE_REPLAY_PORT=str(replay_port), HF_HUB_OFFLINE="1")
+    err = (tmp_path / "err.txt").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--log-format", "json"], env=env,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "poolgate serve did not come up"
+            time.sleep(0.2)
+        resp = chat(f"http://127.0.0.1:{port}")
+        assert resp.status_code == 200
+        request_id = resp.headers["x-poolgate-request-id"]
+
+        def logged() -> list[dict]:
+            lines = (tmp_path / "err.txt").read_text().splitlines()
+            return [row for row in map(json.loads, (ln for ln in lines if ln.startswith("{")))
+                    if row.get("request_id") == request_id]
+
+        from tests.conftest import wait_until
+
+        wait_until(logged, 10, "the request's access line")
+        row, = logged()
+        assert row["pool"] == "auto" and row["status"] == 200 and row["backend"] in ("mixtral-8x7b", "gpt-4-1106")
+        assert SECRET_PROMPT not in (tmp_path / "err.txt").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -127,8 +127,10 @@ def train(
 
     if force and not promote:
         raise click.UsageError("--force only makes sense with --promote")
-    settings, _, _ = load_context(pool_file)
-    settings, pools, base_dir = load_context(_check_pool_choice(pool_file, demo_pool, settings.pool_file))
+    settings, pools, base_dir = load_context(pool_file)
+    chosen = _check_pool_choice(pool_file, demo_pool, settings.pool_file)
+    if chosen != pool_file:  # --demo-pool
+        settings, pools, base_dir = load_context(chosen)
     req = TrainRequest(
         router=router_name, pool=pool,
         since=parse_when_option(since, "--since"), until=parse_when_option(until, "--until"),
