@@ -104,6 +104,8 @@ class LabelledRow:
     completion_tokens: int
     score: float
     created_at: datetime
+    #: P(this backend chosen) when the request was routed (migration 0005); None: unknown (older rows, fallbacks)
+    propensity: float | None = None
 
 
 @dataclass
