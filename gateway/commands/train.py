@@ -58,7 +58,8 @@ def print_outcome(out: TrainOutcome) -> None:
     split = out.record.metrics.get("split", {})
     click.echo(f"data: {out.log_rows} labelled log requests, {out.record.n_rows} rows in all; fitted on "
                f"{split.get('fit_rows', 0)} log rows before {split.get('cutoff')}, judged on "
-               f"{out.n_test} newer events ({split.get('holdout_without_propensity', 0)} without a propensity left out)")
+               f"{out.n_test} newer events ({split.get('holdout_without_propensity', 0)} without a propensity "
+               "left out)")
     click.echo(f"  {'holdout policy (off-policy, DR)':<34} {'utility':>8} {'95% interval':>18} {'quality':>7} "
                f"{'$/1k req':>9} {'ESS':>7}  mix")
     click.echo(_row(f"candidate {out.record.router} {out.record.version}", out.candidate))
