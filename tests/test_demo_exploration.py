@@ -81,7 +81,15 @@ def test_share_half_serves_both_backends_and_logs_each_choice_s_probability(
         assert raw.parse().choices[0].message.content
         served[raw.headers["x-poolgate-backend"]] += 1
     assert served["mixtral-8x7b"] > 0 and served["gpt-4-1106"] > 0
-    rows = asyncio.run(_rows(url, len(prompts)))
+    for prompt in prompts[:5]:  # a caller naming a router is never explored, and the row says so
+        raw = client.chat.completions.with_raw_response.create(
+            model="explore", messages=[{"role": "user", "content": prompt}],
+            extra_body={"poolgate": {"router": "strongest"}})
+        assert raw.headers["x-poolgate-backend"] == "gpt-4-1106"
+    rows = asyncio.run(_rows(url, len(prompts) + 5))
+    overridden = [r for r in rows if r.policy == "override:strongest"]
+    assert len(overridden) == 5 and all(r.propensity == 1.0 for r in overridden)
+    rows = [r for r in rows if r not in overridden]
     assert len(rows) == len(prompts)
     for row in rows:  # cheapest ranks mixtral first: exploit P = 0.75, the explored gpt-4 P = 0.25
         expected = 0.75 if row.backend == "mixtral-8x7b" else 0.25

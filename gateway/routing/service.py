@@ -212,8 +212,11 @@ class RoutingService:
             }
             for j, card in enumerate(runtime.cards)
         ]
-        picked = choose(ranking, [float(scores.utility[0, i]) for i in ranking], self._exploration(runtime),
-                        runtime.rng)
+        # a caller that names a router gets that router's choice: no exploration, and the row says who chose
+        exploration = None if router_override else self._exploration(runtime)
+        picked = choose(ranking, [float(scores.utility[0, i]) for i in ranking], exploration, runtime.rng)
+        if router_override:
+            picked = replace(picked, policy=f"override:{router_override}")
         ordered = [runtime.backends[i] for i in picked.order]
         return RouteDecision(
             runtime.config.name, name, version, ordered, candidates, flags, runtime.config.fallback, router_error,
