@@ -7,7 +7,8 @@ same prompt text are one query; a cell seen several times gets the mean score. C
 ``nan`` here together with an ``observed`` mask; :func:`impute` fills them (after the split, from the fitting
 rows only) with the backend's mean observed score, so routers learn from the cells they have and fall back to each
 backend's average elsewhere. The filling is a fitting device only: no policy is ever *judged* on filled cells (the
-promote gate estimates off-policy from logged outcomes and propensities: ``training.log_holdout``). Offline data sets can be mixed in (:func:`offline_rows`): their models are matched
+promote gate estimates off-policy from logged outcomes and propensities: ``training.log_holdout``). Offline data
+sets can be mixed in (:func:`offline_rows`): their models are matched
 to the pool's backends by name, and their rows are fully observed for the backends they cover.
 
 Token counts: the logged prompt tokens; completion tokens as logged for observed cells, else the backend's mean
