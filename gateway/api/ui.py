@@ -35,7 +35,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 def _page(html: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers={
         "content-security-policy": CSP, "cache-control": "no-store", "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer"})
+        "referrer-policy": "same-origin"})
 
 
 def _signed_in(request: Request, settings: Settings, sessions: DashboardSessions) -> bool:

@@ -1,0 +1,198 @@
+"""The dashboard at /ui in a real headless browser (Debian's chromium through chromium-driver and selenium), against
+a real gateway on loopback serving the demo pool over the replay backend: requests sent through the openai client
+show up as numbers, the charts are drawn (pixels, not only elements), a registered router version is promoted from
+its button, and the session cookie is HttpOnly, SameSite=Strict and holds no key."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from gateway.replay.data import ReplayStore
+from gateway.replay.server import create_replay_app
+from gateway.ui.session import COOKIE
+from tests.servers import ServerThread
+from tests.test_loop_report import png_pixels
+
+MASTER = "mk-dashboard-test-0123456789"
+SENT = 14  # requests the module sends through the gateway, all with one key
+
+
+def _driver_or_skip(tmp: Path) -> Any:
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.skip("chromium and chromium-driver are not installed (.ci/system-deps installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extras)")
+    from selenium.common.exceptions import WebDriverException
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1360,2400", f"--user-data-dir={tmp / 'profile'}"):
+        options.add_argument(arg)
+    try:
+        return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
+    except WebDriverException as exc:
+        pytest.skip(f"chromium cannot run here: {exc.msg}")
+
+
+async def _register_version(db_url: str, artifacts_dir: Path) -> str:
+    """A best-single router version of the demo pool, registered as ``poolgate train`` would (a candidate)."""
+    from gateway.routing.artifacts import ArtifactStore
+    from gateway.store import make_engine
+    from routers.base import ModelCard
+    from routers.baselines import BestSingleRouter
+    from routers.dataset import RoutingDataset
+
+    names = ["mixtral-8x7b", "gpt-4-1106"]
+    quality, zeros = np.asarray([[1.0, 0.0], [1.0, 0.0]]), np.zeros((2, 2))
+    ds = RoutingDataset("t", ["a", "b"], names, quality, np.ones(2), zeros, zeros, [ModelCard(n) for n in names])
+    engine = make_engine(db_url)
+    try:
+        record = await ArtifactStore(engine, artifacts_dir).register(
+            "auto", BestSingleRouter().fit(ds), metrics={}, n_rows=2, note="from the dashboard test")
+    finally:
+        await engine.dispose()
+    return record.version
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from gateway.store import upgrade
+
+    folder = tmp_path_factory.mktemp("ui")
+    with ServerThread(create_replay_app(ReplayStore.load())) as replay, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POOLGATE_REPLAY_PORT", str(replay.port))
+        settings = Settings(database_url=f"sqlite+aiosqlite:///{folder}/gw.db", spool_dir=folder / "spool",
+                            artifacts_dir=folder / "artifacts", log_flush_interval_s=0.05, auth_enabled=True,
+                            master_key=MASTER, router_reload_interval_s=600)
+        upgrade(settings.database_url)
+        with ServerThread(create_app(settings)) as gw:
+            admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {MASTER}"})
+            made = admin.post("/admin/keys", json={"name": "team-a", "budget_usd": 0.05})
+            assert made.status_code == 201, made.text
+            client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=made.json()["secret"], max_retries=0)
+            recorded = ReplayStore.load().records
+            for record in recorded[:SENT]:
+                client.chat.completions.create(model="auto", messages=[{"role": "user", "content": record.prompt}])
+            version = asyncio.run(_register_version(settings.database_url, settings.artifacts_dir))
+            yield {"url": gw.url, "version": version, "key_id": made.json()["id"], "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def browser(gateway: dict[str, Any]) -> Iterator[Any]:
+    driver = _driver_or_skip(gateway["folder"])
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _login(browser: Any, url: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/ui/login")
+    browser.find_element(By.ID, "key").send_keys(key)
+    browser.find_element(By.ID, "login-submit").click()
+
+
+def test_ui_without_a_session_redirects_to_the_login_form_and_panels_refuse(gateway: dict[str, Any]) -> None:
+    with httpx.Client(base_url=gateway["url"]) as http:
+        page = http.get("/ui")
+        assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+        assert http.get("/ui/panels").status_code == 401
+        forged = http.get("/ui", cookies={COOKIE: "9999999999.nonce.0000"})
+        assert forged.status_code == 303
+        login = http.get("/ui/login")
+        assert login.status_code == 200 and 'name="key"' in login.text
+        assert "script-src 'self'" in login.headers["content-security-policy"]
+        assert http.post("/ui/routers/promote", data={"pool": "auto", "version": "v1"}).status_code == 303
+
+
+def test_a_wrong_key_shows_an_error_and_sets_no_session(browser: Any, gateway: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    _login(browser, gateway["url"], "not-the-master-key")
+    assert "not the master key" in browser.find_element(By.ID, "login-error").text
+    assert browser.get_cookie(COOKIE) is None
+    browser.get(f"{gateway['url']}/ui")
+    assert browser.current_url.endswith("/ui/login")
+
+
+def _chart_ink(element: Any, folder: Path) -> tuple[float, int]:
+    """(share of non-white pixels, count of strongly colored pixels) in a screenshot of ``element``."""
+    path = folder / "element.png"
+    path.write_bytes(element.screenshot_as_png)
+    pixels = png_pixels(path)[..., :3].astype(int)
+    ink = (pixels < 200).any(axis=-1).mean()
+    colored = int((np.ptp(pixels, axis=-1) > 80).sum())
+    return float(ink), colored
+
+
+def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promoted(
+    browser: Any, gateway: dict[str, Any]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, version = gateway["url"], gateway["version"]
+    browser.delete_all_cookies()
+    _login(browser, url, MASTER)
+    assert browser.current_url.rstrip("/").endswith("/ui"), browser.current_url
+
+    cookie = browser.get_cookie(COOKIE)
+    assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert MASTER not in cookie["value"] and cookie["path"] == "/ui"
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: scripts cannot read it
+
+    assert browser.find_element(By.ID, "stat-requests").text == str(SENT)
+    assert browser.find_element(By.ID, "stat-errors").text == "0"
+    assert browser.find_element(By.CSS_SELECTOR, '[data-pool-requests="auto"]').text == str(SENT)
+    keys = browser.find_element(By.ID, "keys").text
+    assert "team-a" in keys and "$0.05" in keys
+    assert "estimate" in browser.find_element(By.ID, "overview").text.lower()
+
+    shot = gateway["folder"] / "dashboard.png"
+    browser.save_screenshot(str(shot))
+    print(f"dashboard screenshot: {shot}")
+    for selector in ("#cost-chart svg.chart", ".mix-chart svg.chart", ".latency-chart svg.chart",
+                     ".budget-chart svg.chart"):
+        chart = browser.find_element(By.CSS_SELECTOR, selector)
+        assert chart.size["width"] > 300 and chart.size["height"] > 60, (selector, chart.size)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+        ink, colored = _chart_ink(chart, gateway["folder"])
+        assert ink > 0.01 and colored > 150, (selector, ink, colored)
+    assert browser.find_elements(By.CSS_SELECTOR, ".mix-chart rect.bar")
+
+    serving = browser.find_element(By.CSS_SELECTOR, '[data-serving="auto"]').text
+    assert serving.startswith("knn"), serving
+    browser.find_element(By.ID, f"promote-auto-{version}").click()
+    WebDriverWait(browser, 10).until(ec.alert_is_present()).accept()  # the button asks first
+    flash = WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "flash")))
+    assert f"promoted auto {version} (best-single)" in flash.text, flash.text
+    assert "could not load" not in flash.text
+    assert browser.find_element(By.CSS_SELECTOR, '[data-serving="auto"]').text == f"best-single {version}"
+    assert browser.find_element(By.ID, "rollback-auto").is_displayed()
+    browser.save_screenshot(str(gateway["folder"] / "dashboard-promoted.png"))
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"}) as admin:
+        assert admin.get("/admin/routers").json()["data"][0]["router"] == "best-single"
+
+    browser.find_element(By.ID, "logout").click()
+    WebDriverWait(browser, 10).until(ec.url_contains("/ui/login"))
+    assert browser.get_cookie(COOKIE) is None
+    browser.get(f"{url}/ui")
+    assert browser.current_url.endswith("/ui/login")
