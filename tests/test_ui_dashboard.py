@@ -16,6 +16,7 @@ import numpy as np
 import openai
 import pytest
 
+from gateway.pools import DEMO_POOL_PATH
 from gateway.replay.data import ReplayStore
 from gateway.replay.server import create_replay_app
 from gateway.ui.session import COOKIE
@@ -72,10 +73,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     from gateway.store import upgrade
 
     folder = tmp_path_factory.mktemp("ui")
+    # the demo pool, with two shadow routers so the dashboard has shadow comparisons to show
+    pool_text = DEMO_POOL_PATH.read_text().replace("    fallback: true", "    fallback: true\n"
+                                                    "    shadow_routers: [strongest, cheapest]")
+    assert "shadow_routers" in pool_text
+    (folder / "pool.yaml").write_text(pool_text)
+    shutil.copy(DEMO_POOL_PATH.parent / "auto-knn.router", folder / "auto-knn.router")
     with ServerThread(create_replay_app(ReplayStore.load())) as replay, pytest.MonkeyPatch.context() as mp:
         mp.setenv("POOLGATE_REPLAY_PORT", str(replay.port))
         settings = Settings(database_url=f"sqlite+aiosqlite:///{folder}/gw.db", spool_dir=folder / "spool",
-                            artifacts_dir=folder / "artifacts", log_flush_interval_s=0.05, auth_enabled=True,
+                            artifacts_dir=folder / "artifacts", pool_file=folder / "pool.yaml", log_flush_interval_s=0.05, auth_enabled=True,
                             master_key=MASTER, router_reload_interval_s=600)
         upgrade(settings.database_url)
         with ServerThread(create_app(settings)) as gw:
@@ -170,13 +177,15 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     browser.save_screenshot(str(shot))
     print(f"dashboard screenshot: {shot}")
     for selector in ("#cost-chart svg.chart", ".mix-chart svg.chart", ".latency-chart svg.chart",
-                     ".budget-chart svg.chart"):
+                     ".budget-chart svg.chart", ".shadow-chart svg.chart"):
         chart = browser.find_element(By.CSS_SELECTOR, selector)
-        assert chart.size["width"] > 300 and chart.size["height"] > 60, (selector, chart.size)
+        assert chart.size["width"] > 300 and chart.size["height"] > 25, (selector, chart.size)  # one bar: ~34 px
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
         ink, colored = _chart_ink(chart, gateway["folder"])
         assert ink > 0.01 and colored > 150, (selector, ink, colored)
     assert browser.find_elements(By.CSS_SELECTOR, ".mix-chart rect.bar")
+    shadows = browser.find_element(By.ID, "shadows").text
+    assert "strongest" in shadows and "cheapest" in shadows
 
     serving = browser.find_element(By.CSS_SELECTOR, '[data-serving="auto"]').text
     assert serving.startswith("knn"), serving

@@ -69,7 +69,7 @@ def stacked_bars(starts: Sequence[datetime], names: Sequence[str], counts: Seque
     ymax = _nice_max(max((sum(row) for row in counts), default=0))
     _y_axis(body, left, top, plot_w, plot_h, ymax, money=False)
     slot = plot_w / max(1, len(starts))
-    bar_w = max(1.0, slot * 0.78)
+    bar_w = min(56.0, max(1.0, slot * 0.78))
     xs = [left + slot * i + slot / 2 for i in range(len(starts))]
     for i, row in enumerate(counts):
         y = top + plot_h

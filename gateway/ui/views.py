@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +29,12 @@ def _cost_chart(d: Dashboard) -> Markup | None:
     timeline = d.report.timeline
     if not timeline:
         return None
+    if len(timeline) == 1:  # one time bucket: no line to draw, so the three totals side by side
+        b = timeline[0]
+        rows = [("served (logged)", b["cost_usd"], SERVED, money(b["cost_usd"])),
+                ("always-strongest", b["strongest_cost_usd"], STRONGEST, f"{money(b['strongest_cost_usd'])} est."),
+                ("always-cheapest", b["cheapest_cost_usd"], CHEAPEST, f"{money(b['cheapest_cost_usd'])} est.")]
+        return charts.hbars(rows, money=True, label="cost in this window")
     starts: list[datetime] = [b["start"] for b in timeline]
     series = [("served (logged)", SERVED, [b["cost_usd"] for b in timeline], False),
               ("always-strongest (estimate)", STRONGEST, [b["strongest_cost_usd"] for b in timeline], True),
@@ -83,7 +88,3 @@ def build_charts(d: Dashboard) -> Charts:
                                  "always-cheapest (estimate)": CHEAPEST},
                                 dashed=("always-strongest (estimate)", "always-cheapest (estimate)"))
     return Charts(_cost_chart(d), cost_legend, mix, _latency_chart(d), _budget_chart(d), _shadow_charts(d))
-
-
-def finite(value: float) -> bool:
-    return math.isfinite(value)
