@@ -82,7 +82,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     with ServerThread(create_replay_app(ReplayStore.load())) as replay, pytest.MonkeyPatch.context() as mp:
         mp.setenv("POOLGATE_REPLAY_PORT", str(replay.port))
         settings = Settings(database_url=f"sqlite+aiosqlite:///{folder}/gw.db", spool_dir=folder / "spool",
-                            artifacts_dir=folder / "artifacts", pool_file=folder / "pool.yaml", log_flush_interval_s=0.05, auth_enabled=True,
+                            artifacts_dir=folder / "artifacts", pool_file=folder / "pool.yaml",
+                            log_flush_interval_s=0.05, auth_enabled=True,
                             master_key=MASTER, router_reload_interval_s=600)
         upgrade(settings.database_url)
         with ServerThread(create_app(settings)) as gw:

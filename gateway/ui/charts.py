@@ -72,7 +72,7 @@ def stacked_bars(starts: Sequence[datetime], names: Sequence[str], counts: Seque
     bar_w = min(56.0, max(1.0, slot * 0.78))
     xs = [left + slot * i + slot / 2 for i in range(len(starts))]
     for i, row in enumerate(counts):
-        y = top + plot_h
+        y = float(top + plot_h)
         for name, n in zip(names, row, strict=True):
             if not n:
                 continue

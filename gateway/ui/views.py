@@ -72,7 +72,7 @@ def _shadow_charts(d: Dashboard) -> list[tuple[str, Markup]]:
         rows.append(("served", served, SERVED, money(served)))
         for i, s in enumerate(shadows):
             color = charts.PALETTE[(i + 2) % len(charts.PALETTE)]
-            rows.append((s.name, s.stats.cost_usd, color, f"{money(s.stats.cost_usd)} (estimate)"))
+            rows.append((s.name, s.stats.cost_usd, color, f"{money(s.stats.cost_usd)} est."))
         out.append((pool, charts.hbars(rows, money=True, label=f"shadow routers of {pool}")))
     return out
 
