@@ -6,6 +6,7 @@ its button, and the session cookie is HttpOnly, SameSite=Strict and holds no key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,66 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     assert browser.get_cookie(COOKIE) is None
     browser.get(f"{url}/ui")
     assert browser.current_url.endswith("/ui/login")
+
+
+@contextlib.contextmanager
+def _signed_in_client(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url) as http:
+        done = http.post("/ui/login", data={"key": MASTER})
+        assert done.status_code == 303 and done.headers["location"] == "/ui"
+        yield http
+
+
+def test_login_sets_an_httponly_strict_session_cookie_for_ui_only(gateway: dict[str, Any]) -> None:
+    with httpx.Client(base_url=gateway["url"]) as http:
+        done = http.post("/ui/login", data={"key": MASTER})
+    header = done.headers["set-cookie"].lower()
+    assert header.startswith(f"{COOKIE}=") and MASTER.lower() not in header
+    assert "httponly" in header and "samesite=strict" in header and "path=/ui" in header
+    assert "secure" not in header  # plain HTTP on loopback; set over HTTPS
+
+
+@pytest.mark.parametrize("body, headers, status", [
+    (b'{"key": "x"}', {"content-type": "application/json"}, 400),
+    (b"key=" + b"a" * 5000, {"content-type": "application/x-www-form-urlencoded"}, 400),
+    (b"key=\xff\xfe", {"content-type": "application/x-www-form-urlencoded"}, 400),
+    (b"key=wrong", {"content-type": "application/x-www-form-urlencoded"}, 401),
+    (f"key={MASTER}".encode(), {"content-type": "application/x-www-form-urlencoded",
+                                "origin": "https://evil.example"}, 400),
+])
+def test_bad_login_posts_get_the_login_page_with_a_4xx_and_no_cookie(
+    gateway: dict[str, Any], body: bytes, headers: dict[str, str], status: int
+) -> None:
+    with httpx.Client(base_url=gateway["url"]) as http:
+        answer = http.post("/ui/login", content=body, headers=headers)
+    assert answer.status_code == status
+    assert 'id="login-error"' in answer.text and "set-cookie" not in answer.headers
+
+
+def test_promoting_an_unknown_version_shows_the_error_and_changes_nothing(gateway: dict[str, Any]) -> None:
+    with _signed_in_client(gateway["url"]) as http:
+        done = http.post("/ui/routers/promote", data={"pool": "auto", "version": "v99"})
+        assert done.status_code == 303
+        page = http.get("/ui", params={"window": "not-a-window"})
+        assert page.status_code == 200
+        assert "has no router version &#39;v99&#39;" in page.text
+        assert http.post("/ui/routers/rollback", data={"pool": "nope"}).status_code == 303
+        assert "has no live router version" in http.get("/ui").text
+        assert http.get("/ui/panels").status_code == 200
+
+
+def test_without_a_master_key_the_dashboard_is_disabled(tmp_path: Path) -> None:
+    from gateway.app import create_app
+    from gateway.pools import parse_pool_file
+    from gateway.settings import Settings
+    from gateway.store import upgrade
+
+    pool = parse_pool_file("backends:\n  - {name: b, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+                           "pools:\n  - {name: p, members: [b], router: cheapest}\n")
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/gw.db", spool_dir=tmp_path / "spool")
+    upgrade(settings.database_url)
+    with ServerThread(create_app(settings, pool)) as gw, httpx.Client(base_url=gw.url) as http:
+        assert http.get("/ui/login").status_code == 403
+        answer = http.post("/ui/login", data={"key": ""})
+        assert answer.status_code == 403 and "POOLGATE_MASTER_KEY" in answer.text
+        assert http.get("/ui").status_code == 303
