@@ -96,7 +96,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             for record in recorded[:SENT]:
                 client.chat.completions.create(model="auto", messages=[{"role": "user", "content": record.prompt}])
             version = asyncio.run(_register_version(settings.database_url, settings.artifacts_dir))
-            yield {"url": gw.url, "version": version, "key_id": made.json()["id"], "folder": folder}
+            yield {"url": gw.url, "version": version, "key_id": made.json()["id"], "folder": folder, "client": client,
+                   "prompts": [r.prompt for r in recorded[SENT:SENT + 3]]}
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +202,13 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     browser.save_screenshot(str(gateway["folder"] / "dashboard-promoted.png"))
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"}) as admin:
         assert admin.get("/admin/routers").json()["data"][0]["router"] == "best-single"
+
+    # live: the page fetches its panels again (every 10 s) and shows requests sent after it loaded
+    for prompt in gateway["prompts"]:
+        gateway["client"].chat.completions.create(model="auto", messages=[{"role": "user", "content": prompt}])
+    after = str(SENT + len(gateway["prompts"]))
+    WebDriverWait(browser, 40).until(ec.text_to_be_present_in_element((By.ID, "stat-requests"), after))
+    assert browser.find_element(By.CSS_SELECTOR, '[data-serving="auto"]').text == f"best-single {version}"
 
     browser.find_element(By.ID, "logout").click()
     WebDriverWait(browser, 10).until(ec.url_contains("/ui/login"))
