@@ -1,12 +1,14 @@
 """The dashboard at /ui in a real headless browser (Debian's chromium through chromium-driver and selenium), against
 a real gateway on loopback serving the demo pool over the replay backend: requests sent through the openai client
 show up as numbers, the charts are drawn (pixels, not only elements), a registered router version is promoted from
-its button, and the session cookie is HttpOnly, SameSite=Strict and holds no key."""
+its button, and the session cookie is HttpOnly, SameSite=Strict and holds no key. Screenshots go to
+``POOLGATE_UI_SCREENSHOT_DIR`` when it is set (else the test's temporary folder)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,9 +178,9 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     assert "team-a" in keys and "$0.05" in keys
     assert "estimate" in browser.find_element(By.ID, "overview").text.lower()
 
-    shot = gateway["folder"] / "dashboard.png"
-    browser.save_screenshot(str(shot))
-    print(f"dashboard screenshot: {shot}")
+    shots = Path(os.environ.get("POOLGATE_UI_SCREENSHOT_DIR") or gateway["folder"])  # set it to keep them
+    shots.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(shots / "dashboard.png"))
     for selector in ("#cost-chart svg.chart", ".mix-chart svg.chart", ".latency-chart svg.chart",
                      ".budget-chart svg.chart", ".shadow-chart svg.chart"):
         chart = browser.find_element(By.CSS_SELECTOR, selector)
@@ -199,7 +201,7 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     assert "could not load" not in flash.text
     assert browser.find_element(By.CSS_SELECTOR, '[data-serving="auto"]').text == f"best-single {version}"
     assert browser.find_element(By.ID, "rollback-auto").is_displayed()
-    browser.save_screenshot(str(gateway["folder"] / "dashboard-promoted.png"))
+    browser.save_screenshot(str(shots / "dashboard-promoted.png"))
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"}) as admin:
         assert admin.get("/admin/routers").json()["data"][0]["router"] == "best-single"
 

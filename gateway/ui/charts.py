@@ -33,7 +33,7 @@ def _nice_max(value: float) -> float:
 def _fmt(value: float, money: bool) -> str:
     if money:
         return f"${value:.4g}" if value < 1 else f"${value:,.2f}"
-    return f"{value:,.0f}" if value >= 10 or value == int(value) else f"{value:.2g}"
+    return f"{value:,.0f}" if value == int(value) else f"{value:.3g}"
 
 
 def _time_label(t: datetime, width_s: int) -> str:
