@@ -280,3 +280,10 @@ def test_without_a_master_key_the_dashboard_is_disabled(tmp_path: Path) -> None:
         answer = http.post("/ui/login", data={"key": ""})
         assert answer.status_code == 403 and "POOLGATE_MASTER_KEY" in answer.text
         assert http.get("/ui").status_code == 303
+
+
+def test_a_cross_site_promote_is_refused_even_with_a_session(gateway: dict[str, Any]) -> None:
+    with _signed_in_client(gateway["url"]) as http:
+        done = http.post("/ui/routers/rollback", data={"pool": "auto"}, headers={"origin": "http://evil.example"})
+        assert done.status_code == 303 and done.headers["location"] == "/ui/login"
+        assert "flash" not in done.headers.get("set-cookie", "")

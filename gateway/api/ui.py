@@ -10,7 +10,7 @@ Content-Security-Policy (no inline script or style) and ``Cache-Control: no-stor
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
@@ -43,10 +43,10 @@ def _signed_in(request: Request, settings: Settings, sessions: DashboardSessions
 
 
 def _same_origin(request: Request) -> bool:
-    """A form post from this site (SameSite=Strict already keeps the cookie off cross-site posts; this is a
-    second lock for browsers that send an Origin)."""
+    """A form post from this site's host (SameSite=Strict already keeps the cookie off cross-site posts; this is a
+    second lock for browsers that send an Origin). Hosts only: a proxy in front may change the scheme and port."""
     origin = request.headers.get("origin")
-    return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
+    return origin is None or urlsplit(origin).hostname == request.url.hostname
 
 
 async def _form(request: Request) -> dict[str, str] | None:
@@ -72,6 +72,10 @@ def _to(path: str, flash: str | None = None) -> RedirectResponse:
     return response
 
 
+def _secure(request: Request, settings: Settings) -> bool:
+    return settings.ui_secure_cookie if settings.ui_secure_cookie is not None else request.url.scheme == "https"
+
+
 def _login_page(settings: Settings, error: str | None = None, status: int = 200) -> HTMLResponse:
     disabled = not settings.master_key
     return _page(render("login.html", error=error, disabled=disabled), 403 if disabled else status)
@@ -95,7 +99,7 @@ async def login(request: Request, settings: SettingsDep, sessions: SessionsDep) 
         return _login_page(settings, "That is not the master key.", 401)
     response = _to("/ui")
     response.set_cookie(COOKIE, sessions.issue(settings.master_key), max_age=sessions.lifetime_s, path=COOKIE_PATH,
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                        httponly=True, samesite="strict", secure=_secure(request, settings))
     return response
 
 
