@@ -43,6 +43,7 @@ def _driver_or_skip(tmp: Path) -> Any:
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1360,2400", f"--user-data-dir={tmp / 'profile'}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations and script errors
     try:
         return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=chromedriver))
     except WebDriverException as exc:
@@ -177,6 +178,8 @@ def test_login_shows_the_requests_just_sent_charts_render_and_a_version_is_promo
     keys = browser.find_element(By.ID, "keys").text
     assert "team-a" in keys and "$0.05" in keys
     assert "estimate" in browser.find_element(By.ID, "overview").text.lower()
+    severe = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe  # the strict CSP blocked nothing, every asset loaded from poolgate
 
     shots = Path(os.environ.get("POOLGATE_UI_SCREENSHOT_DIR") or gateway["folder"])  # set it to keep them
     shots.mkdir(parents=True, exist_ok=True)
