@@ -56,3 +56,10 @@ def test_mix_series_fill_quiet_buckets_with_zeros_and_skip_errors() -> None:
     assert auto.backends == ["cheap", "strong"]
     assert auto.counts == [[3, 1], [0, 0], [0, 2]]
     assert auto.starts[1] == T0 + timedelta(minutes=1)
+
+
+def test_range_bars_reach_the_median_and_the_p95() -> None:
+    svg = str(charts.range_bars([("a", 10.0, 40.0, "#000000", "x"), ("b", float("nan"), 20.0, "#111111", "y")], "l"))
+    widths = [float(w) for w in re.findall(r'<rect x="150" y="[^"]+" width="([^"]+)" height="18" rx="4" fill=', svg)]
+    assert len(widths) == 4  # per row: the p95 bar, then the p50 bar
+    assert abs(widths[0] / widths[1] - 4.0) < 0.01 and widths[3] == 0.0 and widths[2] == widths[0] / 2

@@ -125,6 +125,28 @@ def hbars(rows: Sequence[tuple[str, float, str, str]], money: bool, label: str, 
     return _frame(width, height, body, label)
 
 
+def range_bars(rows: Sequence[tuple[str, float, float, str, str]], label: str) -> Markup:
+    """One bar per row of (name, low, high, color, value text): solid to ``low`` (p50), lighter on to ``high``
+    (p95), on a shared axis."""
+    row_h, left, width = 30, 150, 640
+    height = row_h * max(1, len(rows)) + 8
+    finite = [v for _, lo, hi, _, _ in rows for v in (lo, hi) if math.isfinite(v)]
+    top_value = _nice_max(max(finite, default=0.0))
+    plot_w = width - left - 150
+    body: list[str] = []
+    for i, (name, low, high, color, text) in enumerate(rows):
+        y = 4 + i * row_h
+        w_lo, w_hi = (0.0 if not math.isfinite(v) else plot_w * min(1.0, max(0.0, v) / top_value) for v in (low, high))
+        body.append(f'<text x="{left - 8}" y="{y + 19}" text-anchor="end" class="label">{escape(name[:22])}</text>')
+        body.append(f'<rect x="{left}" y="{y + 5}" width="{plot_w}" height="18" rx="4" class="track"/>')
+        body.append(f'<rect x="{left}" y="{y + 5}" width="{w_hi:.1f}" height="18" rx="4" fill="{color}" '
+                    f'fill-opacity="0.35" class="bar"/>')
+        body.append(f'<rect x="{left}" y="{y + 5}" width="{w_lo:.1f}" height="18" rx="4" fill="{color}" class="bar">'
+                    f'<title>{escape(name)}: {escape(text)}</title></rect>')
+        body.append(f'<text x="{left + plot_w + 8}" y="{y + 19}" class="value">{escape(text)}</text>')
+    return _frame(width, height, body, label)
+
+
 def legend(colors: dict[str, str], dashed: Sequence[str] = ()) -> Markup:
     items = []
     for name, color in colors.items():

@@ -12,7 +12,6 @@ from gateway.ui.data import Dashboard
 from gateway.ui.render import money, ms, pct
 
 SERVED, CHEAPEST, STRONGEST = "#2563EB", "#16A34A", "#DC2626"
-BREAKER_COLORS = {"closed": "#16A34A", "half_open": "#D97706", "open": "#DC2626"}
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,10 @@ def _cost_chart(d: Dashboard) -> Markup | None:
     return charts.line_chart(starts, series, d.report.bucket_seconds, "cost over time")
 
 
-def _latency_chart(d: Dashboard) -> Markup | None:
-    rows = [(f"{b.name} p50", b.stats.latency_p50, BREAKER_COLORS.get(b.breaker, "#7F7F7F"), ms(b.stats.latency_p50))
-            for b in d.backends if b.stats.requests]
-    rows += [(f"{b.name} p95", b.stats.latency_p95, BREAKER_COLORS.get(b.breaker, "#7F7F7F"), ms(b.stats.latency_p95))
-             for b in d.backends if b.stats.requests]
-    rows.sort(key=lambda r: r[0])
-    return charts.hbars(rows, money=False, label="latency per backend") if rows else None
+def _latency_chart(d: Dashboard, colors: dict[str, str]) -> Markup | None:
+    rows = [(b.name, b.stats.latency_p50, b.stats.latency_p95, colors.get(b.name, charts.PALETTE[-1]),
+             f"p50 {ms(b.stats.latency_p50)} · p95 {ms(b.stats.latency_p95)}") for b in d.backends if b.stats.requests]
+    return charts.range_bars(rows, "latency per backend: p50 solid, p95 light") if rows else None
 
 
 def _budget_chart(d: Dashboard) -> Markup | None:
@@ -87,4 +83,4 @@ def build_charts(d: Dashboard) -> Charts:
     cost_legend = charts.legend({"served (logged)": SERVED, "always-strongest (estimate)": STRONGEST,
                                  "always-cheapest (estimate)": CHEAPEST},
                                 dashed=("always-strongest (estimate)", "always-cheapest (estimate)"))
-    return Charts(_cost_chart(d), cost_legend, mix, _latency_chart(d), _budget_chart(d), _shadow_charts(d))
+    return Charts(_cost_chart(d), cost_legend, mix, _latency_chart(d, colors), _budget_chart(d), _shadow_charts(d))
