@@ -32,6 +32,7 @@ from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
+from gateway.ui.session import DashboardSessions
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Services:
     limiter: Limiter
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
+    sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -110,5 +112,5 @@ def build_services(
                               max_stream_bytes=settings.max_stream_bytes,
                               pool_timeout_s=settings.upstream_pool_timeout_s),
         metrics=metrics, keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
-        finish=RequestFinisher(shadow, metrics, tenancy, writer),
+        finish=RequestFinisher(shadow, metrics, tenancy, writer), sessions=DashboardSessions(),
     )
