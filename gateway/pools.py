@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from routers.base import ModelCard
+from routers.exploration import Exploration
 from routers.registry import ROUTERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -100,6 +101,21 @@ class BackendConfig(BaseModel):
         )
 
 
+class ExplorationConfig(BaseModel):
+    """A pool's exploration (``routers.exploration``): ``share`` of requests drawn from ``policy`` over the ranked
+    feasible members instead of the top one; off (share 0) by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["epsilon", "softmax"] = "epsilon"
+    share: float = Field(default=0.0, ge=0, le=1, description="fraction of requests that explore")
+    temperature: float = Field(default=0.1, gt=0, description="softmax only: utility scale of the draw")
+    seed: int | None = Field(default=None, description="seed of the draw (tests); None: fresh entropy")
+
+    def policy_of(self) -> Exploration:
+        return Exploration(self.policy, self.share, self.temperature)
+
+
 class PoolConfig(BaseModel):
     """A named set of backends and the router that chooses among them."""
 
@@ -118,6 +134,15 @@ class PoolConfig(BaseModel):
         default=False, description="true: a backend lacks what it does not declare (a capability such as vision, "
         "a context window for min_context); false: a capability no member declares filters nothing, and an "
         "undeclared context window passes min_context")
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+
+    @model_validator(mode="after")
+    def _no_exploration_when_quality_first(self) -> PoolConfig:
+        # quality-first promises the best member every time: exploring would break that promise
+        if self.objective == "quality-first" and self.exploration.share > 0:
+            raise ValueError(f"pool {self.name!r}: exploration must stay off under objective quality-first "
+                             "(set exploration.share to 0 or pick another objective)")
+        return self
 
 
 class BreakerConfig(BaseModel):

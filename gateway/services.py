@@ -34,6 +34,7 @@ from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
 from gateway.tracing import Tracing, make_tracing
+from gateway.ui.session import DashboardSessions
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Services:
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
     tracing: Tracing  # OpenTelemetry spans (inert unless POOLGATE_OTEL_ENDPOINT is set; gateway.tracing)
+    sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -118,4 +120,5 @@ def build_services(
                               pool_timeout_s=settings.upstream_pool_timeout_s, tracing=tracing),
         metrics=metrics, keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
         finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing,
+        sessions=DashboardSessions(),
     )
