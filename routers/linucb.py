@@ -139,10 +139,8 @@ class LinUCBRouter(Router):
         models, dim = list(state["models_"]), state["dim_"]
         A, b, n = (np.asarray(state[k], dtype=np.float64) for k in ("A_", "b_", "n_"))
         m = len(models)
-        if dim is None:
-            ok = m == 0
-        else:
-            ok = A.shape == (m, dim, dim) and b.shape == (m, dim) and n.shape == (m,)
+        shapes_ok = A.shape == (m, dim, dim) and b.shape == (m, dim) and n.shape == (m,)
+        ok = m == 0 if dim is None else shapes_ok
         if not ok:
             raise RouterError(f"linucb state shapes disagree: {m} arms, dim {dim}, A {A.shape}, b {b.shape}")
         self.models_, self.dim_, self.A_, self.b_, self.n_ = models, dim, A, b, n
