@@ -41,7 +41,7 @@ from routers.pricing import cost_usd
 log = logging.getLogger("poolgate.judge")
 
 #: ``await on_label(pool, question, backend, score)``: a new label for ``backend``'s answer to ``question``
-OnLabel = Callable[[str, str, str, float], Awaitable[None]]
+OnLabel = Callable[[str, str, str, float], Awaitable[object]]
 #: longest answer sent to the judge (characters): longer ones are not judged (a judge call must stay bounded)
 MAX_ANSWER_CHARS = 32_000
 
