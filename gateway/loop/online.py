@@ -72,7 +72,7 @@ class OnlineLearner:
         self.pending[pool] = 0
         try:
             record = await self.artifacts.register(
-                pool, router, metrics={"online_updates": n}, n_rows=int(sum(getattr(router, "n_", []) or [0])),
+                pool, router, metrics={"online_updates": n}, n_rows=round(float(sum(getattr(router, "n_", ())))),
                 params=router.get_params(), note=f"online: {n} updates since the last save")
             record = await self.artifacts.promote(pool, record.version)
         except Exception as exc:
