@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of training traffic")
     parser.add_argument("--per-round", type=int, default=50, help="requests per round")
     parser.add_argument("--eval", type=int, default=80, help="held-out prompts each policy answers at the end")
-    parser.add_argument("--cost-weight", type=float, default=20.0, help="the pool's cost flag (quality per USD)")
+    parser.add_argument("--cost-weight", type=float, default=25.0, help="the pool's cost flag (quality per USD)")
     parser.add_argument("--save-every", type=int, default=25, help="labels between saved online versions")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -174,13 +174,23 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
         print(f"{seen:>9} {quality:>13.3f} {cost100:>11.4f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0):<12} {version}")
     print(f"held out ({len(held_out)} new prompts, each policy on the same ones):")
-    print(f"  {'policy':<22} {'judge quality':>13} {'$ / 100 req':>11} {'labels':>6}  mix (mixtral / gpt-4)")
+    print(f"  {'policy':<22} {'judge quality':>13} {'$ / 100 req':>11} {'utility':>8} {'labels':>6}  "
+          f"mix (mixtral / gpt-4)")
+    results = {}
     for name, router in (("learned " + live_version(db), None), ("always-cheapest", "cheapest"),
                          ("always-strongest", "strongest")):
         ids = send(client, held_out, router)
         quality, cost100, labels, mix = summary(db, ids)
-        print(f"  {name:<22} {quality:>13.3f} {cost100:>11.4f} {labels:>6}  "
+        results[router] = (quality, cost100, mix)
+        utility = quality - args.cost_weight * cost100 / 100  # the objective's trade: quality - weight x USD a call
+        print(f"  {name:<22} {quality:>13.3f} {cost100:>11.4f} {utility:>8.3f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0)}")
+    # what a context-blind policy sending the same share to gpt-4 at random would score on these prompts
+    share = results[None][2].get("gpt-4-1106", 0) / len(held_out)
+    blind = (1 - share) * results["cheapest"][0] + share * results["strongest"][0]
+    blind_cost = (1 - share) * results["cheapest"][1] + share * results["strongest"][1]
+    print(f"  {'same mix, at random':<22} {blind:>13.3f} {blind_cost:>11.4f} "
+          f"{blind - args.cost_weight * blind_cost / 100:>8.3f}      -  (expected value, computed)")
     with sqlite3.connect(db) as conn:
         n, usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE router = 'judge'").fetchone()
     print(f"judge calls: {n}, cost ${usd or 0:.4f} (logged as requests rows with router = policy = 'judge')")
