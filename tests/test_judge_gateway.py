@@ -127,3 +127,22 @@ def test_a_dead_judge_never_delays_or_fails_a_request(gateway, tmp_path: Path) -
         assert all(r["status"] == "error" and r["cost_usd"] == 0 for r in rows if r["router"] == "judge")
         assert all(r["status"] == "ok" for r in rows if r["router"] != "judge")
         assert _query(db, select(Feedback.__table__)) == []
+
+
+def test_a_user_label_updates_the_served_online_router(gateway, tmp_path: Path) -> None:
+    store = ReplayStore.load()
+    with ServerThread(create_replay_app(store)) as replay:
+        pool = judged_pool(replay.url, replay.url, share=0.0)  # the judge judges nothing: only the user labels
+        gw = gateway(pool, store_prompts=True, online_save_every=1000, artifacts_dir=tmp_path / "artifacts")
+        served = gw.server.config.app.state.services.routing.runtimes["auto"].router
+        assert served.name == "linucb" and served.models_ == []
+        rec = store.records[0]
+        resp = httpx.post(f"{gw.url}/v1/chat/completions", timeout=60, json={
+            "model": "auto", "messages": [{"role": "user", "content": rec.prompt}]})
+        assert resp.status_code == 200, resp.text
+        fb = httpx.post(f"{gw.url}/v1/feedback", json={"request_id": resp.headers["x-poolgate-request-id"],
+                                                       "score": 1.0})
+        assert fb.status_code == 201, fb.text
+        live = gw.server.config.app.state.services.routing.runtimes["auto"].router
+        assert live is served and live.models_ == [resp.headers["x-poolgate-backend"]]
+        assert live.n_.tolist() == [1.0]
