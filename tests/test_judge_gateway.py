@@ -81,6 +81,8 @@ def test_judge_labels_answers_logs_its_cost_and_the_online_router_learns(gateway
                 assert resp.status_code == 200, resp.text
                 served[resp.headers["x-poolgate-request-id"]] = resp.headers["x-poolgate-backend"]
         wait_until(lambda: len(_query(db, select(Feedback.__table__))) >= len(records), 60.0, "judge labels")
+        online = gw.server.config.app.state.services.online  # each label's update (and any save it starts) is done
+        wait_until(lambda: online.counts["updates"] >= len(records), 60.0, "online updates")
 
         labels = {r["request_id"]: r for r in _query(db, select(Feedback.__table__))}
         by_id = {r["id"]: r for r in fetch_rows(db)}
