@@ -10,13 +10,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.staticfiles import StaticFiles
 
-from gateway.api import admin, admin_loop, feedback, health, metrics, openai
+from gateway.api import admin, admin_loop, feedback, health, metrics, openai, ui
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
 from gateway.services import build_services
 from gateway.settings import Settings
+from gateway.ui.render import STATIC_DIR
 
 log = logging.getLogger("poolgate")
 
@@ -63,4 +65,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(admin_loop.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
+    # the dashboard's CSS and JS (no secrets: the login page needs them before anyone signs in)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     return app

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from routers.base import ModelCard
+from routers.exploration import Exploration
 from routers.registry import ROUTERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -109,6 +110,21 @@ class JudgeConfig(BaseModel):
     concurrency: int = Field(default=2, ge=1, le=64, description="judge calls in flight at once")
 
 
+class ExplorationConfig(BaseModel):
+    """A pool's exploration (``routers.exploration``): ``share`` of requests drawn from ``policy`` over the ranked
+    feasible members instead of the top one; off (share 0) by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["epsilon", "softmax"] = "epsilon"
+    share: float = Field(default=0.0, ge=0, le=1, description="fraction of requests that explore")
+    temperature: float = Field(default=0.1, gt=0, description="softmax only: utility scale of the draw")
+    seed: int | None = Field(default=None, description="seed of the draw (tests); None: fresh entropy")
+
+    def policy_of(self) -> Exploration:
+        return Exploration(self.policy, self.share, self.temperature)
+
+
 class PoolConfig(BaseModel):
     """A named set of backends and the router that chooses among them."""
 
@@ -123,6 +139,7 @@ class PoolConfig(BaseModel):
     flags: dict[str, Any] = Field(default_factory=dict, description="pool defaults on top of the preset")
     fallback: bool = True
     shadow_routers: list[str] = Field(default_factory=list)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     judge: JudgeConfig | None = None
 
     @field_validator("judge")
@@ -133,6 +150,14 @@ class PoolConfig(BaseModel):
         if v is not None and names is not None and v.backend not in names:
             raise ValueError(f"judge backend {v.backend!r} is not a backend in this file")
         return v
+
+    @model_validator(mode="after")
+    def _no_exploration_when_quality_first(self) -> PoolConfig:
+        # quality-first promises the best member every time: exploring would break that promise
+        if self.objective == "quality-first" and self.exploration.share > 0:
+            raise ValueError(f"pool {self.name!r}: exploration must stay off under objective quality-first "
+                             "(set exploration.share to 0 or pick another objective)")
+        return self
 
 
 class BreakerConfig(BaseModel):

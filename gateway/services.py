@@ -34,6 +34,7 @@ from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
+from gateway.ui.session import DashboardSessions
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Services:
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
     online: OnlineLearner  # labels update the live online router (gateway.loop.online)
     judge: JudgeService  # a share of answers scored by the pool's judge, off the request path (gateway.judge)
+    sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -119,6 +121,6 @@ def build_services(
         embedders=embedders, routing=routing, shadow=shadow, artifacts=artifacts, reloader=reloader,
         upstream=upstream, breakers=breakers, dispatcher=dispatcher, metrics=metrics,
         keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
-        finish=RequestFinisher(shadow, metrics, tenancy, writer), online=online,
+        finish=RequestFinisher(shadow, metrics, tenancy, writer), online=online, sessions=DashboardSessions(),
         judge=JudgeService(pool_file, dispatcher, writer, repository, on_label=online.learn),
     )

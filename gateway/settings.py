@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # -- tenancy -----------------------------------------------------------------------------------
     auth_enabled: bool = Field(default=False, description="require API keys (off only for the local demo)")
     master_key: str | None = Field(default=None, description="admin API key; also accepted on /v1 with no limits")
+    ui_secure_cookie: bool | None = Field(
+        default=None, description="mark the dashboard's session cookie Secure; unset = when the request is HTTPS "
+                                  "(set true behind a proxy that terminates TLS)")
     redis_url: str | None = Field(default=None, description="shared limits across replicas; unset = in-process")
     redis_key_prefix: str = Field(default="poolgate:", description="prefix of every Redis key the gateway writes")
     redis_timeout_s: float = Field(default=0.5, gt=0, description="connect/read timeout of a limit check")

@@ -107,3 +107,25 @@ async def test_a_row_with_a_propensity_survives_the_spool_of_an_outage(db_url: s
     await replayer.stop()
     await engine.dispose()
     assert await fetch(url) == [row]
+
+
+async def test_a_human_label_wins_over_the_judge_s_and_a_request_counts_once(db_url: str, tmp_path: Path) -> None:
+    from gateway.store.repository import LogRepository
+
+    url = await migrated(db_url)
+    engine = make_engine(url)
+    writer = LogWriter(engine, settings_for(tmp_path, url))
+    for i in range(2):
+        writer.submit(make_row(i, propensity=0.25))
+    await writer.flush()
+    await writer.stop()
+    repo = LogRepository(engine)
+    rid0, rid1 = make_row(0)["id"], make_row(1)["id"]
+    await repo.upsert_feedback(rid0, 1.0, None, "judge-model", source="judge")
+    await repo.upsert_feedback(rid0, 0.0, "wrong", None)  # the human disagrees
+    await repo.upsert_feedback(rid1, 0.5, None, "judge-model", source="judge")  # judged only
+    rows, _ = await repo.labelled("demo", None, None)
+    stored = await repo.feedback(rid0)
+    await engine.dispose()
+    assert [(r.score, r.propensity) for r in rows] == [(0.0, 0.25), (0.5, 0.25)]  # one row each, time order
+    assert stored is not None and stored["source"] == "user" and stored["score"] == 0.0

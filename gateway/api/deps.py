@@ -35,6 +35,7 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import LogWriter
 from gateway.store.repository import LogRepository
+from gateway.ui.session import DashboardSessions
 
 
 async def get_services(request: Request) -> Services:
@@ -72,6 +73,7 @@ MetricsDep = Annotated[Metrics, Depends(_service("metrics"))]
 KeysDep = Annotated[KeyStore, Depends(_service("keys"))]
 LimiterDep = Annotated[Limiter, Depends(_service("limiter"))]
 OnlineDep = Annotated[OnlineLearner, Depends(_service("online"))]
+SessionsDep = Annotated[DashboardSessions, Depends(_service("sessions"))]
 
 
 def bearer_token(request: Request) -> str | None:

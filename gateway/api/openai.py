@@ -59,6 +59,16 @@ def _record_decision(record: RequestRecord, decision: RouteDecision) -> None:
     record.pool, record.router, record.router_version = decision.pool, decision.router, decision.router_version
     record.candidates = decision.candidates
     record.flags = decision.flags.as_dict() if decision.flags is not None else None
+    record.propensity, record.policy = decision.propensity, decision.policy
+
+
+def _record_backend(record: RequestRecord, decision: RouteDecision | None, backend: str | None) -> None:
+    """Set the backend that answered (or failed last). When a fallback answered instead of the chosen backend,
+    the probability of *that* backend answering is unknown: the propensity becomes NULL, and off-policy
+    estimators leave the row out rather than weight it by a wrong probability."""
+    record.backend = backend
+    if decision is not None and decision.ranking and backend != decision.ranking[0].name:
+        record.propensity = None
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_OPENAPI)
@@ -90,12 +100,12 @@ async def chat_completions(request: Request, services: ServicesDep, key: CallerK
         return exc.response(_headers(request_id, decision, None, None))
     except AllBackendsFailed as exc:
         record.attempts = exc.attempts
-        record.backend = exc.attempts[-1]["backend"] if exc.attempts else None
+        _record_backend(record, decision, exc.attempts[-1]["backend"] if exc.attempts else None)
         _finish_error(services, record, started, exc.status, "upstream_error", exc.message)
         wait = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
         err = GatewayError(exc.status, exc.message, code="all_backends_failed", headers=wait)
         return err.response(_headers(request_id, decision, record.backend, None))
-    record.backend = result.backend.name
+    _record_backend(record, decision, result.backend.name)
     record.attempts = result.attempts
     if result.stream is not None:
         return _stream_response(services, chat, record, result, decision, started, prompt_tokens)

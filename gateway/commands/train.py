@@ -1,5 +1,6 @@
-"""``poolgate train``: fit a router for a pool from the gateway's logs (with feedback), compare it with the version
-now serving on a held-out slice, register it as a new version, and (``--promote``) make it live if not worse.
+"""``poolgate train``: fit a router for a pool from the gateway's older logs (with feedback), compare it with the
+version now serving on the newest logs off-policy (doubly robust, with intervals), register it as a new version, and
+(``--promote``) make it live only if its utility's lower bound beats the serving version's estimate.
 
 Needs requests logged with prompt text: run the gateway with ``POOLGATE_STORE_PROMPTS=true``.
 """
@@ -40,31 +41,34 @@ def parse_when_option(value: str | None, option: str) -> datetime | None:
 
 
 def _row(label: str, m: dict[str, Any] | None) -> str:
-    if m is None:
+    if m is None or not m.get("n"):
         return f"  {label:<34} (not evaluated)"
 
     def f(v: Any, spec: str) -> str:
         return "-" if v is None or v != v else format(v, spec)
 
     mix = " ".join(f"{k} {100 * v:.0f}%" for k, v in m["mix"].items())
-    return (f"  {label:<34} {f(m['utility'], '.4f'):>8} {f(m['quality'], '.3f'):>7} "
-            f"{f(1000 * m['cost_usd'], '.4f'):>9} {f(m['tokens'], '.0f'):>7} {f(m['tep_tokens'], '.2f'):>8} "
-            f"{f(m['tep_usd'], '.2f'):>7} {f(100 * m['observed_fraction'], '.0f'):>5}%  {mix}")
+    interval = f"[{f(m['utility_low'], '.4f')}, {f(m['utility_high'], '.4f')}]"
+    return (f"  {label:<34} {f(m['utility'], '.4f'):>8} {interval:>18} {f(m['quality'], '.3f'):>7} "
+            f"{f(1000 * m['cost_usd'], '.4f'):>9} {f(m['ess'], '.1f'):>7}  {mix}")
 
 
 def print_outcome(out: TrainOutcome) -> None:
     """The comparison table and what happened to the new version."""
-    click.echo(f"data: {out.log_rows} labelled log requests, {out.record.n_rows} rows in all "
-               f"({out.n_train} train / {out.n_test} held out, split by prompt text)")
-    click.echo(f"  {'held-out policy':<34} {'utility':>8} {'quality':>7} {'$/1k req':>9} {'tokens':>7} "
-               f"{'TEP tok':>8} {'TEP $':>7} {'obs':>6}  mix")
+    split = out.record.metrics.get("split", {})
+    click.echo(f"data: {out.log_rows} labelled log requests, {out.record.n_rows} rows in all; fitted on "
+               f"{split.get('fit_rows', 0)} log rows before {split.get('cutoff')}, judged on "
+               f"{out.n_test} newer events ({split.get('holdout_without_propensity', 0)} without a propensity "
+               "left out)")
+    click.echo(f"  {'holdout policy (off-policy, DR)':<34} {'utility':>8} {'95% interval':>18} {'quality':>7} "
+               f"{'$/1k req':>9} {'ESS':>7}  mix")
     click.echo(_row(f"candidate {out.record.router} {out.record.version}", out.candidate))
     click.echo(_row("serving (see below)", out.serving))
     for name, m in out.references.items():
         click.echo(_row(name, m))
     click.echo(f"serving = {out.serving_label}")
-    click.echo("utility = the pool objective's utility at the held-out (feedback) quality and cost of each choice; "
-               "obs = choices whose cell a request labelled (others use the backend's mean feedback)")
+    click.echo("utility, quality = doubly-robust estimates from the logged outcomes weighted by their propensities "
+               "(reward model: per-backend mean of the older rows); ESS = effective sample size")
     click.echo(f"registered: {version_line(out.record)}")
     click.echo(f"artifact:   {out.record.path}")
     click.echo(f"promotion:  {'LIVE' if out.promoted else 'not live'}: {out.reason}")
@@ -80,10 +84,11 @@ def print_outcome(out: TrainOutcome) -> None:
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="router constructor parameter (YAML)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--test-size", type=click.FloatRange(0.05, 0.5), default=0.25, show_default=True,
-              help="share of distinct prompts held out for the comparison")
+              help="share of the newest labelled log rows held out for the comparison")
 @click.option("--min-rows", type=click.IntRange(min=2), default=20, show_default=True,
               help="refuse to train on fewer labelled rows")
-@click.option("--promote", is_flag=True, help="make the new version live if it is not worse than the serving one")
+@click.option("--promote", is_flag=True, help="make the new version live if its utility's lower bound beats the "
+              "serving version's estimate")
 @click.option("--force", is_flag=True, help="with --promote: make it live even if it is worse")
 @click.option("--note", default=None, help="free text stored with the version")
 @click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -9,7 +9,7 @@ hot reload (``gateway.routing.reload``) picks it up and a restart resumes from i
 its own instance (the reloader is told the new version is already loaded).
 
 Labels are learned in arrival order: a user label for a request the judge already scored is one more observation
-(the user's score is what training and reports read, ``LogRepository.best_labels``).
+(the user's score is what training and reports read, ``gateway.store.repository._labels``).
 """
 
 from __future__ import annotations

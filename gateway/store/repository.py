@@ -46,6 +46,18 @@ from training.from_logs import LabelledRow
 REQ: Table = Request.__table__  # type: ignore[assignment]
 FB: Table = Feedback.__table__  # type: ignore[assignment]
 
+#: labels of one request, the one that counts first: a human's label wins over the judge's ("user" > "judge")
+_HUMAN_FIRST = FB.c.source.desc()
+
+
+def _labels() -> Subquery:
+    """One score per labelled request (``request_id``, ``score``): the human's (source ``user``) where there is
+    one, else the judge's. Every reader of scores joins this, never ``feedback`` itself (two rows per request)."""
+    user = func.max(case((FB.c.source == "user", FB.c.score)))
+    judge = func.max(case((FB.c.source == "judge", FB.c.score)))
+    return select(FB.c.request_id, func.coalesce(user, judge).label("score")).group_by(FB.c.request_id
+                                                                                         ).subquery("labels")
+
 #: (input, output) USD per 1M tokens of each backend, from the pool file
 Prices = Mapping[str, tuple[float, float]]
 
@@ -54,16 +66,6 @@ C = TypeVar("C", "ReportCell", "ShadowCell", "TimeCell")
 #: the groupings of the routing report, and the name of its all-rows group
 GROUPINGS: tuple[str, ...] = ("pool", "key", "router", "backend", "day")
 TOTAL = "total"
-
-
-def best_labels() -> Subquery:
-    """One label per request: the human's (``source = 'user'``) where there is one, else the judge's. Every read
-    of scores for training and reports goes through it, so a person always overrides the judge."""
-    user = func.max(case((FB.c.source == "user", FB.c.score)))
-    judge = func.max(case((FB.c.source == "judge", FB.c.score)))
-    return (select(FB.c.request_id, func.coalesce(user, judge).label("score"),
-                   case((user.is_not(None), "user"), else_="judge").label("source"))
-            .group_by(FB.c.request_id).subquery("label"))
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class LogRepository:
     async def upsert_feedback(self, request_id: str, score: float, comment: str | None,
                               labeler: str | None, source: str = "user") -> tuple[bool, dict[str, Any]]:
         """Insert or update the ``source`` label of ``request_id`` (``None`` keeps a stored comment or labeler);
-        returns (created, the stored row). A judge's label and a human's are separate rows (key request, source)."""
+        returns (created, the stored row). A judge label (``source="judge"``) never touches the human one."""
         now = datetime.now(UTC)
         changes: dict[str, Any] = {"score": score, "updated_at": now}
         if comment is not None:
@@ -231,29 +233,31 @@ class LogRepository:
             stored = (await conn.execute(select(FB).where(this))).one()._mapping
         return existed is None, dict(stored)
 
-    async def feedback(self, request_id: str, source: str = "user") -> dict[str, Any] | None:
-        """The stored ``source`` label of ``request_id``, or None."""
-        this = (FB.c.request_id == request_id) & (FB.c.source == source)
+    async def feedback(self, request_id: str) -> dict[str, Any] | None:
+        """The label of ``request_id`` that counts (the human one when both exist), or None."""
+        query = select(FB).where(FB.c.request_id == request_id).order_by(_HUMAN_FIRST)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(FB).where(this))).first()
+            row = (await conn.execute(query)).first()
         return dict(row._mapping) if row is not None else None
 
     # -- training data --------------------------------------------------------------------------------
     async def labelled(self, pool: str, since: datetime | None, until: datetime | None
                        ) -> tuple[list[LabelledRow], int]:
         """Successful requests of ``pool`` in [since, until) with feedback; and how many of those lack prompt text."""
-        label = best_labels()
+        labels = _labels()
         query = (
             select(REQ.c.prompt_text, REQ.c.backend, REQ.c.prompt_tokens, REQ.c.completion_tokens,
-                   REQ.c.created_at, label.c.score)
-            .join(label, label.c.request_id == REQ.c.id)
+                   REQ.c.created_at, REQ.c.propensity, labels.c.score)
+            .join(labels, labels.c.request_id == REQ.c.id)
             .where(REQ.c.status == "ok", REQ.c.backend.is_not(None))
+            .order_by(REQ.c.created_at, REQ.c.id)  # time order: the holdout is the newest traffic
         )
         query = Window(since, until, pool).where(query)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         out = [LabelledRow(r.prompt_text, r.backend, int(r.prompt_tokens), int(r.completion_tokens), float(r.score),
-                           r.created_at) for r in rows if r.prompt_text]
+                           r.created_at, None if r.propensity is None else float(r.propensity))
+               for r in rows if r.prompt_text]
         return out, len(rows) - len(out)
 
     # -- usage totals (GET /admin/report) -------------------------------------------------------------
@@ -312,20 +316,20 @@ class LogRepository:
     def _requests(self, window: Window, prices: Prices) -> Subquery:
         """The window's requests with their feedback score, UTC day, epoch seconds and candidate extremes."""
         ext = self._extremes(window, prices) if prices else None
-        label = best_labels()
+        labels = _labels()
         cols: list[Any] = [
             REQ.c.id, REQ.c.pool, REQ.c.key_id, REQ.c.router, REQ.c.router_version, REQ.c.backend, REQ.c.status,
             REQ.c.shadow, func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
             func.coalesce(REQ.c.prompt_tokens, 0).label("prompt_tokens"),
             func.coalesce(REQ.c.completion_tokens, 0).label("completion_tokens"),
-            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), label.c.score, self.dialect.day().label("day"),
+            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), labels.c.score, self.dialect.day().label("day"),
             self.dialect.epoch().label("epoch"),
         ]
         if ext is not None:
             cols += [ext.c.cheapest, ext.c.strongest]
         else:
             cols += [literal(None, String).label("cheapest"), literal(None, String).label("strongest")]
-        query = select(*cols).select_from(REQ).outerjoin(label, label.c.request_id == REQ.c.id)
+        query = select(*cols).select_from(REQ).outerjoin(labels, labels.c.request_id == REQ.c.id)
         if ext is not None:
             query = query.outerjoin(ext, ext.c.rid == REQ.c.id)
         return window.where(query).subquery("r")
