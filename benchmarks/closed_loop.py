@@ -1,7 +1,9 @@
 """The closed loop with no human in it, end to end on loopback: replay backend, judge, online router.
 
-One command (from the repository root): ``python benchmarks/closed_loop.py`` (``--rounds``, ``--per-round``,
-``--eval``, ``--cost-weight``, ``--seed``).
+One command (from the repository root): ``python benchmarks/closed_loop.py`` (``--mode online|explore``,
+``--rounds``, ``--per-round``, ``--eval``, ``--cost-weight``, ``--seed``). ``--mode explore`` serves ``cheapest``
+with the pool's epsilon exploration instead and runs ``poolgate train --router knn --promote`` on the judge-labelled
+logs before the held-out comparison (the promote gate decides, and says why).
 
 What runs: the replay backend (``python -m gateway.replay``: two real models' recorded GSM8K answers, and the
 ``replay-judge`` that grades an answer by the source's real correctness) and a real ``poolgate serve`` over a pool
@@ -45,7 +47,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pool_yaml(replay_url: str, cost_weight: float) -> str:
+def pool_yaml(replay_url: str, cost_weight: float, mode: str) -> str:
+    # online: the linucb bandit explores by itself; explore: cheapest with epsilon exploration (not allowed under
+    # quality-first, so balanced with the same cost weight), then `poolgate train --promote` learns a knn router
+    routing = ("router: linucb\n    objective: quality-first" if mode == "online" else
+               "router: cheapest\n    objective: balanced\n    exploration: {policy: epsilon, share: 0.3, seed: 0}")
     return f"""
 backends:
   - {{name: mixtral-8x7b, base_url: "{replay_url}/mixtral-8x7b/v1", model: mixtral-8x7b,
@@ -56,8 +62,7 @@ backends:
 pools:
   - name: auto
     members: [mixtral-8x7b, gpt-4-1106]
-    router: linucb
-    objective: quality-first
+    {routing}
     flags: {{cost: {cost_weight}}}
     judge: {{backend: judge, share: 1.0}}
 """
@@ -125,6 +130,9 @@ def main() -> None:
     parser.add_argument("--cost-weight", type=float, default=25.0, help="the pool's cost flag (quality per USD)")
     parser.add_argument("--save-every", type=int, default=25, help="labels between saved online versions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mode", choices=["online", "explore"], default="online",
+                        help="online: the linucb router learns from the judge's labels as they arrive; explore: "
+                             "cheapest with 30%% epsilon exploration, then poolgate train --router knn --promote")
     args = parser.parse_args()
     # why: the openai client is a benchmark dependency only (the SDK and tests use httpx)
     from openai import OpenAI
@@ -139,11 +147,12 @@ def main() -> None:
     db = work / "log.db"
     replay_port, gw_port = free_port(), free_port()
     replay_url, gw_url = f"http://127.0.0.1:{replay_port}", f"http://127.0.0.1:{gw_port}"
-    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight))
+    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight, args.mode))
     env = {**os.environ, "PYTHONPATH": str(REPO), "POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
            "POOLGATE_POOL_FILE": str(work / "pool.yaml"), "POOLGATE_STORE_PROMPTS": "true",
            "POOLGATE_ARTIFACTS_DIR": str(work / "artifacts"), "POOLGATE_ONLINE_SAVE_EVERY": str(args.save_every),
-           "POOLGATE_SPOOL_DIR": str(work / "spool"), "POOLGATE_LOG_FLUSH_INTERVAL_S": "0.05"}
+           "POOLGATE_SPOOL_DIR": str(work / "spool"), "POOLGATE_LOG_FLUSH_INTERVAL_S": "0.05",
+           "POOLGATE_ROUTER_RELOAD_INTERVAL_S": "1", "POOLGATE_EMBEDDING_CACHE_DIR": str(work / "emb")}
     procs = [subprocess.Popen([sys.executable, "-m", "gateway.replay", "--host", "127.0.0.1", "--port",
                                str(replay_port)], env=env, cwd=work)]
     try:
@@ -152,17 +161,37 @@ def main() -> None:
                                        "--host", "127.0.0.1", "--port", str(gw_port)], env=env, cwd=work))
         wait_http(f"{gw_url}/health", procs[1])
         client = OpenAI(base_url=f"{gw_url}/v1", api_key="unused", max_retries=0, timeout=60)
-        run(client, db, train, held_out, args)
+        run(client, db, train, held_out, args, env, gw_url)
     finally:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(timeout=20)
 
 
+def train_and_promote(env: dict[str, str], gw_url: str) -> None:
+    """`poolgate train --router knn --promote` on the judge-labelled, explored logs; wait for the hot reload."""
+    cmd = [sys.executable, "-c", "from gateway.cli import main; main()", "train", "--router", "knn", "--pool", "auto",
+           "--since", "1h", "--promote"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    print("$ poolgate train --router knn --pool auto --since 1h --promote")
+    print("\n".join("  " + line for line in (out.stdout + out.stderr).strip().splitlines()))
+    if "promotion:  LIVE" not in out.stdout:
+        return  # the gate refused (it says why above): the pool keeps serving cheapest with exploration
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{gw_url}/v1/models", timeout=10).json()["data"]
+        if next(m for m in models if m["id"] == "auto")["poolgate"]["router_version"] != "builtin":
+            return
+        time.sleep(0.5)
+    print("  (no promoted version is being served)")
+
+
 def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[ReplayRecord],
-        args: argparse.Namespace) -> None:
-    print(f"pool auto: router linucb (online, from nothing), judge replay-judge on every answer, quality-first "
-          f"with cost weight {args.cost_weight}/USD; {len(train)} training prompts, {len(held_out)} held out")
+        args: argparse.Namespace, env: dict[str, str], gw_url: str) -> None:
+    what = ("router linucb (online, from nothing), quality-first" if args.mode == "online" else
+            "router cheapest with epsilon exploration (share 0.3), balanced")
+    print(f"pool auto: {what}, cost weight {args.cost_weight}/USD; judge replay-judge on every answer; "
+          f"{len(train)} training prompts, {len(held_out)} held out")
     print(f"{'requests':>9} {'judge quality':>13} {'$ / 100 req':>11} {'labels':>6}  mix (mixtral / gpt-4)  version")
     seen = 0
     for r in range(args.rounds):
@@ -173,6 +202,8 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
         version = live_version(db)
         print(f"{seen:>9} {quality:>13.3f} {cost100:>11.4f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0):<12} {version}")
+    if args.mode == "explore":
+        train_and_promote(env, gw_url)
     print(f"held out ({len(held_out)} new prompts, each policy on the same ones):")
     print(f"  {'policy':<22} {'judge quality':>13} {'$ / 100 req':>11} {'utility':>8} {'labels':>6}  "
           f"mix (mixtral / gpt-4)")
@@ -200,7 +231,7 @@ def live_version(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT router, version FROM router_versions WHERE pool = 'auto' AND status = 'live'"
                            ).fetchone()
-    return f"{row[0]} {row[1]}" if row else "linucb builtin"
+    return f"{row[0]} {row[1]}" if row else "builtin"
 
 
 if __name__ == "__main__":
