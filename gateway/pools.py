@@ -15,7 +15,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from routers.base import ModelCard
 from routers.exploration import Exploration
@@ -101,6 +109,21 @@ class BackendConfig(BaseModel):
         )
 
 
+class JudgeConfig(BaseModel):
+    """A pool's judge: a backend that scores a share of the pool's answers off the request path (docs/closed-loop.md,
+    "The judge"); its verdicts are ``source: judge`` feedback rows, its calls' cost rows of their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = Field(min_length=1, description="the backend (of this file) that judges")
+    share: float = Field(default=0.1, ge=0, le=1, description="fraction of answered requests sent to the judge")
+    max_usd_per_day: float | None = Field(default=None, ge=0, description="judge spend cap per UTC day (this "
+                                          "gateway process); over it, requests go unjudged until the next day")
+    queue_size: int = Field(default=1000, ge=1, le=100_000, description="answers waiting for the judge; when full, "
+                            "new ones are dropped (counted), never waited for")
+    concurrency: int = Field(default=2, ge=1, le=64, description="judge calls in flight at once")
+
+
 class ExplorationConfig(BaseModel):
     """A pool's exploration (``routers.exploration``): ``share`` of requests drawn from ``policy`` over the ranked
     feasible members instead of the top one; off (share 0) by default."""
@@ -135,6 +158,16 @@ class PoolConfig(BaseModel):
         "a context window for min_context); false: a capability no member declares filters nothing, and an "
         "undeclared context window passes min_context")
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    judge: JudgeConfig | None = None
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_is_a_backend(cls, v: JudgeConfig | None, info: ValidationInfo) -> JudgeConfig | None:
+        # the file's backend names come in the validation context (parse_pool_file), so the error has this line
+        names = (info.context or {}).get("backends")
+        if v is not None and names is not None and v.backend not in names:
+            raise ValueError(f"judge backend {v.backend!r} is not a backend in this file")
+        return v
 
     @model_validator(mode="after")
     def _no_exploration_when_quality_first(self) -> PoolConfig:
@@ -175,6 +208,9 @@ class PoolFile(BaseModel):
             if missing:
                 raise _RefError(("pools", i, "members", p.members.index(missing[0])),
                                 f"pool {p.name!r}: members {missing} are not backends in this file")
+            if p.judge is not None and p.judge.backend not in names:
+                raise _RefError(("pools", i, "judge"),
+                                f"pool {p.name!r}: judge backend {p.judge.backend!r} is not a backend in this file")
             for key, r in [("router", p.router), *(("shadow_routers", r) for r in p.shadow_routers)]:
                 if r not in ROUTERS:
                     raise _RefError(("pools", i, key), f"pool {p.name!r}: unknown router {r!r}; "
@@ -243,7 +279,9 @@ def parse_pool_file(text: str, source: str = "<pool file>") -> PoolFile:
     if not isinstance(data, dict):
         raise PoolFileError(f"{source}: expected a mapping with 'backends' and 'pools'")
     try:
-        return PoolFile.model_validate(data)
+        backends = data.get("backends")
+        names = [b.get("name") for b in backends if isinstance(b, dict)] if isinstance(backends, list) else None
+        return PoolFile.model_validate(data, context={"backends": names})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -15,10 +15,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.finish import RequestFinisher
+from gateway.judge.service import JudgeService
 from gateway.limits import make_limiter
 from gateway.limits.base import Limiter
 from gateway.limits.keys import KeyStore
 from gateway.limits.tenancy import Tenancy
+from gateway.loop.online import OnlineLearner
 from gateway.metrics import Gauges, Metrics
 from gateway.pools import PoolFile
 from gateway.proxy.breaker import BreakerRegistry
@@ -60,6 +62,8 @@ class Services:
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
     tracing: Tracing  # OpenTelemetry spans (inert unless POOLGATE_OTEL_ENDPOINT is set; gateway.tracing)
+    online: OnlineLearner  # labels update the live online router (gateway.loop.online)
+    judge: JudgeService  # a share of answers scored by the pool's judge, off the request path (gateway.judge)
     sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
 
     async def start(self) -> None:
@@ -69,9 +73,12 @@ class Services:
         await self.writer.start()
         await self.reloader.poll_once()
         self.reloader.start()
+        self.judge.start()
 
     async def stop(self) -> None:
         """Stop polling, let rows waiting on shadow choices and pending settles through, then close in order."""
+        await self.judge.stop()
+        await self.online.save_all()  # what the online router learned since its last save survives the restart
         await self.reloader.stop()
         await self.shadow.drain()
         await self.tenancy.close()
@@ -110,15 +117,18 @@ def build_services(
     tenancy = Tenancy(settings, pool_file, limiter, metrics)
     shadow = ShadowRecorder(routing, writer=writer)  # rows waiting on shadow choices are journaled by the writer
     artifacts = ArtifactStore(engine, settings.artifacts_dir)
+    reloader = RouterReloader(routing, artifacts, settings.router_reload_interval_s)
+    repository = LogRepository(engine)
+    dispatcher = Dispatcher(upstream, breakers, max_response_bytes=settings.max_response_bytes,
+                            max_stream_bytes=settings.max_stream_bytes,
+                            pool_timeout_s=settings.upstream_pool_timeout_s, tracing=tracing)
+    online = OnlineLearner(routing, artifacts, reloader, settings.online_save_every)
     return Services(
-        settings=settings, pool_file=pool_file, engine=engine, writer=writer, repository=LogRepository(engine),
-        embedders=embedders, routing=routing, shadow=shadow, artifacts=artifacts,
-        reloader=RouterReloader(routing, artifacts, settings.router_reload_interval_s),
-        upstream=upstream, breakers=breakers,
-        dispatcher=Dispatcher(upstream, breakers, max_response_bytes=settings.max_response_bytes,
-                              max_stream_bytes=settings.max_stream_bytes,
-                              pool_timeout_s=settings.upstream_pool_timeout_s, tracing=tracing),
-        metrics=metrics, keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
-        finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing,
+        settings=settings, pool_file=pool_file, engine=engine, writer=writer, repository=repository,
+        embedders=embedders, routing=routing, shadow=shadow, artifacts=artifacts, reloader=reloader,
+        upstream=upstream, breakers=breakers, dispatcher=dispatcher, metrics=metrics,
+        keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
+        finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing, online=online,
         sessions=DashboardSessions(),
+        judge=JudgeService(pool_file, dispatcher, writer, repository, on_label=online.learn),
     )

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
 
     # -- routing -----------------------------------------------------------------------------------
     artifacts_dir: Path = Path(".poolgate/artifacts")
+    online_save_every: int = Field(default=50, ge=1, description="online router: save and promote a new version "
+                                   "every this many feedback updates (gateway/loop/online.py)")
     router_reload_interval_s: float = Field(default=5.0, gt=0, description="how often to poll for promoted routers")
     embedding_cache_dir: Path | None = Path(".poolgate/embeddings")
     embedding_encoder: Literal["minilm", "minilm-static"] = Field(

@@ -25,6 +25,7 @@ ROUTERS: dict[str, str] = {
     "graph": "routers.graph:GraphRouter",
     "category": "routers.category:CategoryRouter",
     "irt": "routers.irt:IRTRouter",
+    "linucb": "routers.linucb:LinUCBRouter",
 }
 
 

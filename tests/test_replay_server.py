@@ -164,7 +164,7 @@ async def test_null_fields_mean_their_defaults(client: httpx.AsyncClient, store:
 
 async def test_models_are_listed_globally_and_per_path(client: httpx.AsyncClient) -> None:
     all_models = (await client.get("/v1/models")).json()
-    assert [m["id"] for m in all_models["data"]] == ["mixtral-8x7b", "gpt-4-1106"]
+    assert [m["id"] for m in all_models["data"]] == ["mixtral-8x7b", "gpt-4-1106", "replay-judge"]
     one = (await client.get("/gpt-4-1106/v1/models")).json()
     assert [m["id"] for m in one["data"]] == ["gpt-4-1106"]
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from gateway.errors import GatewayError
 from gateway.limits.base import Limiter
 from gateway.limits.keys import MASTER, KeyRecord, KeyStore, is_master
+from gateway.loop.online import OnlineLearner
 from gateway.metrics import Metrics
 from gateway.pools import PoolFile
 from gateway.proxy.breaker import BreakerRegistry
@@ -71,6 +72,7 @@ WriterDep = Annotated[LogWriter, Depends(_service("writer"))]
 MetricsDep = Annotated[Metrics, Depends(_service("metrics"))]
 KeysDep = Annotated[KeyStore, Depends(_service("keys"))]
 LimiterDep = Annotated[Limiter, Depends(_service("limiter"))]
+OnlineDep = Annotated[OnlineLearner, Depends(_service("online"))]
 SessionsDep = Annotated[DashboardSessions, Depends(_service("sessions"))]
 
 

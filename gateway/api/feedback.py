@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
-from gateway.api.deps import CallerKey, RepositoryDep, WriterDep
+from gateway.api.deps import CallerKey, OnlineDep, RepositoryDep, WriterDep
 from gateway.api.request import read_json_body
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
@@ -104,12 +104,15 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/feedback")
-async def post_feedback(request: Request, repository: RepositoryDep, writer: WriterDep,
+async def post_feedback(request: Request, repository: RepositoryDep, writer: WriterDep, online: OnlineDep,
                         key: CallerKey) -> JSONResponse:
     """Label a request (see the module docstring); answers the stored label and whether it was created."""
     fb = parse_feedback(await read_json_body(request, MAX_BODY_BYTES))
     await find_request(repository, writer, fb.request_id, key)
     created, stored = await repository.upsert_feedback(fb.request_id, fb.score, fb.comment, fb.labeler)
+    pool, backend, prompt = await repository.labelled_request(fb.request_id)
+    if pool and backend and prompt:  # the pool's online router, if it has one, learns from it (needs store_prompts)
+        await online.learn(pool, prompt, backend, fb.score)
     return JSONResponse({**_view(stored), "created": created}, status_code=201 if created else 200)
 
 

@@ -132,7 +132,7 @@ async def _serve(
     services.tracing.annotate(request_id, {"gen_ai.response.model": str(answered_by or result.backend.model)})
     if result.stream is not None:
         return _stream_response(services, chat, record, result, decision, started, prompt_tokens)
-    return await _plain_response(services, record, result, decision, started, prompt_tokens)
+    return await _plain_response(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
 
 
 def _finish_error(
@@ -157,7 +157,7 @@ def _answer_text(parsed: dict[str, Any]) -> str:
 
 async def _plain_response(
     services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
-    prompt_tokens: int,
+    prompt_tokens: int, chat_prompt: str,
 ) -> Response:
     latency_ms = (time.perf_counter() - started) * 1000
     headers = _headers(record.id, decision, result.backend.name, None) | result.passed_headers
@@ -176,6 +176,7 @@ async def _plain_response(
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
+    services.judge.offer(record, chat_prompt, text)  # queued for the pool's judge, if any: never waited for
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
@@ -207,6 +208,8 @@ def _stream_response(
                                         "error.type": error_type or ""})
             stream_span.end()
         services.finish(record)
+        if not out.error:
+            services.judge.offer(record, chat.prompt_text, out.text())
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None

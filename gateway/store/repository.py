@@ -204,6 +204,14 @@ class LogRepository:
             row = (await conn.execute(select(REQ.c.key_id).where(REQ.c.id == request_id))).first()
         return (row is not None, row.key_id if row is not None else None)
 
+    async def labelled_request(self, request_id: str) -> tuple[str | None, str | None, str | None]:
+        """(pool, backend, prompt text) of a request, for the online router's update (Nones when unknown)."""
+        query = select(REQ.c.pool, REQ.c.backend, REQ.c.prompt_text).where(REQ.c.id == request_id,
+                                                                            REQ.c.status == "ok")
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (row.pool, row.backend, row.prompt_text) if row is not None else (None, None, None)
+
     async def upsert_feedback(self, request_id: str, score: float, comment: str | None,
                               labeler: str | None, source: str = "user") -> tuple[bool, dict[str, Any]]:
         """Insert or update the ``source`` label of ``request_id`` (``None`` keeps a stored comment or labeler);
