@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
-from gateway.api import admin, admin_loop, anthropic, feedback, health, metrics, openai
+from gateway.api import admin, admin_loop, anthropic, feedback, health, metrics, openai, responses
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
@@ -59,6 +59,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(anthropic.router)
+    app.include_router(responses.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(feedback.router)

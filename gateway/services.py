@@ -32,6 +32,7 @@ from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
+from gateway.translate.store import ResponseStore
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Services:
     limiter: Limiter
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
+    responses: ResponseStore  # conversations behind /v1/responses' previous_response_id (per replica)
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -111,4 +113,5 @@ def build_services(
                               pool_timeout_s=settings.upstream_pool_timeout_s),
         metrics=metrics, keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
         finish=RequestFinisher(shadow, metrics, tenancy, writer),
+        responses=ResponseStore(settings.response_store_entries),
     )
