@@ -11,7 +11,18 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
-from gateway.api import admin, admin_loop, anthropic, feedback, health, metrics, openai, responses
+from gateway.api import (
+    admin,
+    admin_loop,
+    anthropic,
+    completions,
+    embeddings,
+    feedback,
+    health,
+    metrics,
+    openai,
+    responses,
+)
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
@@ -60,6 +71,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(anthropic.router)
     app.include_router(responses.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(feedback.router)
