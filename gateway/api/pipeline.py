@@ -79,11 +79,12 @@ class ChatAnswer:
             err = {}
         if not isinstance(err, dict):
             err = {}
-        message = err.get("message") if isinstance(err.get("message"), str) else f"upstream HTTP {self.status}"
-        etype = err.get("type") if isinstance(err.get("type"), str) else "invalid_request_error"
-        param = err.get("param") if isinstance(err.get("param"), str) else None
-        code = err.get("code") if isinstance(err.get("code"), str) else None
-        return message, etype, param, code
+        def text(name: str) -> str | None:
+            value = err.get(name)
+            return value if isinstance(value, str) else None
+
+        return (text("message") or f"upstream HTTP {self.status}", text("type") or "invalid_request_error",
+                text("param"), text("code"))
 
     def openai_response(self) -> Response:
         """The answer as ``/v1/chat/completions`` sends it."""

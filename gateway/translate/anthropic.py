@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, anthropic_error_body
-from gateway.translate.sse import DONE, chat_chunks, chunk_error, sse, tool_arguments
+from gateway.translate.sse import DONE, as_dict, chat_chunks, chunk_error, first_message, sse, tool_arguments
 
 SUPPORTED = frozenset({"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature",
                        "top_p", "tools", "tool_choice", "metadata", "poolgate"})
@@ -171,14 +171,13 @@ def _usage(usage: Any) -> dict[str, int]:
 
 def answer_from_chat(parsed: dict[str, Any], request_id: str) -> dict[str, Any]:
     """A chat completion as a Messages answer (the first choice)."""
-    choices = parsed.get("choices") if isinstance(parsed.get("choices"), list) else []
-    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice, message = first_message(parsed)
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
+        call = as_dict(call)
+        fn = as_dict(call.get("function"))
         content.append({"type": "tool_use", "id": call.get("id") or f"toolu_{len(content)}", "name": fn.get("name"),
                         "input": tool_arguments(fn.get("arguments"))})
     return {"id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": parsed.get("model"),
@@ -234,7 +233,8 @@ async def stream_from_chat(chunks: AsyncIterator[bytes], request_id: str, model:
     """The relayed chat stream as Messages stream events."""
     state = _StreamState()
     state.usage["input_tokens"] = prompt_tokens
-    message = {"id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": model, "content": [],
+    message: dict[str, Any] = {"id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": model,
+               "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": dict(state.usage)}
     yield sse("message_start", {"type": "message_start", "message": message}) + \
         sse("ping", {"type": "ping"})

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.translate.sse import DONE, chat_chunks, chunk_error
+from gateway.translate.sse import DONE, as_dict, as_str, chat_chunks, chunk_error
 
 PASSED = ("max_tokens", "temperature", "top_p", "stop", "n", "seed", "presence_penalty", "frequency_penalty",
           "logit_bias", "user", "stream", "poolgate")
@@ -62,11 +62,11 @@ def _choice(index: int, text: str, finish: Any) -> dict[str, Any]:
 
 def answer_from_chat(parsed: dict[str, Any]) -> dict[str, Any]:
     choices = []
-    for i, c in enumerate(parsed.get("choices") or []):
-        message = c.get("message") if isinstance(c, dict) and isinstance(c.get("message"), dict) else {}
-        text = message.get("content") if isinstance(message.get("content"), str) else ""
-        choices.append(_choice(c.get("index", i) if isinstance(c, dict) else i, text,
-                               c.get("finish_reason") if isinstance(c, dict) else None))
+    raw = parsed.get("choices")
+    for i, c in enumerate(raw if isinstance(raw, list) else []):
+        c = as_dict(c)
+        text = as_str(as_dict(c.get("message")).get("content"))
+        choices.append(_choice(c.get("index", i), text, c.get("finish_reason")))
     return {"id": f"cmpl-{str(parsed.get('id', '')).removeprefix('chatcmpl-')}", "object": "text_completion",
             "created": parsed.get("created", 0), "model": parsed.get("model"), "choices": choices,
             "usage": parsed.get("usage")}
@@ -88,8 +88,7 @@ async def stream_from_chat(chunks: AsyncIterator[bytes], wants_usage: bool) -> A
                 "created": chunk.get("created", 0), "model": chunk.get("model")}
         choices = []
         for c in chunk.get("choices") or []:
-            delta = c.get("delta") if isinstance(c.get("delta"), dict) else {}
-            text = delta.get("content") if isinstance(delta.get("content"), str) else ""
+            text = as_str(as_dict(c.get("delta")).get("content"))
             if text or c.get("finish_reason"):
                 choices.append(_choice(c.get("index", 0), text, c.get("finish_reason")))
         if choices:

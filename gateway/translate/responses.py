@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.translate.sse import DONE, chat_chunks, chunk_error, sse
+from gateway.translate.sse import DONE, as_dict, as_int, chat_chunks, chunk_error, first_message, sse
 
 SUPPORTED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                        "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user", "text",
@@ -158,9 +158,8 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 
 
 def _usage(usage: Any) -> dict[str, Any]:
-    u = usage if isinstance(usage, dict) else {}
-    p = u.get("prompt_tokens") if isinstance(u.get("prompt_tokens"), int) else 0
-    c = u.get("completion_tokens") if isinstance(u.get("completion_tokens"), int) else 0
+    u = as_dict(usage)
+    p, c = as_int(u.get("prompt_tokens")), as_int(u.get("completion_tokens"))
     return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
 
@@ -215,15 +214,14 @@ def assistant_message(output: list[dict[str, Any]]) -> dict[str, Any]:
 
 def answer_from_chat(parsed: dict[str, Any], shell: ResponseShell) -> dict[str, Any]:
     """A chat completion as a ``response`` object (the first choice)."""
-    choices = parsed.get("choices") if isinstance(parsed.get("choices"), list) else []
-    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    _, message = first_message(parsed)
     rid = shell.id.removeprefix("resp_")
     output: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         output.append(_message_item(f"msg_{rid}", message["content"]))
     for j, call in enumerate(message.get("tool_calls") or []):
-        fn = call.get("function") or {}
+        call = as_dict(call)
+        fn = as_dict(call.get("function"))
         output.append(_call_item(f"fc_{rid}_{j}", str(call.get("id") or f"call_{j}"), str(fn.get("name")),
                                  str(fn.get("arguments") or "")))
     return shell.object("completed", output, _usage(parsed.get("usage")))

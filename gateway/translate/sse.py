@@ -57,3 +57,23 @@ def tool_arguments(raw: Any) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {"_raw": raw}
     return parsed if isinstance(parsed, dict) else {"_raw": raw}
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (backends may send anything)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_str(value: Any, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def first_message(parsed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the first choice, its message) of a chat completion, empty objects where they are missing."""
+    choices = parsed.get("choices")
+    choice = as_dict(choices[0]) if isinstance(choices, list) and choices else {}
+    return choice, as_dict(choice.get("message"))
