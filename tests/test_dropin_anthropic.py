@@ -153,3 +153,6 @@ def test_errors_are_anthropic_error_json(gw):
     r = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": key}, json={"model": "auto", "messages": []})
     assert r.status_code == 400 and r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "invalid_request_error" and "max_tokens" in r.json()["error"]["message"]
+    r = httpx.post(f"{gw.url}/v1/messages/count_tokens", headers={"x-api-key": key}, json={})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+    assert "POST /v1/messages/count_tokens is not supported" in r.json()["error"]["message"]
