@@ -14,12 +14,13 @@ stream becomes message_start, ping, content_block_start/delta/stop, message_delt
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError, anthropic_error_body
-from gateway.translate.sse import DONE, as_dict, chat_chunks, chunk_error, first_message, sse, tool_arguments
+from gateway.translate.sse import DONE, Preamble, as_dict, chat_chunks, chunk_error, first_message, sse, tool_arguments
 
 SUPPORTED = frozenset({"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature",
                        "top_p", "tools", "tool_choice", "metadata", "poolgate"})
@@ -236,27 +237,30 @@ async def stream_from_chat(chunks: AsyncIterator[bytes], request_id: str, model:
     message: dict[str, Any] = {"id": f"msg_{request_id}", "type": "message", "role": "assistant", "model": model,
                "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": dict(state.usage)}
-    yield sse("message_start", {"type": "message_start", "message": message}) + \
-        sse("ping", {"type": "ping"})
-    async for chunk in chat_chunks(chunks):
-        if chunk is DONE:
-            tail = state.close()
-            tail.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": state.stop_reason,
-                                                                                 "stop_sequence": None},
-                                              "usage": state.usage}))
-            tail.append(sse("message_stop", {"type": "message_stop"}))
-            yield b"".join(tail)
-            continue
-        if (err := chunk_error(chunk)) is not None:
-            yield sse("error", anthropic_error_body(502, err))
-            continue
-        if chunk.get("usage"):
-            state.usage = _usage(chunk["usage"])
-        events: list[bytes] = []
-        for choice in chunk.get("choices") or []:
-            if isinstance(choice.get("delta"), dict):
-                events += _delta_events(state, choice["delta"])
-            if choice.get("finish_reason"):
-                state.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
-        if events:
-            yield b"".join(events)
+    # sent with the first relayed event, not before: the relay must have started for a client that leaves to
+    # close it (an async generator closed before its first step runs no finally, so its log row would be lost)
+    head = Preamble(sse("message_start", {"type": "message_start", "message": message}) + sse("ping", {"type": "ping"}))
+    # closed as soon as this stream is: a client that leaves closes the relay (upstream, log row) at once
+    async with aclosing(chat_chunks(chunks)) as reader:
+        async for chunk in reader:
+            if chunk is DONE:
+                tail = state.close()
+                tail.append(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": state.stop_reason,
+                                                                                     "stop_sequence": None},
+                                                  "usage": state.usage}))
+                tail.append(sse("message_stop", {"type": "message_stop"}))
+                yield head(b"".join(tail))
+                continue
+            if (err := chunk_error(chunk)) is not None:
+                yield head(sse("error", anthropic_error_body(502, err)))
+                continue
+            if chunk.get("usage"):
+                state.usage = _usage(chunk["usage"])
+            events: list[bytes] = []
+            for choice in chunk.get("choices") or []:
+                if isinstance(choice.get("delta"), dict):
+                    events += _delta_events(state, choice["delta"])
+                if choice.get("finish_reason"):
+                    state.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+            if events:
+                yield head(b"".join(events))

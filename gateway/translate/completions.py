@@ -6,6 +6,7 @@ refused with a 400 naming them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -77,21 +78,23 @@ def _data(obj: dict[str, Any]) -> bytes:
 
 
 async def stream_from_chat(chunks: AsyncIterator[bytes], wants_usage: bool) -> AsyncIterator[bytes]:
-    async for chunk in chat_chunks(chunks):
-        if chunk is DONE:
-            yield b"data: [DONE]\n\n"
-            continue
-        if chunk_error(chunk) is not None:
-            yield _data(chunk)
-            continue
-        base = {"id": f"cmpl-{str(chunk.get('id', '')).removeprefix('chatcmpl-')}", "object": "text_completion",
-                "created": chunk.get("created", 0), "model": chunk.get("model")}
-        choices = []
-        for c in chunk.get("choices") or []:
-            text = as_str(as_dict(c.get("delta")).get("content"))
-            if text or c.get("finish_reason"):
-                choices.append(_choice(c.get("index", 0), text, c.get("finish_reason")))
-        if choices:
-            yield _data({**base, "choices": choices})
-        elif chunk.get("usage") and wants_usage:
-            yield _data({**base, "choices": [], "usage": chunk["usage"]})
+    # closed as soon as this stream is: a client that leaves closes the relay (upstream, log row) at once
+    async with aclosing(chat_chunks(chunks)) as reader:
+        async for chunk in reader:
+            if chunk is DONE:
+                yield b"data: [DONE]\n\n"
+                continue
+            if chunk_error(chunk) is not None:
+                yield _data(chunk)
+                continue
+            base = {"id": f"cmpl-{str(chunk.get('id', '')).removeprefix('chatcmpl-')}", "object": "text_completion",
+                    "created": chunk.get("created", 0), "model": chunk.get("model")}
+            choices = []
+            for c in chunk.get("choices") or []:
+                text = as_str(as_dict(c.get("delta")).get("content"))
+                if text or c.get("finish_reason"):
+                    choices.append(_choice(c.get("index", 0), text, c.get("finish_reason")))
+            if choices:
+                yield _data({**base, "choices": choices})
+            elif chunk.get("usage") and wants_usage:
+                yield _data({**base, "choices": [], "usage": chunk["usage"]})

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.translate.sse import DONE, as_dict, as_int, chat_chunks, chunk_error, first_message, sse
+from gateway.translate.sse import DONE, Preamble, as_dict, as_int, chat_chunks, chunk_error, first_message, sse
 
 SUPPORTED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                        "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user", "text",
@@ -304,26 +305,30 @@ async def stream_from_chat(chunks: AsyncIterator[bytes], shell: ResponseShell,
     """The relayed chat stream as Responses events; ``on_complete`` gets the completed response object."""
     ev = _Events(shell)
     started = shell.object("in_progress", [], None)
-    yield ev.event("response.created", response=started) + ev.event("response.in_progress", response=started)
-    async for chunk in chat_chunks(chunks):
-        if chunk is DONE:
-            tail = ev.close()
-            final = shell.object("completed", ev.output, ev.usage or _usage(None))
-            on_complete(final)
-            tail.append(ev.event("response.completed", response=final))
-            yield b"".join(tail)
-            continue
-        if (err := chunk_error(chunk)) is not None:
-            yield ev.event("error", code="upstream_stream_error", message=err, param=None)
-            continue
-        if chunk.get("usage"):
-            ev.usage = _usage(chunk["usage"])
-        events: list[bytes] = []
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                events += ev.text(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                events += ev.call(call)
-        if events:
-            yield b"".join(events)
+    # sent with the first relayed event, not before (see gateway.translate.sse.Preamble)
+    head = Preamble(ev.event("response.created", response=started) + ev.event("response.in_progress",
+                                                                               response=started))
+    # closed as soon as this stream is: a client that leaves closes the relay (upstream, log row) at once
+    async with aclosing(chat_chunks(chunks)) as reader:
+        async for chunk in reader:
+            if chunk is DONE:
+                tail = ev.close()
+                final = shell.object("completed", ev.output, ev.usage or _usage(None))
+                on_complete(final)
+                tail.append(ev.event("response.completed", response=final))
+                yield head(b"".join(tail))
+                continue
+            if (err := chunk_error(chunk)) is not None:
+                yield head(ev.event("error", code="upstream_stream_error", message=err, param=None))
+                continue
+            if chunk.get("usage"):
+                ev.usage = _usage(chunk["usage"])
+            events: list[bytes] = []
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                if isinstance(delta.get("content"), str) and delta["content"]:
+                    events += ev.text(delta["content"])
+                for call in delta.get("tool_calls") or []:
+                    events += ev.call(call)
+            if events:
+                yield head(b"".join(events))

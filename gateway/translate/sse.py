@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -10,7 +10,7 @@ import orjson
 DONE: dict[str, Any] = {"__done__": True}
 
 
-async def chat_chunks(stream: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(stream: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any], None]:
     """Each ``data:`` payload of the relayed stream as a JSON object (``DONE`` for ``[DONE]``; an error event is
     ``{"error": {...}}``, as the relay writes it). The relay hands out whole events, so no event spans chunks."""
     try:
@@ -32,6 +32,19 @@ async def chat_chunks(stream: AsyncIterator[bytes]) -> AsyncIterator[dict[str, A
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class Preamble:
+    """The events a translated stream opens with, sent prefixed to its first relayed output: until the relay under
+    it has taken its first step, closing the stream (a client that left) could not run the relay's ``finally``
+    (an async generator closed before it starts runs none), and the request's log row would be lost."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self, data: bytes) -> bytes:
+        out, self.data = self.data + data, b""
+        return out
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
