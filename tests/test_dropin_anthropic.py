@@ -156,3 +156,15 @@ def test_errors_are_anthropic_error_json(gw):
     r = httpx.post(f"{gw.url}/v1/messages/count_tokens", headers={"x-api-key": key}, json={})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
     assert "POST /v1/messages/count_tokens is not supported" in r.json()["error"]["message"]
+
+
+def test_a_client_that_leaves_a_stream_still_gets_its_row_logged(fake_backends, gateway, tmp_path):
+    _, stalls = fake_backends("cheap", "stall_mid")  # two chunks, then silence
+    gw = gateway(f"backends:\n{backend_yaml('cheap', stalls.url)}\npools:\n  - name: auto\n    members: [cheap]\n")
+    body = {"model": "auto", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", f"{gw.url}/v1/messages", json=body, timeout=10) as r:
+        for line in r.iter_lines():
+            if "content_block_delta" in line:
+                break  # the client leaves mid-answer
+    rows = wait_rows(f"sqlite+aiosqlite:///{tmp_path}/gw.db", 1)
+    assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["error_type"] == "client_disconnected"
