@@ -7,10 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.staticfiles import StaticFiles
 
+from gateway.access_log import AccessLogMiddleware
 from gateway.api import (
     admin,
     admin_loop,
@@ -22,12 +25,14 @@ from gateway.api import (
     metrics,
     openai,
     responses,
+    ui,
 )
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
 from gateway.services import build_services
 from gateway.settings import Settings
+from gateway.ui.render import STATIC_DIR
 
 log = logging.getLogger("poolgate")
 
@@ -42,8 +47,10 @@ def create_app(
     settings: Settings | None = None,
     pool_file: PoolFile | None = None,
     transport: Transport | None = None,
+    tracer_provider: Any = None,
 ) -> FastAPI:
-    """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``)."""
+    """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``);
+    ``tracer_provider`` (an OpenTelemetry TracerProvider) receives its spans instead of the OTLP exporter."""
     settings = settings or Settings()
     if pool_file is None:
         pool_file, base_dir = resolve_pool_file(settings)
@@ -52,7 +59,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, pool_file, base_dir, transport)
+        services = build_services(settings, pool_file, base_dir, transport, tracer_provider)
         await services.start()
         app.state.services = services  # read only by gateway.api.deps.get_services
         try:
@@ -68,6 +75,7 @@ def create_app(
         default_response_class=ORJSONResponse,
     )
     install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware)  # outermost: every request, whatever answers it
     app.include_router(openai.router)
     app.include_router(anthropic.router)
     app.include_router(responses.router)
@@ -78,4 +86,7 @@ def create_app(
     app.include_router(feedback.router)
     app.include_router(admin_loop.router)
     app.include_router(metrics.router)
+    app.include_router(ui.router)
+    # the dashboard's CSS and JS (no secrets: the login page needs them before anyone signs in)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     return app

@@ -13,13 +13,16 @@ from gateway.metrics import Metrics
 from gateway.record import RequestRecord
 from gateway.routing.shadow import ShadowRecorder
 from gateway.store import LogWriter
+from gateway.tracing import Tracing
 
 
 class RequestFinisher:
     """``finish(record)``: see the module docstring. Built once per app (``gateway.services``)."""
 
-    def __init__(self, shadow: ShadowRecorder, metrics: Metrics, tenancy: Tenancy, writer: LogWriter) -> None:
+    def __init__(self, shadow: ShadowRecorder, metrics: Metrics, tenancy: Tenancy, writer: LogWriter,
+                 tracing: Tracing | None = None) -> None:
         self.shadow = shadow
+        self.tracing = tracing or Tracing()
         self.metrics = metrics
         self.tenancy = tenancy
         self.writer = writer
@@ -31,4 +34,6 @@ class RequestFinisher:
     def _hand_on(self, record: RequestRecord) -> None:
         self.metrics.observe(record)
         self.tenancy.settle(record)
-        self.writer.submit(record)
+        with self.tracing.span("poolgate.log_write", request_id=record.id):
+            self.writer.submit(record)
+        self.tracing.end_request(record)  # last: the request's span covers its log hand-off

@@ -55,6 +55,8 @@ class RequestRecord:
     cost_usd: float = 0.0
     response_text: str | None = None
     shadow: dict[str, Any] | None = None
+    propensity: float | None = None  # P(backend chosen) under ``policy``; routing sets it (1.0 without exploration)
+    policy: str | None = None  # "router" or "explore:<policy>"
     finished: bool = field(default=False, repr=False)
 
     def finish(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,7 +33,9 @@ from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
+from gateway.tracing import Tracing, make_tracing
 from gateway.translate.store import ResponseStore
+from gateway.ui.session import DashboardSessions
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Services:
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
     responses: ResponseStore  # conversations behind /v1/responses' previous_response_id (per replica)
+    tracing: Tracing  # OpenTelemetry spans (inert unless POOLGATE_OTEL_ENDPOINT is set; gateway.tracing)
+    sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -77,12 +82,16 @@ class Services:
         await self.upstream.aclose()
         await self.engine.dispose()
         self.embedders.close()
+        self.tracing.close()
 
 
 def build_services(
-    settings: Settings, pool_file: PoolFile, base_dir: Path | None, transport: Transport | None = None
+    settings: Settings, pool_file: PoolFile, base_dir: Path | None, transport: Transport | None = None,
+    tracer_provider: Any = None,
 ) -> Services:
-    """Construct every service (nothing starts yet). ``transport`` replaces the upstream transport (tests)."""
+    """Construct every service (nothing starts yet). ``transport`` replaces the upstream transport and
+    ``tracer_provider`` the OTLP exporter's (tests)."""
+    tracing = make_tracing(settings.otel_endpoint, tracer_provider)
     embedders = Embedders(settings.embedding_batch_window_ms, settings.static_table_dir)
     routing = RoutingService(pool_file, embedder=embedders.embed, base_dir=base_dir)
     routing.load()
@@ -110,8 +119,8 @@ def build_services(
         upstream=upstream, breakers=breakers,
         dispatcher=Dispatcher(upstream, breakers, max_response_bytes=settings.max_response_bytes,
                               max_stream_bytes=settings.max_stream_bytes,
-                              pool_timeout_s=settings.upstream_pool_timeout_s),
+                              pool_timeout_s=settings.upstream_pool_timeout_s, tracing=tracing),
         metrics=metrics, keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
-        finish=RequestFinisher(shadow, metrics, tenancy, writer),
-        responses=ResponseStore(settings.response_store_entries),
+        finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing,
+        sessions=DashboardSessions(), responses=ResponseStore(settings.response_store_entries),
     )

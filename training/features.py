@@ -38,6 +38,7 @@ from routers.encoders.model import EMBEDDING_DIM, model_version
 from routers.encoders.static import StaticEncoder
 from routers.features import text_stats
 from routers.pricing import encoding
+from routers.progress import report
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: encoder names
@@ -129,6 +130,7 @@ class Featurizer:
         for start in range(0, len(todo), max(1, self.batch_size)):
             part = todo[start : start + max(1, self.batch_size)]
             vectors = self._encode([text for _, text in part])
+            report("embeddings (minilm)", start + len(part), len(todo))
             with self._lock:
                 for (key, _), vec in zip(part, vectors, strict=True):
                     self._memory[key] = vec

@@ -4,9 +4,11 @@ The rows come in as :class:`LabelledRow` (``gateway.store.repository.fetch_label
 
 Each labelled request tells the quality of *one* cell: (its prompt, the backend that answered). Requests with the
 same prompt text are one query; a cell seen several times gets the mean score. Cells no request observed stay
-``nan`` here together with an ``observed`` mask; :func:`impute` fills them (after the split, from training rows
-only) with the backend's mean observed score, so routers learn from the cells they have and fall back to each
-backend's average elsewhere. Offline data sets can be mixed in (:func:`offline_rows`): their models are matched
+``nan`` here together with an ``observed`` mask; :func:`impute` fills them (after the split, from the fitting
+rows only) with the backend's mean observed score, so routers learn from the cells they have and fall back to each
+backend's average elsewhere. The filling is a fitting device only: no policy is ever *judged* on filled cells (the
+promote gate estimates off-policy from logged outcomes and propensities: ``training.log_holdout``). Offline data
+sets can be mixed in (:func:`offline_rows`): their models are matched
 to the pool's backends by name, and their rows are fully observed for the backends they cover.
 
 Token counts: the logged prompt tokens; completion tokens as logged for observed cells, else the backend's mean
@@ -104,6 +106,8 @@ class LabelledRow:
     completion_tokens: int
     score: float
     created_at: datetime
+    #: P(this backend chosen) when the request was routed (migration 0005); None: unknown (older rows, fallbacks)
+    propensity: float | None = None
 
 
 @dataclass

@@ -31,7 +31,7 @@ async def messages(request: Request, services: ServicesDep, key: CallerKey) -> R
     refuse_if_log_down(services)
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(request_to_chat(body), request.headers.get("x-poolgate-flags"))
-    answer = await run_chat(services, key, chat, started)
+    answer = await run_chat(services, key, chat, started, request)
     request_id = answer.headers.get("x-poolgate-request-id", "")
     if answer.stream is not None:
         events = stream_from_chat(answer.stream, request_id, chat.model, chat.quick_prompt_tokens().tokens)

@@ -25,7 +25,7 @@ async def completions(request: Request, services: ServicesDep, key: CallerKey) -
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat_body, wants_usage = request_to_chat(body)
     chat = parse_chat_request(chat_body, request.headers.get("x-poolgate-flags"))
-    answer = await run_chat(services, key, chat, started)
+    answer = await run_chat(services, key, chat, started, request)
     if answer.stream is not None:
         return EventStreamResponse(stream_from_chat(answer.stream, wants_usage), headers=answer.headers)
     if answer.parsed is None:

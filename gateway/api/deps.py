@@ -34,6 +34,7 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import LogWriter
 from gateway.store.repository import LogRepository
+from gateway.ui.session import DashboardSessions
 
 
 async def get_services(request: Request) -> Services:
@@ -70,6 +71,7 @@ WriterDep = Annotated[LogWriter, Depends(_service("writer"))]
 MetricsDep = Annotated[Metrics, Depends(_service("metrics"))]
 KeysDep = Annotated[KeyStore, Depends(_service("keys"))]
 LimiterDep = Annotated[Limiter, Depends(_service("limiter"))]
+SessionsDep = Annotated[DashboardSessions, Depends(_service("sessions"))]
 
 
 def bearer_token(request: Request) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.access_log import RECORD_STATE_KEY
 from gateway.api.deps import CallerKey, ServicesDep
 from gateway.api.pipeline import finish_error, gateway_headers, refuse_if_log_down
 from gateway.api.request import MAX_MODEL_CHARS, read_json_body
@@ -89,6 +90,7 @@ async def embeddings(request: Request, services: ServicesDep, key: CallerKey) ->
     model, text = _check(body)
     record = RequestRecord(id=uuid.uuid4().hex, model_requested=model, stream=False,
                            prompt_text=text if services.settings.store_prompts else None)
+    setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
     try:
         pool, ranking = embedding_ranking(services.pool_file, model)
         record.pool = pool.name if pool is not None else None

@@ -32,7 +32,7 @@ async def chat_completions(request: Request, services: ServicesDep, key: CallerK
     refuse_if_log_down(services)
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
-    return (await run_chat(services, key, chat, started)).openai_response()
+    return (await run_chat(services, key, chat, started, request)).openai_response()
 
 
 def _model_objects(routing: RoutingService, pool_file: PoolFile) -> list[dict[str, Any]]:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.access_log import RECORD_STATE_KEY
 from gateway.api.request import ChatRequest
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
@@ -29,6 +31,7 @@ from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
 from gateway.routing.service import RouteDecision
 from gateway.services import Services
+from gateway.tracing import route_attributes
 from routers.pricing import cost_usd
 
 
@@ -104,6 +107,16 @@ def record_decision(record: RequestRecord, decision: RouteDecision) -> None:
     record.pool, record.router, record.router_version = decision.pool, decision.router, decision.router_version
     record.candidates = decision.candidates
     record.flags = decision.flags.as_dict() if decision.flags is not None else None
+    record.propensity, record.policy = decision.propensity, decision.policy
+
+
+def record_backend(record: RequestRecord, decision: RouteDecision | None, backend: str | None) -> None:
+    """Set the backend that answered (or failed last). When a fallback answered instead of the chosen backend,
+    the probability of *that* backend answering is unknown: the propensity becomes NULL, and off-policy
+    estimators leave the row out rather than weight it by a wrong probability."""
+    record.backend = backend
+    if decision is not None and decision.ranking and backend != decision.ranking[0].name:
+        record.propensity = None
 
 
 def finish_error(
@@ -114,22 +127,42 @@ def finish_error(
     services.finish(record)
 
 
-async def run_chat(services: Services, key: KeyRecord | None, chat: ChatRequest, started: float) -> ChatAnswer:
+async def run_chat(
+    services: Services, key: KeyRecord | None, chat: ChatRequest, started: float, request: Request
+) -> ChatAnswer:
     """Admit, route and dispatch ``chat``; the answer, with its log row handed on (plain, error) or handed on when
-    the stream ends."""
+    the stream ends. The record is on ``request.state`` for the access log; the request has its trace span."""
     request_id = uuid.uuid4().hex
     record = new_record(request_id, chat, services)
+    setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
+    services.tracing.start_request(request_id, chat.model, chat.payload, chat.stream)
+    try:
+        with services.tracing.request_context(request_id):
+            return await _serve(services, key, chat, record, started)
+    except BaseException as exc:  # a bug or a cancelled task: end the span rather than keep it open for ever
+        services.tracing.abandon(request_id, exc)
+        raise
+
+
+async def _serve(
+    services: Services, key: KeyRecord | None, chat: ChatRequest, record: RequestRecord, started: float
+) -> ChatAnswer:
+    """Admit, route, dispatch and answer one parsed chat request (inside its trace span)."""
+    request_id = record.id
     decision: RouteDecision | None = None
     try:
         # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
         quick = chat.quick_prompt_tokens()
         admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
         prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
-        decision = await services.routing.route(
-            chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
-            request_flags=chat.request_flags, router_override=chat.router_override,
-            key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
-        )
+        with services.tracing.span("poolgate.route") as span:
+            decision = await services.routing.route(
+                chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
+                request_flags=chat.request_flags, router_override=chat.router_override,
+                key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
+            )
+            if span is not None:
+                span.set_attributes(route_attributes(decision))
         record_decision(record, decision)
         services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
@@ -138,14 +171,16 @@ async def run_chat(services: Services, key: KeyRecord | None, chat: ChatRequest,
         return ChatAnswer(exc.status, gateway_headers(request_id, decision, None, None), error=exc)
     except AllBackendsFailed as exc:
         record.attempts = exc.attempts
-        record.backend = exc.attempts[-1]["backend"] if exc.attempts else None
+        record_backend(record, decision, exc.attempts[-1]["backend"] if exc.attempts else None)
         finish_error(services, record, started, exc.status, "upstream_error", exc.message)
         wait = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
         err = GatewayError(exc.status, exc.message, code="all_backends_failed", headers=wait)
         return ChatAnswer(exc.status, {**err.headers, **gateway_headers(request_id, decision, record.backend, None)},
                           error=err)
-    record.backend = result.backend.name
+    record_backend(record, decision, result.backend.name)
     record.attempts = result.attempts
+    answered_by = (result.parsed or {}).get("model") if result.parsed is not None else None
+    services.tracing.annotate(request_id, {"gen_ai.response.model": str(answered_by or result.backend.model)})
     if result.stream is not None:
         return _stream_answer(services, chat, record, result, decision, started, prompt_tokens)
     return await _plain_answer(services, record, result, decision, started, prompt_tokens)
@@ -168,7 +203,7 @@ async def _plain_answer(
     prompt_tokens: int,
 ) -> ChatAnswer:
     latency_ms = (time.perf_counter() - started) * 1000
-    headers = gateway_headers(record.id, decision, result.backend.name, None)
+    headers = gateway_headers(record.id, decision, result.backend.name, None) | result.passed_headers
     if result.parsed is None:  # an error passed through (a 4xx that is the request's fault)
         record.finish(status="error", http_status=result.status, latency_ms=latency_ms, error_type="upstream_error",
                       error_message=result.body[:2000].decode("utf-8", "replace"))
@@ -195,6 +230,7 @@ def _stream_answer(
     decision: RouteDecision, started: float, prompt_tokens: int,
 ) -> ChatAnswer:
     backend = result.backend
+    stream_span = services.tracing.start_child(record.id, "poolgate.stream", {"poolgate.backend": backend.name})
 
     def on_finish(out: StreamOutcome) -> None:
         usage = parse_usage(out.usage)
@@ -209,12 +245,16 @@ def _stream_answer(
             latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
             error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
+        if stream_span is not None:
+            stream_span.set_attributes({"gen_ai.usage.output_tokens": c_tok, "poolgate.ttft_ms": out.ttft_ms or 0.0,
+                                        "error.type": error_type or ""})
+            stream_span.end()
         services.finish(record)
 
     estimate = next(
         (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
     )
-    headers = gateway_headers(record.id, decision, backend.name, estimate)
+    headers = gateway_headers(record.id, decision, backend.name, estimate) | result.passed_headers
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
     body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)

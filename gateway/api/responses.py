@@ -57,7 +57,7 @@ async def responses(request: Request, services: ServicesDep, key: CallerKey) -> 
     history = _history(services.responses, scope, body)
     new = input_messages(body)
     chat = parse_chat_request(request_to_chat(body, history, new), request.headers.get("x-poolgate-flags"))
-    answer = await run_chat(services, key, chat, started)
+    answer = await run_chat(services, key, chat, started, request)
     if answer.stream is None and answer.parsed is None:
         return answer.openai_response()
     shell = new_shell(answer.headers.get("x-poolgate-request-id", ""), chat.model, body)

@@ -27,6 +27,7 @@ def build(force: bool) -> None:
     import numpy as np
 
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.settings import Settings
     from routers.encoders.model import EMBEDDING_DIM
     from routers.encoders.static import StaticEncoder, table_path
@@ -38,7 +39,8 @@ def build(force: bool) -> None:
         path.unlink(missing_ok=True)
     start = time.perf_counter()
     encoder = StaticEncoder(table_dir)
-    encoder.load()
+    with progress_bars():
+        encoder.load()
     vec = encoder(["poolgate checks the token table"])
     if vec.shape != (1, EMBEDDING_DIM) or not np.isfinite(vec).all():
         raise click.ClickException(f"{path}: the token table gives no valid embedding; rerun with --force")

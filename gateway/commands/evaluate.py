@@ -143,6 +143,7 @@ def _load(dataset_name: str | None, train_spec: str | None, test_spec: str | Non
 def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Path | None,
          cache_dir: Path | None) -> None:
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.settings import Settings
     from training.evaluate import evaluate_routers
     from training.features import Featurizer
@@ -157,9 +158,10 @@ def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Pa
                             encoder=run.encoder or settings.embedding_encoder,
                             static_table_dir=settings.static_table_dir)
     try:
-        result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,
-                                  featurizer=featurizer, calibration=run.calibration, n_train=run.n_train,
-                                  extra_flags=sweep_grid(dataset) if run.sweep else ())
+        with progress_bars():
+            result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,
+                                      featurizer=featurizer, calibration=run.calibration, n_train=run.n_train,
+                                      extra_flags=sweep_grid(dataset) if run.sweep else ())
     except ValueError as exc:  # e.g. too few distinct queries to split or fold
         _fail(str(exc))
     print_report(result, per_task=run.per_task)

@@ -25,7 +25,7 @@ def _run(action: Callable[[Any, Any], Awaitable[T]]) -> T:
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.limits.keys import KeyParamError, KeyStore
     from gateway.settings import Settings
-    from gateway.store import StoreError, make_engine
+    from gateway.store import StoreError, make_engine, upgrade_embedded
     from gateway.store.db import redact
 
     try:
@@ -34,6 +34,7 @@ def _run(action: Callable[[Any, Any], Awaitable[T]]) -> T:
         raise click.ClickException(f"invalid settings: {exc.errors()[0].get('msg', exc)}") from None
 
     async def go() -> T:
+        await asyncio.to_thread(upgrade_embedded, settings.database_url)  # a fresh folder works, as for serve
         engine = make_engine(settings.database_url)
         try:
             return await action(settings, KeyStore(engine, cache_ttl_s=0))

@@ -58,11 +58,10 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
-    from gateway.store import StoreError, make_engine, upgrade
+    from gateway.store import StoreError, make_engine, upgrade_embedded
 
     try:
-        if settings.database_url.startswith("sqlite"):
-            upgrade(settings.database_url)
+        upgrade_embedded(settings.database_url)
         engine = make_engine(settings.database_url)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None

@@ -62,6 +62,7 @@ def train_offline(
     Prints the artifact path and the lines to put in a pool entry (router, artifact).
     """
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.settings import Settings
     from routers.base import RouterError
     from training.loaders import DatasetError
@@ -75,11 +76,13 @@ def train_offline(
         if router_name == "auto":
             if parsed:
                 raise RouterError("--param cannot be combined with --router auto (each candidate has its own)")
-            selection = _select(dataset_name, candidates, select_protocol, seed, limit, cache,
-                                encoder or settings.embedding_encoder, calibration)
+            with progress_bars():
+                selection = _select(dataset_name, candidates, select_protocol, seed, limit, cache,
+                                    encoder or settings.embedding_encoder, calibration)
             router_name = selection.router
-        result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
-                              encoder=encoder or settings.embedding_encoder, calibration=calibration)
+        with progress_bars():
+            result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
+                                  encoder=encoder or settings.embedding_encoder, calibration=calibration)
         save_result(result, out or default_artifact_path(router_name, Path(dataset_name).stem))
     except (RouterError, DatasetError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -1,12 +1,17 @@
-"""``poolgate train``'s pipeline: logs (+ offline data) -> split -> fit -> held-out comparison -> versioned artifact.
+"""``poolgate train``'s pipeline: logs (+ offline data) -> time split -> fit -> off-policy comparison -> version.
 
-1. Labelled requests of the pool in the window (:mod:`training.from_logs`), plus any offline data sets.
-2. Split by unique query text (``test_size`` of the texts held out, fixed ``seed``); unobserved cells of both sides
-   are imputed with the *training* side's per-backend means.
-3. Fit the candidate on the training side. The saved artifact is exactly this fit, so its metrics are honest.
-4. Evaluate the candidate and the version now serving the pool (its live artifact, else the pool file's router) on
-   the held-out side with :func:`evaluate_policy`. "Not worse" means a held-out utility at least the serving one's.
-5. Register the candidate in the artifact store; with ``promote`` make it live when not worse (or ``force``).
+1. Labelled requests of the pool in the window (:mod:`training.from_logs`), oldest first, plus offline data sets.
+2. Split by time, fixed for the run (:func:`training.log_holdout.time_split`): the newest ``test_size`` of the
+   log rows are the holdout, the older ones (and every offline row) the fitting side. The cut is recorded in the
+   version's metrics (``split``).
+3. Fit the candidate on the fitting side (its unobserved cells imputed with that side's per-backend means: a
+   fitting device only, never used to judge). The saved artifact is exactly this fit.
+4. Judge the candidate, the version now serving the pool (its live artifact, else the pool file's router) and the
+   always-cheapest / always-strongest references on the holdout *events* off-policy
+   (:func:`training.log_holdout.evaluate_choices`): doubly-robust utility with its bootstrap 95% interval, from
+   the logged outcomes and their propensities only.
+5. Register the candidate; with ``promote`` make it live only when the lower bound of its utility beats the
+   serving version's estimate (or ``force``). ``reason`` says which numbers decided.
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ from gateway.pools import PoolConfig, PoolFile
 from gateway.routing.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
 from gateway.routing.service import load_router
 from gateway.store.repository import LogRepository
-from routers.base import Prediction, Router
+from routers.base import Router
 from routers.baselines import CheapestRouter, StrongestRouter
 from routers.dataset import RoutingDataset
-from routers.objective import Calibration, Flags, choose_batch, preset, score
+from routers.objective import Calibration, Flags, choose_batch, preset
 from routers.registry import build_router
 from training.calibrate import fit_calibrated, preset_summary
 from training.features import DEFAULT_ENCODER
 from training.from_logs import (
     LabelledData,
+    LabelledRow,
     TrainingDataError,
     column_means,
     concat,
@@ -43,8 +49,7 @@ from training.from_logs import (
     offline_rows,
 )
 from training.loaders import load_dataset
-from training.metrics import chosen, mean_cost, mean_quality, tep
-from training.splits import split_by_query
+from training.log_holdout import HoldoutEvents, TimeSplit, evaluate_choices, holdout_events, time_split
 from training.train_router import attach_features
 
 log = logging.getLogger("poolgate.training")
@@ -98,33 +103,14 @@ def pool_flags(config: PoolConfig) -> Flags:
     return Flags.from_mapping(config.flags, base) if config.flags else base
 
 
-def evaluate_policy(router: Router, data: RoutingDataset, observed: np.ndarray, flags: Flags) -> dict[str, Any]:
-    """Held-out metrics of ``router`` deciding with ``flags``; ``data`` has imputed quality and features attached.
-
-    utility: the shared objective's utility at the *true* (imputed) quality and cost of the chosen cell, averaged;
-    quality, cost_usd, tokens: means of the chosen cells; tep_tokens / tep_usd: TEP against always-cheapest
-    on the same queries; observed_fraction: share of choices whose cell a request actually labelled.
-    """
+def evaluate_policy(router: Router, events: HoldoutEvents, flags: Flags, seed: int = 0) -> dict[str, Any]:
+    """Off-policy holdout metrics of ``router`` deciding with ``flags`` (``events.dataset`` has features attached):
+    see :func:`training.log_holdout.evaluate_choices`."""
+    data = events.dataset
     assert data.features is not None
     cards, prompt = data.cards, np.asarray(data.prompt_tokens, dtype=np.float64)
     choice = choose_batch(router.predict(data.features, cards), cards, flags, prompt, Calibration.of(router))
-    truth = score(Prediction(quality=data.quality, cost_usd=data.cost_usd), cards, flags, prompt)
-    cheap = choose_batch(CheapestRouter().predict(data.features, cards), cards, flags, prompt)
-    q, c, t = mean_quality(data.quality, choice), mean_cost(data.cost_usd, choice), mean_cost(data.total_tokens, choice)
-    qc, cc = mean_quality(data.quality, cheap), mean_cost(data.cost_usd, cheap)
-    tc = mean_cost(data.total_tokens, cheap)
-    counts = np.bincount(choice, minlength=len(cards))
-    return {
-        "utility": float(chosen(truth.utility, choice).mean()),
-        "quality": q,
-        "cost_usd": c,
-        "tokens": t,
-        "tep_tokens": tep(q, t, qc, tc),
-        "tep_usd": tep(q, c, qc, cc),
-        "observed_fraction": float(chosen(observed, choice).mean()),
-        "mix": {card.name: float(counts[j] / len(choice)) for j, card in enumerate(cards)},
-        "n": len(choice),
-    }
+    return evaluate_choices(choice, events, flags, seed=seed)
 
 
 def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None, encoder: str) -> RoutingDataset:
@@ -138,20 +124,27 @@ def _load_serving(live: VersionRecord | None, config: PoolConfig, base_dir: Path
     return router, f"{router.name} {version} (pool file)"
 
 
+@dataclass
+class GatheredData:
+    """The labelled log rows (oldest first) and the offline data sets' rows of one train run."""
+
+    rows: list[LabelledRow]
+    offline: list[LabelledData]
+    backends: list[Any]
+
+
 async def gather_data(
     engine: AsyncEngine, pool_file: PoolFile, req: TrainRequest, default_output_tokens: int
-) -> tuple[LabelledData, int]:
-    """Log rows (and offline rows) of the request as one :class:`LabelledData`; refuses too few rows."""
+) -> GatheredData:
+    """Log rows (and offline rows) of the request; refuses too few rows."""
     config = pool_file.pool(req.pool)
     if config is None:
         known = ", ".join(p.name for p in pool_file.pools) or "(none)"
         raise TrainingDataError(f"no pool {req.pool!r} in the pool file; pools: {known}")
     backends = [pool_file.backend(m) for m in config.members]
     rows, no_text = await LogRepository(engine).labelled(req.pool, req.since, req.until)
-    parts = [log_rows_to_data(rows, backends, default_output_tokens, req.pool)] if rows else []
-    for name, limit in req.datasets:
-        parts.append(offline_rows(load_dataset(name, limit=limit), backends))
-    total = len(rows) + sum(len(p.dataset) for p in parts[1 if rows else 0 :])
+    offline = [offline_rows(load_dataset(name, limit=limit), backends) for name, limit in req.datasets]
+    total = len(rows) + sum(len(p.dataset) for p in offline)
     if total < req.min_rows:
         hint = (f"; {no_text} labelled requests have no prompt text (run the gateway with "
                 "POOLGATE_STORE_PROMPTS=true)") if no_text else ""
@@ -160,17 +153,38 @@ async def gather_data(
             f"({req.min_rows - total} more): post feedback (POST /v1/feedback, poolgate feedback), widen --since, "
             f"or mix in --dataset{hint}"
         )
-    data = concat(parts)
-    if len(set(data.dataset.queries)) < 2:
+    if len({r.text for r in rows} | {q for p in offline for q in p.dataset.queries}) < 2:
         raise TrainingDataError(f"pool {req.pool!r}: all labelled rows share one prompt; need 2 distinct prompts")
-    return data, len(rows)
+    return GatheredData(rows, offline, backends)
+
+
+@dataclass
+class Comparison:
+    """What :func:`fit_and_compare` found: the fitted candidate and every policy's holdout metrics."""
+
+    candidate: Router
+    metrics: dict[str, Any]
+    serving: dict[str, Any] | None
+    serving_label: str
+    references: dict[str, dict[str, Any]]
+    split: TimeSplit
+    n_fit: int
+    fit_observed_fraction: float
+
+
+def _fit_side(gathered: GatheredData, split: TimeSplit, default_output_tokens: int, pool: str) -> LabelledData:
+    parts = [log_rows_to_data(split.fit, gathered.backends, default_output_tokens, pool)] if split.fit else []
+    parts += gathered.offline
+    if not parts:
+        raise TrainingDataError(f"pool {pool!r}: no rows older than the holdout to fit on; widen --since")
+    return concat(parts)
 
 
 def fit_and_compare(
-    data: LabelledData, req: TrainRequest, config: PoolConfig, live: VersionRecord | None,
-    base_dir: Path | None, cache_dir: Path | None,
-) -> tuple[Router, dict[str, Any], dict[str, Any] | None, str, dict[str, dict[str, Any]], int, int]:
-    """Split, impute, fit the candidate and evaluate it beside the serving version (see the module doc)."""
+    gathered: GatheredData, req: TrainRequest, config: PoolConfig, live: VersionRecord | None,
+    base_dir: Path | None, cache_dir: Path | None, default_output_tokens: int = 256,
+) -> Comparison:
+    """Split by time, fit the candidate on the older side and judge every policy off-policy on the newer one."""
     candidate = build_router(req.router, req.params, req.seed)
     try:
         serving, label = _load_serving(live, config, base_dir)
@@ -179,31 +193,47 @@ def fit_and_compare(
         serving, label, serving_error = None, "serving version", f"{type(exc).__name__}: {exc}"
     serving_encoder = serving.encoder_ if serving is not None and serving.requires_embeddings else None
     encoder = req.encoder or serving_encoder or req.default_encoder
-    featurized = _features(data.dataset, candidate.requires_embeddings or serving_encoder is not None, cache_dir,
-                           encoder)
-    data = LabelledData(featurized, data.observed, data.sources)
-    train_idx, test_idx = split_by_query(featurized, test_size=req.test_size, seed=req.seed)
-    train, test = data.subset(train_idx), data.subset(test_idx)
-    means = column_means(train)
-    train_ds, test_ds = impute(train, means), impute(test, means)
-    candidate = fit_calibrated(req.router, train_ds, req.params, req.seed)
+    embeddings = candidate.requires_embeddings or serving_encoder is not None
+    split = time_split(gathered.rows, req.test_size)
+    fit = _fit_side(gathered, split, default_output_tokens, req.pool)
+    fit_ds = impute(fit, column_means(fit))
+    candidate = fit_calibrated(req.router, _features(fit_ds, embeddings, cache_dir, encoder), req.params, req.seed)
+    events = holdout_events(split, fit_ds.cards, default_output_tokens, req.pool)
+    if len(events) == 0:
+        empty = {"utility": None, "n": 0}
+        return Comparison(candidate, empty, None, f"{label} (no holdout events with a known propensity)", {},
+                          split, len(fit.dataset), float(fit.observed.mean()))
+    events.dataset = _features(events.dataset, embeddings, cache_dir, encoder)
     flags = pool_flags(config)
-    cand = evaluate_policy(candidate, test_ds, test.observed, flags)
-    refs = {
-        "always-cheapest": evaluate_policy(CheapestRouter(), test_ds, test.observed, flags),
-        "always-strongest": evaluate_policy(StrongestRouter(), test_ds, test.observed, flags),
-    }
+    cand = evaluate_policy(candidate, events, flags, req.seed)
+    refs = {"always-cheapest": evaluate_policy(CheapestRouter(), events, flags, req.seed),
+            "always-strongest": evaluate_policy(StrongestRouter(), events, flags, req.seed)}
     serve_metrics: dict[str, Any] | None = None
     if serving is not None:
         try:
             if serving_encoder not in (None, encoder):  # the serving version sees its own encoder's embeddings
-                test_ds = _features(replace(test_ds, features=None), True, cache_dir, serving_encoder)
-            serve_metrics = evaluate_policy(serving, test_ds, test.observed, flags)
+                events.dataset = _features(replace(events.dataset, features=None), True, cache_dir, serving_encoder)
+            serve_metrics = evaluate_policy(serving, events, flags, req.seed)
         except Exception as exc:
             serving_error = f"{type(exc).__name__}: {exc}"
     if serve_metrics is None:
         label = f"{label} (could not be evaluated: {serving_error})"
-    return candidate, cand, serve_metrics, label, refs, len(train_idx), len(test_idx)
+    return Comparison(candidate, cand, serve_metrics, label, refs, split, len(fit.dataset),
+                      float(fit.observed.mean()))
+
+
+def promotion_verdict(cand: dict[str, Any], serving: dict[str, Any] | None, label: str) -> tuple[bool, str]:
+    """(beats, why): the candidate's DR utility lower bound must beat the serving version's DR estimate."""
+    if cand.get("n", 0) == 0:
+        return False, "no holdout events with a known propensity (log rows before migration 0005, or fallbacks)"
+    if serving is None:
+        return False, f"the serving version could not be compared ({label})"
+    low, est = cand["utility_low"], serving["utility"]
+    numbers = (f"candidate DR utility {cand['utility']:.4f} [95% {low:.4f}, {cand['utility_high']:.4f}], "
+               f"ESS {cand['ess']:.1f} of {cand['n']} events; serving {est:.4f} ({label})")
+    if low > est + 1e-12:
+        return True, f"lower bound beats the serving estimate: {numbers}"
+    return False, f"lower bound does not beat the serving estimate: {numbers}"
 
 
 async def train_from_logs(
@@ -213,41 +243,39 @@ async def train_from_logs(
     """Run the whole pipeline (module docstring); raises TrainingDataError / RouterError / ArtifactError."""
     started = time.perf_counter()
     config = pool_file.pool(req.pool)
-    data, log_rows = await gather_data(engine, pool_file, req, default_output_tokens)
+    gathered = await gather_data(engine, pool_file, req, default_output_tokens)
     assert config is not None
     live = (await store.live()).get(req.pool)
-    router, cand, serving, label, refs, n_train, n_test = fit_and_compare(
-        data, req, config, live, base_dir, cache_dir
-    )
-    not_worse = serving is not None and cand["utility"] >= serving["utility"] - 1e-12
+    cmp = fit_and_compare(gathered, req, config, live, base_dir, cache_dir, default_output_tokens)
+    router, cand, serving, label = cmp.candidate, cmp.metrics, cmp.serving, cmp.serving_label
+    not_worse, why = promotion_verdict(cand, serving, label)
     metrics = {
-        "heldout": cand, "serving": serving, "serving_label": label, "references": refs,
-        "n_train": n_train, "n_test": n_test, "log_rows": log_rows,
-        "observed_fraction": float(data.observed.mean()), "flags": pool_flags(config).as_dict(),
+        "heldout": cand, "serving": serving, "serving_label": label, "references": cmp.references,
+        "split": cmp.split.as_dict(), "estimator": "doubly robust (reward model: per-backend mean of older rows)",
+        "n_train": cmp.n_fit, "n_test": cand.get("n", 0), "log_rows": len(gathered.rows),
+        "observed_fraction": cmp.fit_observed_fraction, "flags": pool_flags(config).as_dict(),
         "test_size": req.test_size, "seed": req.seed,
         "encoder": router.encoder_ if router.requires_embeddings else None,
         "presets": preset_summary(router),
     }
+    n_rows = len(gathered.rows) + sum(len(p.dataset) for p in gathered.offline)
     record = await store.register(
-        req.pool, router, metrics=metrics, n_rows=len(data.dataset), params=dict(req.params) or None,
+        req.pool, router, metrics=metrics, n_rows=n_rows, params=dict(req.params) or None,
         datasets=[n for n, _ in req.datasets] or None, data_since=req.since,
         data_until=req.until or datetime.now(UTC), note=req.note,
     )
-    promoted, reason = False, "not asked to promote (use --promote)"
+    promoted, reason = False, f"not asked to promote (use --promote); {why}"
     if req.promote:
         if not_worse or req.force:
             record = await store.promote(req.pool, record.version)
             promoted = True
-            reason = "not worse than the serving version on the held-out slice" if not_worse else "forced (--force)"
-        elif serving is None:
-            reason = f"not promoted: the serving version could not be compared ({label}); use --force"
+            reason = why if not_worse else f"forced (--force); {why}"
         else:
-            reason = (f"not promoted: held-out utility {cand['utility']:.4f} < serving {serving['utility']:.4f} "
-                      f"({label}); use --force to promote anyway")
+            reason = f"not promoted: {why}; use --force to promote anyway"
     log.info("trained %s for pool %s as %s: %s", req.router, req.pool, record.version, reason)
-    return TrainOutcome(record, cand, serving, label, refs, not_worse, promoted, reason, n_train, n_test, log_rows,
-                        time.perf_counter() - started)
+    return TrainOutcome(record, cand, serving, label, cmp.references, not_worse, promoted, reason, cmp.n_fit,
+                        cand.get("n", 0), len(gathered.rows), time.perf_counter() - started)
 
 
 __all__ = ["ArtifactError", "TrainOutcome", "TrainRequest", "TrainingDataError", "evaluate_policy",
-           "train_from_logs"]
+           "promotion_verdict", "train_from_logs"]

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -34,6 +35,7 @@ from gateway.proxy.breaker import BreakerRegistry
 from gateway.proxy.scrub import NO_SECRET, Scrubber, scrub_secrets
 from gateway.proxy.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
 from gateway.proxy.upstream_errors import relayed_error_body, upstream_message
+from gateway.tracing import Tracing
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
@@ -56,6 +58,7 @@ class UpstreamResult:
     content_type: str = "application/json"
     response: UpstreamResponse | None = None
     stream: AsyncIterator[bytes] | None = None
+    passed_headers: dict[str, str] = field(default_factory=dict)  # what the client also sees (_replay_signal)
     first_byte_at: float | None = None
     scrubber: Scrubber = NO_SECRET
 
@@ -75,8 +78,10 @@ class Dispatcher:
     streams over ``max_stream_bytes`` are failures; ``pool_timeout_s`` bounds the wait for a connection."""
 
     def __init__(self, transport: Transport, breakers: BreakerRegistry, *, max_response_bytes: int = 16 * 2**20,
-                 max_stream_bytes: int = 64 * 2**20, pool_timeout_s: float = 10.0) -> None:
+                 max_stream_bytes: int = 64 * 2**20, pool_timeout_s: float = 10.0,
+                 tracing: Tracing | None = None) -> None:
         self.transport = transport
+        self.tracing = tracing or Tracing()
         self.breakers = breakers
         self.max_response_bytes = max_response_bytes
         self.max_stream_bytes = max_stream_bytes
@@ -147,8 +152,11 @@ class Dispatcher:
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
             started = time.perf_counter()
-            status, error, result, retry_after, error_answer = await self._attempt(url, content, headers, timeouts,
-                                                                                   stream, scrubber)
+            with self.tracing.span(f"chat {backend.model}", _attempt_attributes(backend, i), client=True) as span:
+                status, error, result, retry_after, error_answer = await self._attempt(
+                    url, content, headers, timeouts, stream, scrubber)
+                if span is not None:
+                    _end_attempt_span(span, status, error)
             elapsed = (time.perf_counter() - started) * 1000
             if error:  # upstream error text reaches the client and the log: never with a secret in it
                 error = scrub_secrets(error, key)
@@ -197,6 +205,7 @@ class Dispatcher:
                 return status, None, UpstreamResult(
                     None, status, [], body=body, parsed=parsed,  # type: ignore[arg-type]
                     content_type=response.header("content-type") or "application/json",
+                    passed_headers=_replay_signal(response),
                 ), None, b""
             chunks = response.aiter_raw()
             first = await chunks.__anext__()
@@ -220,7 +229,49 @@ class Dispatcher:
             response=response,
             stream=_prepend(first, chunks),
             first_byte_at=first_at,
+            passed_headers=_replay_signal(response),
         ), None, b""
+
+
+def _attempt_attributes(backend: BackendConfig, retry: int) -> dict[str, Any]:
+    """An upstream attempt's span attributes (GenAI client conventions; no prompt, no key)."""
+    parts = urlsplit(backend.base_url)
+    return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": backend.model,
+            "server.address": parts.hostname or "", "server.port": parts.port or (443 if parts.scheme == "https"
+                                                                                  else 80),
+            "poolgate.backend": backend.name, "poolgate.retry": retry}
+
+
+def _end_attempt_span(span: Any, status: int | None, error: str | None) -> None:
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    if error:
+        # why: opentelemetry is imported only when tracing is on (a span exists only then)
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attribute("error.type", str(status) if status is not None else "transport")
+        span.set_status(Status(StatusCode.ERROR, error[:200]))
+
+
+_REPLAY_MATCHES = frozenset({"exact", "nearest"})
+
+
+def _replay_signal(response: UpstreamResponse) -> dict[str, str]:
+    """The replay demo backend's match headers, passed on as ``x-poolgate-replay-match`` (exact|nearest) and
+    ``x-poolgate-replay-similarity``, so a demo user sees when the answer was recorded for another prompt.
+
+    Only these two and only well-formed values: a backend's headers are otherwise never relayed."""
+    match, similarity = response.header("x-replay-match"), response.header("x-replay-similarity")
+    if match not in _REPLAY_MATCHES:
+        return {}
+    out = {"x-poolgate-replay-match": str(match)}
+    try:
+        value = float(similarity or "")
+    except ValueError:
+        return out
+    if 0.0 <= value <= 1.0:
+        out["x-poolgate-replay-similarity"] = f"{value:.3f}"
+    return out
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

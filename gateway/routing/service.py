@@ -19,6 +19,7 @@ from gateway.errors import GatewayError
 from gateway.pools import BackendConfig, PoolConfig, PoolFile
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.baselines import CheapestRouter
+from routers.exploration import ROUTER_POLICY, Exploration, choose
 from routers.features import text_stats
 from routers.objective import Calibration, ConstraintError, FlagError, Flags, decide, preset
 from routers.registry import make_router
@@ -41,6 +42,8 @@ class PoolRuntime:
     base_flags: Flags
     shadows: dict[str, Router] = field(default_factory=dict)
     shadow_versions: dict[str, str] = field(default_factory=dict)
+    #: the draw of exploration (``routers.exploration``); seeded from the pool file when it says so
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
 @dataclass
@@ -55,6 +58,9 @@ class RouteDecision:
     flags: Flags | None
     fallback: bool
     router_error: str | None = None
+    #: P(ranking[0] chosen) under ``policy`` ("router" or "explore:<name>"); 1.0 without exploration
+    propensity: float = 1.0
+    policy: str = ROUTER_POLICY
 
 
 def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Router, str]:
@@ -89,7 +95,8 @@ def build_runtime(pool_file: PoolFile, config: PoolConfig, base_dir: Path | None
     base = preset(config.objective)
     base_flags = Flags.from_mapping(config.flags, base) if config.flags else base
     shadows = {name: make_router(name) for name in config.shadow_routers if name != config.router}
-    return PoolRuntime(config, backends, member_cards(backends, router), router, version, base_flags, shadows)
+    return PoolRuntime(config, backends, member_cards(backends, router), router, version, base_flags, shadows,
+                       rng=np.random.default_rng(config.exploration.seed))
 
 
 class RoutingService:
@@ -169,7 +176,8 @@ class RoutingService:
                     404, f"model {model!r} is neither a pool nor a backend; see GET /v1/models",
                     param="model", code="model_not_found",
                 )
-            return RouteDecision(None, "direct", None, [backend], [{"backend": backend.name}], None, False)
+            return RouteDecision(None, "direct", None, [backend], [{"backend": backend.name}], None, False,
+                                 policy="direct")
         flags = runtime.base_flags
         try:
             if key_flags:
@@ -183,15 +191,18 @@ class RoutingService:
         router, version = runtime.router, runtime.router_version
         if router_override and router_override != router.name:
             router, version = self._override(router_override), "builtin"
-        # a capability the request implies (tools, json, vision) filters only where the pool declares it at all
-        declared = frozenset().union(*(c.capabilities for c in runtime.cards))
-        required_capabilities = required_capabilities & declared
+        # a capability the request implies (tools, json, vision) filters only where the pool declares it at all,
+        # unless the pool is strict (docs/routing.md, "Capabilities and context windows")
+        strict = runtime.config.strict_capabilities
+        if not strict:
+            declared = frozenset().union(*(c.capabilities for c in runtime.cards))
+            required_capabilities = required_capabilities & declared
         prediction, router_error = await self._predict(router, runtime, prompt_text, prompt_tokens)
         name = router.name if router_error is None else f"{router.name}>cheapest"
         try:
             calibration = Calibration.of(router) if router_error is None else Calibration()
             ranking, scores = decide(prediction, runtime.cards, flags, prompt_tokens, required_capabilities,
-                                     calibration)
+                                     calibration, strict=strict)
         except ConstraintError as exc:
             raise GatewayError(400, str(exc), param=f"poolgate.flags.{exc.constraint}", code="unsatisfiable") from None
         candidates = [
@@ -204,10 +215,22 @@ class RoutingService:
             }
             for j, card in enumerate(runtime.cards)
         ]
-        ordered = [runtime.backends[i] for i in ranking]
+        # a caller that names a router gets that router's choice: no exploration, and the row says who chose
+        exploration = None if router_override else self._exploration(runtime)
+        picked = choose(ranking, [float(scores.utility[0, i]) for i in ranking], exploration, runtime.rng)
+        if router_override:
+            picked = replace(picked, policy=f"override:{router_override}")
+        ordered = [runtime.backends[i] for i in picked.order]
         return RouteDecision(
-            runtime.config.name, name, version, ordered, candidates, flags, runtime.config.fallback, router_error
+            runtime.config.name, name, version, ordered, candidates, flags, runtime.config.fallback, router_error,
+            picked.propensity, picked.policy,
         )
+
+    @staticmethod
+    def _exploration(runtime: PoolRuntime) -> Exploration | None:
+        """The pool's exploration policy; None when off (``PoolConfig`` already refuses it under quality-first)."""
+        config = runtime.config.exploration
+        return config.policy_of() if config.share > 0 and runtime.config.objective != "quality-first" else None
 
     def _override(self, name: str) -> Router:
         try:

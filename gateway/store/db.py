@@ -226,6 +226,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     _run_alembic("upgrade", url, revision)
 
 
+def upgrade_embedded(url: str) -> None:
+    """Migrate ``url`` to head if it is an embedded SQLite store: that schema is ours to create, so every
+    command that opens it (``serve``, ``keys``, ``train``, ...) works in a fresh folder. PostgreSQL is left to
+    ``poolgate db upgrade`` (an operator's step, one migration for many replicas)."""
+    if url.startswith("sqlite"):
+        upgrade(url)
+
+
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at ``url`` down to ``revision`` (``"base"`` drops every table)."""
     _run_alembic("downgrade", url, revision)

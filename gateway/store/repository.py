@@ -46,6 +46,18 @@ from training.from_logs import LabelledRow
 REQ: Table = Request.__table__  # type: ignore[assignment]
 FB: Table = Feedback.__table__  # type: ignore[assignment]
 
+#: labels of one request, the one that counts first: a human's label wins over the judge's ("user" > "judge")
+_HUMAN_FIRST = FB.c.source.desc()
+
+
+def _labels() -> Subquery:
+    """One score per labelled request (``request_id``, ``score``): the human's (source ``user``) where there is
+    one, else the judge's. Every reader of scores joins this, never ``feedback`` itself (two rows per request)."""
+    user = func.max(case((FB.c.source == "user", FB.c.score)))
+    judge = func.max(case((FB.c.source == "judge", FB.c.score)))
+    return select(FB.c.request_id, func.coalesce(user, judge).label("score")).group_by(FB.c.request_id
+                                                                                         ).subquery("labels")
+
 #: (input, output) USD per 1M tokens of each backend, from the pool file
 Prices = Mapping[str, tuple[float, float]]
 
@@ -193,9 +205,9 @@ class LogRepository:
         return (row is not None, row.key_id if row is not None else None)
 
     async def upsert_feedback(self, request_id: str, score: float, comment: str | None,
-                              labeler: str | None) -> tuple[bool, dict[str, Any]]:
-        """Insert or update the label of ``request_id`` (``None`` keeps a stored comment or labeler); returns
-        (created, the stored row)."""
+                              labeler: str | None, source: str = "user") -> tuple[bool, dict[str, Any]]:
+        """Insert or update the ``source`` label of ``request_id`` (``None`` keeps a stored comment or labeler);
+        returns (created, the stored row). A judge label (``source="judge"``) never touches the human one."""
         now = datetime.now(UTC)
         changes: dict[str, Any] = {"score": score, "updated_at": now}
         if comment is not None:
@@ -203,36 +215,41 @@ class LogRepository:
         if labeler is not None:
             changes["labeler"] = labeler
         insert = pg_insert if self.dialect.pg else sqlite_insert
-        statement = insert(FB).values(request_id=request_id, score=score, comment=comment, labeler=labeler,
-                                      created_at=now, updated_at=now)
-        statement = statement.on_conflict_do_update(index_elements=["request_id"], set_=changes)
+        statement = insert(FB).values(request_id=request_id, source=source, score=score, comment=comment,
+                                      labeler=labeler, created_at=now, updated_at=now)
+        statement = statement.on_conflict_do_update(index_elements=["request_id", "source"], set_=changes)
+        this = (FB.c.request_id == request_id) & (FB.c.source == source)
         async with self.engine.begin() as conn:
-            existed = (await conn.execute(select(FB.c.request_id).where(FB.c.request_id == request_id))).first()
+            existed = (await conn.execute(select(FB.c.request_id).where(this))).first()
             await conn.execute(statement)
-            stored = (await conn.execute(select(FB).where(FB.c.request_id == request_id))).one()._mapping
+            stored = (await conn.execute(select(FB).where(this))).one()._mapping
         return existed is None, dict(stored)
 
     async def feedback(self, request_id: str) -> dict[str, Any] | None:
-        """The stored label of ``request_id``, or None."""
+        """The label of ``request_id`` that counts (the human one when both exist), or None."""
+        query = select(FB).where(FB.c.request_id == request_id).order_by(_HUMAN_FIRST)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(FB).where(FB.c.request_id == request_id))).first()
+            row = (await conn.execute(query)).first()
         return dict(row._mapping) if row is not None else None
 
     # -- training data --------------------------------------------------------------------------------
     async def labelled(self, pool: str, since: datetime | None, until: datetime | None
                        ) -> tuple[list[LabelledRow], int]:
         """Successful requests of ``pool`` in [since, until) with feedback; and how many of those lack prompt text."""
+        labels = _labels()
         query = (
             select(REQ.c.prompt_text, REQ.c.backend, REQ.c.prompt_tokens, REQ.c.completion_tokens,
-                   REQ.c.created_at, FB.c.score)
-            .join(FB, FB.c.request_id == REQ.c.id)
+                   REQ.c.created_at, REQ.c.propensity, labels.c.score)
+            .join(labels, labels.c.request_id == REQ.c.id)
             .where(REQ.c.status == "ok", REQ.c.backend.is_not(None))
+            .order_by(REQ.c.created_at, REQ.c.id)  # time order: the holdout is the newest traffic
         )
         query = Window(since, until, pool).where(query)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         out = [LabelledRow(r.prompt_text, r.backend, int(r.prompt_tokens), int(r.completion_tokens), float(r.score),
-                           r.created_at) for r in rows if r.prompt_text]
+                           r.created_at, None if r.propensity is None else float(r.propensity))
+               for r in rows if r.prompt_text]
         return out, len(rows) - len(out)
 
     # -- usage totals (GET /admin/report) -------------------------------------------------------------
@@ -291,19 +308,20 @@ class LogRepository:
     def _requests(self, window: Window, prices: Prices) -> Subquery:
         """The window's requests with their feedback score, UTC day, epoch seconds and candidate extremes."""
         ext = self._extremes(window, prices) if prices else None
+        labels = _labels()
         cols: list[Any] = [
             REQ.c.id, REQ.c.pool, REQ.c.key_id, REQ.c.router, REQ.c.router_version, REQ.c.backend, REQ.c.status,
             REQ.c.shadow, func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
             func.coalesce(REQ.c.prompt_tokens, 0).label("prompt_tokens"),
             func.coalesce(REQ.c.completion_tokens, 0).label("completion_tokens"),
-            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), FB.c.score, self.dialect.day().label("day"),
+            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), labels.c.score, self.dialect.day().label("day"),
             self.dialect.epoch().label("epoch"),
         ]
         if ext is not None:
             cols += [ext.c.cheapest, ext.c.strongest]
         else:
             cols += [literal(None, String).label("cheapest"), literal(None, String).label("strongest")]
-        query = select(*cols).select_from(REQ).outerjoin(FB, FB.c.request_id == REQ.c.id)
+        query = select(*cols).select_from(REQ).outerjoin(labels, labels.c.request_id == REQ.c.id)
         if ext is not None:
             query = query.outerjoin(ext, ext.c.rid == REQ.c.id)
         return window.where(query).subquery("r")

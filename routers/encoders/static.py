@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from routers.encoders.model import EMBEDDING_DIM, model_path, model_version
+from routers.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def distill_table(batch_size: int = 1024) -> np.ndarray:
             out = model(input_ids=inputs, attention_mask=torch.ones_like(inputs),
                         token_type_ids=torch.zeros_like(inputs)).last_hidden_state
             table[start : start + len(ids)] = out[:, 1].float().numpy()
+            report("minilm-static token table", start + len(ids), vocab)
     return table
 
 
