@@ -14,7 +14,19 @@ from fastapi.responses import ORJSONResponse
 from starlette.staticfiles import StaticFiles
 
 from gateway.access_log import AccessLogMiddleware
-from gateway.api import admin, admin_loop, feedback, health, metrics, openai, ui
+from gateway.api import (
+    admin,
+    admin_loop,
+    anthropic,
+    completions,
+    embeddings,
+    feedback,
+    health,
+    metrics,
+    openai,
+    responses,
+    ui,
+)
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
@@ -65,6 +77,10 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware)  # outermost: every request, whatever answers it
     app.include_router(openai.router)
+    app.include_router(anthropic.router)
+    app.include_router(responses.router)
+    app.include_router(completions.router)
+    app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(feedback.router)

@@ -30,7 +30,7 @@ from routers.exploration import Exploration
 from routers.registry import ROUTERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-KNOWN_CAPABILITIES = frozenset({"tools", "json", "vision", "streaming"})
+KNOWN_CAPABILITIES = frozenset({"tools", "json", "vision", "streaming", "embeddings"})
 
 
 class PoolFileError(ValueError):

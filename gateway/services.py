@@ -36,6 +36,7 @@ from gateway.settings import Settings
 from gateway.store import LogWriter, make_engine
 from gateway.store.repository import LogRepository
 from gateway.tracing import Tracing, make_tracing
+from gateway.translate.store import ResponseStore
 from gateway.ui.session import DashboardSessions
 
 
@@ -61,6 +62,7 @@ class Services:
     limiter: Limiter
     tenancy: Tenancy
     finish: RequestFinisher  # the one "request finished" step: metrics, limits, log row
+    responses: ResponseStore  # conversations behind /v1/responses' previous_response_id (per replica)
     tracing: Tracing  # OpenTelemetry spans (inert unless POOLGATE_OTEL_ENDPOINT is set; gateway.tracing)
     online: OnlineLearner  # labels update the live online router (gateway.loop.online)
     judge: JudgeService  # a share of answers scored by the pool's judge, off the request path (gateway.judge)
@@ -129,6 +131,6 @@ def build_services(
         upstream=upstream, breakers=breakers, dispatcher=dispatcher, metrics=metrics,
         keys=KeyStore(engine, settings.key_cache_ttl_s), limiter=limiter, tenancy=tenancy,
         finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing, online=online,
-        sessions=DashboardSessions(),
+        sessions=DashboardSessions(), responses=ResponseStore(settings.response_store_entries),
         judge=JudgeService(pool_file, dispatcher, writer, repository, on_label=online.learn),
     )

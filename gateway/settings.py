@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="a log insert slower than this counts as the database down (rows spooled)")
     store_prompts: bool = Field(default=False, description="store the last user message text (needed by train)")
     store_responses: bool = Field(default=False, description="store the answer text")
+    response_store_entries: int = Field(
+        default=10_000, ge=0, description="conversations kept for /v1/responses' previous_response_id, per replica "
+        "(in process, least recently used dropped first; 0: none kept)")
 
     # -- routing -----------------------------------------------------------------------------------
     artifacts_dir: Path = Path(".poolgate/artifacts")

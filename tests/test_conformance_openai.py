@@ -32,9 +32,7 @@ AUTH = {"authorization": f"Bearer {MASTER}"}
 MAX_EXAMPLES = int(os.environ.get("POOLGATE_CONFORMANCE_EXAMPLES", "50"))
 #: What the demo serves: the pool and its two backends.
 DEMO_MODELS = ["auto", "mixtral-8x7b", "gpt-4-1106"]
-SERVED = ["POST /chat/completions", "GET /models"]
-#: Pinned but not served yet (issue 18 adds it): must answer an OpenAI 404 until then, and join SERVED after.
-NOT_SERVED = ["GET /models/{model}"]
+SERVED = ["POST /chat/completions", "GET /models", "GET /models/{model}"]  # the last with its own constraint
 QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " \
            "How many clips did Natalia sell altogether in April and May?"
 
@@ -76,6 +74,15 @@ def constrain_to_demo(doc: dict[str, Any]) -> None:
     request["properties"]["model"] = {"type": "string", "enum": DEMO_MODELS}
 
 
+def constrain_model_ids(doc: dict[str, Any]) -> None:
+    """GET /models/{model}'s id drawn from the demo's names too (only for that operation's run: a document edited
+    anywhere else changes the cases generated for every operation)."""
+    constrain_to_demo(doc)
+    for param in doc["paths"]["/models/{model}"]["get"]["parameters"]:
+        if param["name"] == "model":
+            param["schema"] = {"type": "string", "enum": DEMO_MODELS}
+
+
 def with_question(case: Any) -> Any:
     """A positive case ends with a user question in text, which the replay backend needs to answer at all
     (otherwise it answers 400, and most generated cases would never reach a 200 to check)."""
@@ -91,7 +98,8 @@ def test_schemathesis_cases_of_every_served_operation_conform_or_are_allowed_dev
     tally = harness.Tally()
     for mode, with_security in ((schemathesis.GenerationMode.POSITIVE, True),
                                 (schemathesis.GenerationMode.NEGATIVE, False)):  # see READINGS
-        ops = harness.operations(harness.load_schema(constrain_to_demo, with_security), SERVED)
+        ops = harness.operations(harness.load_schema(constrain_to_demo, with_security), SERVED[:2])
+        ops += harness.operations(harness.load_schema(constrain_model_ids, with_security), SERVED[2:])
         assert sorted(op.label for op in ops) == sorted(SERVED)
         prepare = with_question if mode is schemathesis.GenerationMode.POSITIVE else None
         for op in ops:
@@ -102,6 +110,7 @@ def test_schemathesis_cases_of_every_served_operation_conform_or_are_allowed_dev
     assert tally.cases["POST /chat/completions positive"] >= min(MAX_EXAMPLES, 20)
     assert tally.cases["POST /chat/completions negative"] >= min(MAX_EXAMPLES, 20)
     assert tally.statuses["POST /chat/completions 200"] > 0  # some cases got answers to check
+    assert tally.statuses["GET /models/{model} 200"] > 0
     assert not tally.failed, f"unexplained failures {dict(tally.failed)}:\n{tally.examples()}"
 
 
@@ -216,10 +225,19 @@ def test_backend_error_is_relayed_with_its_own_type_param_and_code(demo):
     assert r.headers["x-poolgate-backend"] in DEMO_MODELS
 
 
-@pytest.mark.parametrize("label", NOT_SERVED)
-def test_pinned_operations_not_served_yet_answer_an_openai_404(demo, label):
-    """Until issue 18 adds them; then this fails, and the operation moves to SERVED."""
-    method, path = label.split(" ")
-    r = httpx.request(method, f"{demo}/v1{path.replace('{model}', 'auto')}", headers=AUTH)
+def test_every_model_retrieves_as_a_valid_model_and_an_unknown_one_is_an_openai_404(demo):
+    for model in DEMO_MODELS:
+        r = httpx.get(f"{demo}/v1/models/{model}", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert spec.violations("Model", r.json()) == [] and r.json()["id"] == model
+    r = httpx.get(f"{demo}/v1/models/gpt-9", headers=AUTH)
+    assert r.status_code == 404
+    assert spec.violations("ErrorResponse", r.json()) == [] and r.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/speech", "/v1/images/generations", "/v1/batches"])
+def test_unserved_operations_answer_an_openai_404_that_names_them(demo, path):
+    r = httpx.post(f"{demo}{path}", json={}, headers=AUTH)
     assert r.status_code == 404
     assert spec.violations("ErrorResponse", r.json()) == []
+    assert f"POST {path} is not supported" in r.json()["error"]["message"]

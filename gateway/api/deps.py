@@ -4,10 +4,10 @@ Each is an ``Annotated`` type (FastAPI's full-stack template habit): a route par
 key store, ``key: CallerKey`` the authenticated caller. :func:`get_services` is the only reader of ``app.state``.
 Every dependency is async on purpose: FastAPI runs a sync dependency in a worker thread, a thread hop per request.
 
-``authenticate`` (OpenAI routes): with ``auth_enabled`` off it returns None at once (the local demo); on, it maps
-``Authorization: Bearer`` to a :class:`~gateway.limits.keys.KeyRecord` or answers 401 as OpenAI error JSON; the
-master key is accepted too. ``require_master`` (admin routes): the master key only, else 401 (403 with no master
-key configured).
+``authenticate`` (inference routes): with ``auth_enabled`` off it returns None at once (the local demo); on, it
+maps ``Authorization: Bearer`` (or Anthropic's ``x-api-key``) to a :class:`~gateway.limits.keys.KeyRecord` or
+answers 401 as error JSON; the master key is accepted too. ``require_master`` (admin routes): the master key
+only, else 401 (403 with no master key configured).
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def api_key_of(request: Request) -> str | None:
+    """The caller's key: ``Authorization: Bearer`` (OpenAI clients), else ``x-api-key`` (Anthropic clients)."""
+    return bearer_token(request) or (request.headers.get("x-api-key") or "").strip() or None
+
+
 def _unauthorized(message: str, code: str) -> GatewayError:
     return GatewayError(401, message, code=code, headers={"www-authenticate": "Bearer"})
 
@@ -95,7 +100,7 @@ async def authenticate(
     """The caller's key (None when auth is off); 401 when missing, unknown or revoked."""
     if not settings.auth_enabled:
         return None
-    secret = bearer_token(request)
+    secret = api_key_of(request)
     if secret is None:
         metrics.auth_failure("missing")
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")

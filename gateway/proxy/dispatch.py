@@ -99,8 +99,11 @@ class Dispatcher:
         return orjson.dumps(body)
 
     async def dispatch(
-        self, ranking: list[BackendConfig], payload: dict[str, Any], stream: bool, fallback: bool = True
+        self, ranking: list[BackendConfig], payload: dict[str, Any], stream: bool, fallback: bool = True,
+        path: str = "chat/completions",
     ) -> UpstreamResult:
+        """Try ``ranking`` in order with ``payload`` POSTed to ``<base_url>/<path>`` (``embeddings`` for
+        ``/v1/embeddings``); the first usable answer, else :class:`AllBackendsFailed`."""
         attempts: list[dict[str, Any]] = []
         tried = ranking if fallback else ranking[:1]
         skipped_open = 0
@@ -110,7 +113,7 @@ class Dispatcher:
                 skipped_open += 1
                 attempts.append({"backend": backend.name, "status": None, "error": "circuit open", "latency_ms": 0.0})
                 continue
-            result = await self._try_backend(backend, payload, stream, attempts)
+            result = await self._try_backend(backend, payload, stream, attempts, path)
             if result is not None:
                 return result
         last = next((a["error"] for a in reversed(attempts) if a["error"]), "no backend available")
@@ -131,7 +134,8 @@ class Dispatcher:
         return 502, None
 
     async def _try_backend(
-        self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]]
+        self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]],
+        path: str = "chat/completions",
     ) -> UpstreamResult | None:
         breaker = self.breakers.get(backend.name)
         content = self.upstream_payload(payload, backend, stream)
@@ -143,7 +147,7 @@ class Dispatcher:
         scrubber = Scrubber(key)
         timeouts = Timeouts(connect=backend.connect_timeout_s, read=backend.read_timeout_s, total=backend.timeout_s,
                             pool=self.pool_timeout_s)
-        url = f"{backend.base_url}/chat/completions"
+        url = f"{backend.base_url}/{path}"
         for i in range(backend.retries + 1):
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
