@@ -1,6 +1,6 @@
 """Per-query routing decision time of every servable router, featurization included, one query at a time and in
 batches, each learned router twice: on ``minilm-static`` (the default) and on ``minilm`` embeddings (spec
-``knn:minilm``; see docs/encoders.md); and the gateway's embedding paths (``gateway.embedding.MiniLMEncoder``,
+``knn:minilm``; see docs/encoders.md); and the gateway's embedding paths (``routers.encoders.minilm.MiniLMEncoder``,
 bfloat16, one thread, and the static encoder) against the featurizer's float32 one
 (``training.features.Featurizer``): speed, cosine, and what the learned routers decide with the bfloat16 and
 float32 MiniLM embeddings (agreement of the chosen model, mean quality and cost of the choices on held-out
@@ -45,9 +45,9 @@ def servable() -> list[str]:
 
 def featurize(texts: list[str], embed: Embed | None) -> Any:
     """What the gateway computes for a request: stats, prompt tokens and (if asked) embeddings."""
-    from gateway.pricing import count_tokens
     from routers.base import QueryFeatures
     from routers.features import text_stats
+    from routers.pricing import count_tokens
 
     return QueryFeatures(texts=texts, stats=text_stats(texts),
                          prompt_tokens=np.asarray([count_tokens(t) for t in texts], dtype=np.float64),
@@ -118,8 +118,8 @@ def decision_times(wl: dict[str, Any], names: list[str], encoders: dict[str, Emb
 
 def embedding_speed(prompts: list[str], n_single: int, n_batch: int, batch: int) -> list[dict[str, Any]]:
     """ms per query of each embedding path, single and batched, on fresh queries for each path."""
-    from gateway.embedding import MiniLMEncoder
-    from gateway.static_embedding import StaticEncoder
+    from routers.encoders.minilm import MiniLMEncoder
+    from routers.encoders.static import StaticEncoder
     from training.features import Featurizer
 
     paths: list[tuple[str, Embed, Callable[[], None]]] = [("StaticEncoder (minilm-static)", StaticEncoder(),
@@ -206,8 +206,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "routers.json")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gateway.embedding import MiniLMEncoder
-    from gateway.static_embedding import StaticEncoder
+    from routers.encoders.minilm import MiniLMEncoder
+    from routers.encoders.static import StaticEncoder
 
     names = [n for n in args.routers.split(",") if n] or servable()
     print("preparing the workload (fitting routers not cached yet) ...", flush=True)

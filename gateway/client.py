@@ -4,7 +4,8 @@ Chat completions go through the official ``openai`` client underneath (so its re
 exceptions apply: ``openai.RateLimitError`` on 429, ``openai.AuthenticationError`` on 401, ...). What poolgate adds
 is passed as arguments (``flags``, ``router``) and read back from response headers (``backend``, ``cost_usd``,
 ``request_id``, ``router``, ``flags``). Admin calls (``client.admin``) need the master key and raise
-:class:`PoolgateError` with the gateway's OpenAI-style error.
+:class:`PoolgateError` with the gateway's OpenAI-style error; they, ``feedback`` and ``models`` raise
+:class:`PoolgateConnectionError` (a ``PoolgateError``) when the gateway does not answer.
 
     from gateway.client import Poolgate
 
@@ -20,13 +21,15 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
-import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-__all__ = ["AsyncChatStream", "AsyncPoolgate", "ChatResult", "ChatStream", "Poolgate", "PoolgateError"]
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+__all__ = ["AsyncChatStream", "AsyncPoolgate", "ChatResult", "ChatStream", "Poolgate", "PoolgateConnectionError",
+           "PoolgateError"]
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -37,6 +40,50 @@ class PoolgateError(Exception):
     def __init__(self, status: int, message: str, type: str | None = None, code: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status, self.message, self.type, self.code = status, message, type, code
+
+
+class PoolgateConnectionError(PoolgateError):
+    """The gateway did not answer (down, wrong URL, timed out): ``status`` is 0, ``message`` says where and why."""
+
+    def __init__(self, base_url: str, exc: httpx.TransportError) -> None:
+        super().__init__(0, f"cannot reach the gateway at {base_url} ({type(exc).__name__}: {exc or 'no detail'}); "
+                            "is it running, and is POOLGATE_BASE_URL right?", "connection_error", None)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Transport(httpx.BaseTransport):
+    """httpx's transport, with a transport failure raised as :class:`PoolgateConnectionError` (one clear line
+    instead of httpx's and httpcore's chained tracebacks)."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url, self._inner = base_url, httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._inner.handle_request(request)
+        except httpx.TransportError as exc:
+            raise PoolgateConnectionError(self._base_url, exc) from None
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _AsyncTransport(httpx.AsyncBaseTransport):
+    """The asyncio form of :class:`_Transport`."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url, self._inner = base_url, httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise PoolgateConnectionError(self._base_url, exc) from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @dataclass
@@ -266,10 +313,13 @@ class Poolgate:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, master_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 2) -> None:
+        # why: openai (with its types and aiohttp) takes ~1 s to import; `import gateway.client` should not
+        import openai
+
         self.base_url, key, master = _settings(base_url, api_key, master_key)
         self.openai = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, timeout=timeout,
                                     max_retries=max_retries)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=_Transport(self.base_url))
         self._auth = {"authorization": f"Bearer {key}"}
         self.admin = Admin(self._http, master)
 
@@ -318,10 +368,14 @@ class AsyncPoolgate:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, master_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 2) -> None:
+        # why: openai (with its types and aiohttp) takes ~1 s to import; `import gateway.client` should not
+        import openai
+
         self.base_url, key, master = _settings(base_url, api_key, master_key)
         self.openai = openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=key, timeout=timeout,
                                          max_retries=max_retries)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                       transport=_AsyncTransport(self.base_url))
         self._auth = {"authorization": f"Bearer {key}"}
         self.admin = AsyncAdmin(self._http, master)
 

@@ -6,6 +6,12 @@ loris). ``guarded_protocol`` returns a subclass that answers 431 and closes once
 pass ``max_header_bytes``, and answers 408 and closes when a connection has not delivered a complete request
 head ``client_read_timeout_s`` after it opened (or after its previous response). Slow bodies are bounded in the
 route (``gateway.api.request.read_json_body``).
+
+Why a subclass of a private class: neither guarantee can be given from outside the HTTP parser. An ASGI
+middleware sees a request only once its head is complete, and uvicorn's settings bound neither the head's size
+(``h11_max_incomplete_event_size`` applies to the h11 protocol only, and answers 400) nor the time to receive it
+(``timeout_keep_alive`` starts after a response). So ``pyproject.toml`` pins uvicorn to the range this is tested
+on, and ``tests/test_http_guard.py`` checks that the installed uvicorn still has every hook used here.
 """
 
 from __future__ import annotations

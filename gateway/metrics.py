@@ -1,4 +1,4 @@
-"""Prometheus metrics of one gateway process, served at ``GET /metrics`` (text exposition format).
+"""Prometheus metrics of one gateway process, served at ``GET /metrics`` (``gateway.api.metrics``).
 
 One :class:`Metrics` per app (its own ``CollectorRegistry``, no module globals). Request metrics are recorded
 from each finished request record (``observe``, a ``gateway.record.RequestRecord``), so every request that
@@ -11,24 +11,26 @@ client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`
 ``poolgate_cost_usd_total{pool,backend}``, ``poolgate_routing_decisions_total{pool,router,backend}`` (the top-ranked
 backend), ``poolgate_breaker_state{backend,state}`` (1 for the current state), ``poolgate_log_queue_depth``,
 ``poolgate_log_spool_bytes``, ``poolgate_log_rows_at_risk_total{reason}`` (rows not journaled after a failed
-journal write, dropped by a full spool, rejected by the database: the signals that log rows may be missing),
-``poolgate_log_journal_pinned_files`` (journal files kept past their cycle for rows whose shadow routers have not
-finished: one that never falls back to 0 means a shadow router that never returns),
+journal write, dropped by a full or failing spool, rejected by the database: the signals that log rows may be
+missing), ``poolgate_log_spool_failing{error}`` (1 while the spool's disk refuses writes, labelled with the errno
+name, e.g. ``ENOSPC``; no sample otherwise), ``poolgate_log_journal_pinned_files`` (journal files kept past their
+cycle for rows whose shadow routers have not finished: one that never falls back to 0 means a shadow router that
+never returns),
 ``poolgate_limit_rejections_total{limit}`` (rpm, tpm, tpm_request, budget,
-pool_forbidden, unavailable), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
+pool_forbidden, unavailable, check_failed), ``poolgate_limit_store_failures_total{outcome}`` (fail_open, fail_closed),
 ``poolgate_auth_failures_total{reason}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from starlette.responses import Response
 
 from gateway.record import RequestRecord
 
@@ -37,42 +39,57 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
+@dataclass(frozen=True)
+class Gauges:
+    """Where the scrape-time gauges read from: the running services (defaults: nothing to report)."""
+
+    breaker_states: Callable[[], dict[str, str]] = dict
+    backends: Sequence[str] = field(default_factory=tuple)
+    queue_depth: Callable[[], int] = lambda: 0
+    spool_bytes: Callable[[], int] = lambda: 0
+    rows_at_risk: Callable[[], dict[str, int]] = dict
+    journal_pinned_files: Callable[[], int] = lambda: 0
+    spool_error: Callable[[], str | None] = lambda: None
+
+
 class _LiveCollector(Collector):
     """Gauges read at scrape time from the running services."""
 
-    def __init__(self) -> None:
-        self.breaker_states: Callable[[], dict[str, str]] = dict
-        self.backends: Sequence[str] = ()
-        self.queue_depth: Callable[[], int] = lambda: 0
-        self.spool_bytes: Callable[[], int] = lambda: 0
-        self.rows_at_risk: Callable[[], dict[str, int]] = dict
-        self.journal_pinned_files: Callable[[], int] = lambda: 0
+    def __init__(self, gauges: Gauges) -> None:
+        self.gauges = gauges
 
     def collect(self) -> Iterable[Metric]:
+        g = self.gauges
         breakers = GaugeMetricFamily("poolgate_breaker_state", "circuit breaker state per backend (1 = current)",
                                      labels=["backend", "state"])
-        states = self.breaker_states()
-        for backend in sorted({*self.backends, *states}):
+        states = g.breaker_states()
+        for backend in sorted({*g.backends, *states}):
             current = states.get(backend, "closed")
             for state in BREAKER_STATES:
                 breakers.add_metric([backend, state], 1.0 if state == current else 0.0)
         yield breakers
-        yield GaugeMetricFamily("poolgate_log_queue_depth", "log rows waiting in memory", value=self.queue_depth())
+        yield GaugeMetricFamily("poolgate_log_queue_depth", "log rows waiting in memory", value=g.queue_depth())
         yield GaugeMetricFamily("poolgate_log_spool_bytes", "bytes of log rows spooled to disk",
-                                value=self.spool_bytes())
+                                value=g.spool_bytes())
+        failing = GaugeMetricFamily("poolgate_log_spool_failing", "1 while the spool's disk refuses writes "
+                                    "(full, read-only, ...), by errno name", labels=["error"])
+        error = g.spool_error()
+        if error is not None:
+            failing.add_metric([error], 1.0)
+        yield failing
         yield GaugeMetricFamily("poolgate_log_journal_pinned_files", "journal files kept for rows waiting for "
-                                "their shadow routers", value=self.journal_pinned_files())
+                                "their shadow routers", value=g.journal_pinned_files())
         at_risk = CounterMetricFamily("poolgate_log_rows_at_risk", "log rows that may be missing, by reason",
                                       labels=["reason"])
-        for reason, count in sorted(self.rows_at_risk().items()):
+        for reason, count in sorted(g.rows_at_risk().items()):
             at_risk.add_metric([reason], float(count))
         yield at_risk
 
 
 class Metrics:
-    """The gateway's Prometheus registry and the request-path recording helpers."""
+    """The gateway's Prometheus registry and the request-path recording helpers; ``gauges`` are read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauges: Gauges | None = None) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("poolgate_requests", "requests by pool, backend and HTTP status",
                                 ["pool", "backend", "status"], registry=r)
@@ -92,20 +109,8 @@ class Metrics:
         self.limit_store_failures = Counter("poolgate_limit_store_failures", "requests decided by the Redis outage "
                                             "policy", ["outcome"], registry=r)
         self.auth_failures = Counter("poolgate_auth_failures", "requests refused with 401", ["reason"], registry=r)
-        self.live = _LiveCollector()
+        self.live = _LiveCollector(gauges or Gauges())
         r.register(self.live)
-
-    def bind(self, *, breaker_states: Callable[[], dict[str, str]], backends: Sequence[str],
-             queue_depth: Callable[[], int], spool_bytes: Callable[[], int],
-             rows_at_risk: Callable[[], dict[str, int]] = dict,
-             journal_pinned_files: Callable[[], int] = lambda: 0) -> None:
-        """Point the scrape-time gauges at the running services."""
-        self.live.breaker_states = breaker_states
-        self.live.backends = list(backends)
-        self.live.queue_depth = queue_depth
-        self.live.spool_bytes = spool_bytes
-        self.live.rows_at_risk = rows_at_risk
-        self.live.journal_pinned_files = journal_pinned_files
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
@@ -155,20 +160,8 @@ def _top_candidate(candidates: Iterable[dict[str, Any]]) -> str | None:
     return best
 
 
-router = APIRouter()
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text exposition of this process's metrics."""
-    metrics: Metrics = request.app.state.services.metrics
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
 def iter_samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
     """(labels, value) of every sample called ``name`` in exposition ``text`` (tests and `poolgate` tools)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name:

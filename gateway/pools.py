@@ -12,18 +12,38 @@ import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from routers.base import ModelCard
+from routers.exploration import Exploration
+from routers.registry import ROUTERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-KNOWN_CAPABILITIES = frozenset({"tools", "json", "vision", "streaming"})
+KNOWN_CAPABILITIES = frozenset({"tools", "json", "vision", "streaming", "embeddings"})
 
 
 class PoolFileError(ValueError):
     """The pool file is missing, not YAML, or invalid; the message names the key and line."""
+
+
+class _RefError(ValueError):
+    """A cross-reference error found by :class:`PoolFile`'s validator, with the location it is about (so the
+    message can name that line, not the file's first)."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class BackendConfig(BaseModel):
@@ -57,6 +77,10 @@ class BackendConfig(BaseModel):
     def _http_url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            _ = urlsplit(v).port  # why: an out-of-range port passes the pattern and then fails every request
+        except ValueError as exc:
+            raise ValueError(f"bad port in {v!r} ({exc})") from None
         return v.rstrip("/")
 
     @field_validator("capabilities")
@@ -85,6 +109,36 @@ class BackendConfig(BaseModel):
         )
 
 
+class JudgeConfig(BaseModel):
+    """A pool's judge: a backend that scores a share of the pool's answers off the request path (docs/closed-loop.md,
+    "The judge"); its verdicts are ``source: judge`` feedback rows, its calls' cost rows of their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str = Field(min_length=1, description="the backend (of this file) that judges")
+    share: float = Field(default=0.1, ge=0, le=1, description="fraction of answered requests sent to the judge")
+    max_usd_per_day: float | None = Field(default=None, ge=0, description="judge spend cap per UTC day (this "
+                                          "gateway process); over it, requests go unjudged until the next day")
+    queue_size: int = Field(default=1000, ge=1, le=100_000, description="answers waiting for the judge; when full, "
+                            "new ones are dropped (counted), never waited for")
+    concurrency: int = Field(default=2, ge=1, le=64, description="judge calls in flight at once")
+
+
+class ExplorationConfig(BaseModel):
+    """A pool's exploration (``routers.exploration``): ``share`` of requests drawn from ``policy`` over the ranked
+    feasible members instead of the top one; off (share 0) by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["epsilon", "softmax"] = "epsilon"
+    share: float = Field(default=0.0, ge=0, le=1, description="fraction of requests that explore")
+    temperature: float = Field(default=0.1, gt=0, description="softmax only: utility scale of the draw")
+    seed: int | None = Field(default=None, description="seed of the draw (tests); None: fresh entropy")
+
+    def policy_of(self) -> Exploration:
+        return Exploration(self.policy, self.share, self.temperature)
+
+
 class PoolConfig(BaseModel):
     """A named set of backends and the router that chooses among them."""
 
@@ -99,6 +153,29 @@ class PoolConfig(BaseModel):
     flags: dict[str, Any] = Field(default_factory=dict, description="pool defaults on top of the preset")
     fallback: bool = True
     shadow_routers: list[str] = Field(default_factory=list)
+    strict_capabilities: bool = Field(
+        default=False, description="true: a backend lacks what it does not declare (a capability such as vision, "
+        "a context window for min_context); false: a capability no member declares filters nothing, and an "
+        "undeclared context window passes min_context")
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    judge: JudgeConfig | None = None
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_is_a_backend(cls, v: JudgeConfig | None, info: ValidationInfo) -> JudgeConfig | None:
+        # the file's backend names come in the validation context (parse_pool_file), so the error has this line
+        names = (info.context or {}).get("backends")
+        if v is not None and names is not None and v.backend not in names:
+            raise ValueError(f"judge backend {v.backend!r} is not a backend in this file")
+        return v
+
+    @model_validator(mode="after")
+    def _no_exploration_when_quality_first(self) -> PoolConfig:
+        # quality-first promises the best member every time: exploring would break that promise
+        if self.objective == "quality-first" and self.exploration.share > 0:
+            raise ValueError(f"pool {self.name!r}: exploration must stay off under objective quality-first "
+                             "(set exploration.share to 0 or pick another objective)")
+        return self
 
 
 class BreakerConfig(BaseModel):
@@ -117,8 +194,6 @@ class PoolFile(BaseModel):
 
     @model_validator(mode="after")
     def _cross_refs(self) -> PoolFile:
-        from routers.registry import ROUTERS
-
         names = [b.name for b in self.backends]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -126,15 +201,20 @@ class PoolFile(BaseModel):
         pool_names = [p.name for p in self.pools]
         if len(set(pool_names)) != len(pool_names):
             raise ValueError("duplicate pool names")
-        for p in self.pools:
+        for i, p in enumerate(self.pools):
             if p.name in names:
-                raise ValueError(f"pool {p.name!r} has the same name as a backend")
+                raise _RefError(("pools", i, "name"), f"pool {p.name!r} has the same name as a backend")
             missing = [m for m in p.members if m not in names]
             if missing:
-                raise ValueError(f"pool {p.name!r}: members {missing} are not backends in this file")
-            for r in [p.router, *p.shadow_routers]:
+                raise _RefError(("pools", i, "members", p.members.index(missing[0])),
+                                f"pool {p.name!r}: members {missing} are not backends in this file")
+            if p.judge is not None and p.judge.backend not in names:
+                raise _RefError(("pools", i, "judge"),
+                                f"pool {p.name!r}: judge backend {p.judge.backend!r} is not a backend in this file")
+            for key, r in [("router", p.router), *(("shadow_routers", r) for r in p.shadow_routers)]:
                 if r not in ROUTERS:
-                    raise ValueError(f"pool {p.name!r}: unknown router {r!r}; known: {', '.join(sorted(ROUTERS))}")
+                    raise _RefError(("pools", i, key), f"pool {p.name!r}: unknown router {r!r}; "
+                                    f"known: {', '.join(sorted(ROUTERS))}")
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -175,6 +255,19 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    """One line naming where the YAML broke, instead of PyYAML's multi-line dump."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    if "block" in problem or "mapping values are not allowed" in problem:  # PyYAML's words for bad indentation
+        return (f"{where}: not valid YAML: this line's indentation does not line up with the lines above "
+                f"(indent each level alike, list items as '- '; quote values holding ': ' or ' #')")
+    what = f"{problem} ({context})" if context else problem
+    return f"{where}: not valid YAML: {what}"
+
+
 def parse_pool_file(text: str, source: str = "<pool file>") -> PoolFile:
     """Validate pool-file YAML text. :class:`PoolFileError` lists each problem as ``source:line: key: msg``."""
     try:
@@ -182,19 +275,22 @@ def parse_pool_file(text: str, source: str = "<pool file>") -> PoolFile:
         root = yaml.compose(expanded)
         data = yaml.safe_load(expanded)
     except yaml.YAMLError as exc:
-        raise PoolFileError(f"{source}: not valid YAML: {exc}") from None
+        raise PoolFileError(_yaml_message(exc, source)) from None
     if not isinstance(data, dict):
         raise PoolFileError(f"{source}: expected a mapping with 'backends' and 'pools'")
     try:
-        return PoolFile.model_validate(data)
+        backends = data.get("backends")
+        names = [b.get("name") for b in backends if isinstance(b, dict)] if isinstance(backends, list) else None
+        return PoolFile.model_validate(data, context={"backends": names})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            ref = (err.get("ctx") or {}).get("error")
+            loc = ref.loc if isinstance(ref, _RefError) else tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "(file)"
             line = _line_of(root, loc)
             where = f"{source}:{line}" if line else source
-            lines.append(f"{where}: {key}: {err['msg']}")
+            lines.append(f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}")
         raise PoolFileError("\n".join(lines)) from None
 
 
@@ -205,6 +301,45 @@ def load_pool_file(path: str | Path) -> PoolFile:
     except OSError as exc:
         raise PoolFileError(f"{path}: cannot read pool file ({exc.strerror or exc})") from None
     return parse_pool_file(text, str(path))
+
+
+def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
+    """Problems that parse but fail later, as (errors, warnings) lines ``path:line: key: msg``.
+
+    Errors: a learned router with no ``artifact:`` (every request would fall back to cheapest), an artifact
+    file that is not there. Warnings: an ``api_key_env`` variable not set here (requests would go upstream
+    unauthenticated; it may well be set where the gateway runs)."""
+    # why: the registry imports a router's module (a learned one may load numpy or torch) only for this check
+    from routers.base import RouterError
+    from routers.registry import build_router
+
+    path = Path(path)
+    pf = load_pool_file(path)
+    root = yaml.compose(expand_env(path.read_text(encoding="utf-8")))
+
+    def at(loc: tuple[int | str, ...], msg: str) -> str:
+        return f"{path}:{_line_of(root, loc)}: {'.'.join(map(str, loc))}: {msg}"
+
+    errors, warnings = [], []
+    for i, p in enumerate(pf.pools):
+        if p.artifact is None:
+            try:
+                fitted = build_router(p.router, p.router_params).is_fitted
+            except RouterError as exc:
+                errors.append(at(("pools", i, "router_params"), str(exc)))
+                continue
+            if not fitted:
+                errors.append(at(("pools", i, "router"), f"router {p.router!r} learns from data and the pool has "
+                                 "no artifact: (every request would fall back to cheapest); give artifact: FILE "
+                                 "(poolgate train-offline), or serve a builtin router and promote a trained "
+                                 "version (poolgate train --promote)"))
+        elif not (p.artifact if p.artifact.is_absolute() else path.resolve().parent / p.artifact).exists():
+            errors.append(at(("pools", i, "artifact"), f"no such file {p.artifact}"))
+    for i, b in enumerate(pf.backends):
+        if b.api_key_env and b.api_key_env not in os.environ:
+            warnings.append(at(("backends", i, "api_key_env"), f"{b.api_key_env} is not set here: requests to "
+                               f"{b.name} go upstream without an API key unless the gateway's environment sets it"))
+    return errors, warnings
 
 
 DEMO_POOL_PATH = Path(__file__).parent / "demo" / "pool.yaml"

@@ -4,7 +4,8 @@ Its fields are the ``requests`` columns (a test keeps them equal), so a misspelt
 when set (slots) and a mypy error before that, never a silently NULL column. The route creates the record with
 what the request says, tenancy adds the key, routing its decision, then exactly one :meth:`RequestRecord.finish`
 sets the outcome (a second one raises); shadow routers may attach their choices afterwards (``shadow``).
-``Tenancy.finish`` hands it to ``Metrics.observe``, the limiter's settle and ``LogWriter.submit``.
+The request-finished step (``gateway.finish.RequestFinisher``) hands it to ``Metrics.observe``, the limits' settle
+(``Tenancy.settle``) and ``LogWriter.submit``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class RequestRecord:
     cost_usd: float = 0.0
     response_text: str | None = None
     shadow: dict[str, Any] | None = None
+    propensity: float | None = None  # P(backend chosen) under ``policy``; routing sets it (1.0 without exploration)
+    policy: str | None = None  # "router" or "explore:<policy>"
     finished: bool = field(default=False, repr=False)
 
     def finish(
@@ -71,7 +74,7 @@ class RequestRecord:
         error_message: str | None = None,
         response_text: str | None = None,
     ) -> None:
-        """Set the request's outcome, once. Token counts must be non-negative (``gateway.usage`` checks
+        """Set the request's outcome, once. Token counts must be non-negative (``gateway.proxy.usage`` checks
         what backends report)."""
         if self.finished:
             raise RecordFinishedTwice(f"request record {self.id} finished twice")

@@ -22,10 +22,15 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, description="requests larger than this get 413")
     max_header_bytes: int = Field(default=64 * 1024, gt=0, description="request line + headers over this get 431")
+    access_log: bool = Field(default=True, description="poolgate serve: one line per request on stderr")
+    log_format: Literal["text", "json"] = Field(default="text", description="access log: text lines or JSON lines")
     client_read_timeout_s: float = Field(
         default=30.0, gt=0, description="a client must send its request head, and then its body, within this (408)")
 
-    # -- upstream (gateway/upstream.py: one transport for every backend call) -------------------------
+    otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector for OpenTelemetry traces (poolgate[otel]); unset = none")
+
+    # -- upstream (gateway/proxy/upstream.py: one transport for every backend call) -------------------------
     max_response_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="a plain backend answer over this fails (next backend, or 502)")
     max_stream_bytes: int = Field(
@@ -54,9 +59,14 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="a log insert slower than this counts as the database down (rows spooled)")
     store_prompts: bool = Field(default=False, description="store the last user message text (needed by train)")
     store_responses: bool = Field(default=False, description="store the answer text")
+    response_store_entries: int = Field(
+        default=10_000, ge=0, description="conversations kept for /v1/responses' previous_response_id, per replica "
+        "(in process, least recently used dropped first; 0: none kept)")
 
     # -- routing -----------------------------------------------------------------------------------
     artifacts_dir: Path = Path(".poolgate/artifacts")
+    online_save_every: int = Field(default=50, ge=1, description="online router: save and promote a new version "
+                                   "every this many feedback updates (gateway/loop/online.py)")
     router_reload_interval_s: float = Field(default=5.0, gt=0, description="how often to poll for promoted routers")
     embedding_cache_dir: Path | None = Path(".poolgate/embeddings")
     embedding_encoder: Literal["minilm", "minilm-static"] = Field(
@@ -82,6 +92,9 @@ class Settings(BaseSettings):
     # -- tenancy -----------------------------------------------------------------------------------
     auth_enabled: bool = Field(default=False, description="require API keys (off only for the local demo)")
     master_key: str | None = Field(default=None, description="admin API key; also accepted on /v1 with no limits")
+    ui_secure_cookie: bool | None = Field(
+        default=None, description="mark the dashboard's session cookie Secure; unset = when the request is HTTPS "
+                                  "(set true behind a proxy that terminates TLS)")
     redis_url: str | None = Field(default=None, description="shared limits across replicas; unset = in-process")
     redis_key_prefix: str = Field(default="poolgate:", description="prefix of every Redis key the gateway writes")
     redis_timeout_s: float = Field(default=0.5, gt=0, description="connect/read timeout of a limit check")

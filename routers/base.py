@@ -11,6 +11,7 @@ router round-trips through :meth:`Router.save` / :meth:`Router.load` as one arti
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 
 from routers import artifact
+from routers.pricing import cost_usd
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ class ModelCard:
     quality: float | None = None
 
     def cost_usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        """USD for one call with the given token counts at this model's prices."""
-        return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1e6
+        """USD for one call with the given token counts at this model's prices (:func:`routers.pricing.cost_usd`)."""
+        return cost_usd(self, prompt_tokens, completion_tokens)
 
 
 @dataclass
@@ -167,8 +169,6 @@ class Router(ABC):
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters (sklearn habit), for reports and artifact metadata."""
-        import inspect
-
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self" and hasattr(self, p)}
 
@@ -208,7 +208,7 @@ class Router(ABC):
         """Read an artifact written by :meth:`save`; with ``sha256``, only if the bytes read have that digest.
 
         The file is read once and parsed from those bytes; errors name the file and the reason."""
-        # the registry imports this module, so it is looked up here rather than at import time
+        # why: routers.registry imports this module (for Router), so its table is read at call time
         from routers.registry import get_router_class
 
         path = Path(path)

@@ -14,7 +14,7 @@ import numpy as np
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 
 def _rank_scores(keys: Sequence[tuple[float, ...]], descending: bool) -> np.ndarray:

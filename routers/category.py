@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
 #: added to the category entropy to make the prediction's uncertainty (so a sure query still needs a small margin)
@@ -70,8 +71,8 @@ class CategoryModel:
         self.tol = tol
 
     def fit(self, features: QueryFeatures, labels: Sequence[str], groups: np.ndarray | None = None) -> Self:
+        # why: sklearn and scipy take about a second to import; only fitting needs them
         from sklearn.linear_model import LogisticRegression
-        from threadpoolctl import threadpool_limits
 
         y_names = np.asarray([str(v) for v in labels], dtype=object)
         self.classes_ = sorted(set(y_names.tolist()))
@@ -93,6 +94,7 @@ class CategoryModel:
         return self
 
     def _choose_c(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+        # why: sklearn and scipy take about a second to import; only fitting needs them
         from sklearn.linear_model import LogisticRegression
 
         grid = [self.C] if self.C is not None else list(self.c_grid)

@@ -48,11 +48,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 log = logging.getLogger("poolgate.routers.complexity")
 
@@ -123,6 +124,7 @@ def _calib_input(logits: np.ndarray) -> np.ndarray:
 
 def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Folds grouped by query text and stratified by tier; none when there are too few queries to hold out."""
+    # why: sklearn and scipy take about a second to import; only fitting needs them
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_folds = min(n_folds, int(groups.max()) + 1)
@@ -138,6 +140,7 @@ def _oof_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.n
                 class_weight: str | None) -> dict[float, np.ndarray]:
     """Out-of-fold softmax logits ``[n, k]`` for each C of ``grid``; a tier absent from a training fold gets a
     very low logit. Within a fold the C values are fitted in increasing order, each warm-started from the last."""
+    # why: sklearn and scipy take about a second to import; only fitting needs them
     from sklearn.linear_model import LogisticRegression
 
     out = {c: np.zeros((len(y), int(y.max()) + 1)) for c in grid}
@@ -157,6 +160,7 @@ def _oof_logits(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.n
 
 def _calibrate(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit multinomial Platt scaling on logits; returns (coef, intercept, calibrated probabilities ``[n, k]``)."""
+    # why: sklearn and scipy take about a second to import; only fitting needs them
     from sklearn.linear_model import LogisticRegression
 
     z = _calib_input(logits)
@@ -272,8 +276,8 @@ class ComplexityRouter(Router):
         self.mu_, self.sd_ = raw.mean(axis=0), raw.std(axis=0) + 1e-6
         x = (raw[keep] - self.mu_) / self.sd_
         groups = np.unique(np.asarray(dataset.queries, dtype=object)[keep], return_inverse=True)[1]
+        # why: sklearn and scipy take about a second to import; only fitting needs them
         import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS first: a limit covers loaded libraries only)
-        from threadpoolctl import threadpool_limits
 
         # one BLAS thread: the problems are small, and on a shared 2-core machine OpenBLAS's spinning worker
         # threads made L-BFGS ~40x slower than single-threaded
@@ -331,6 +335,7 @@ class ComplexityRouter(Router):
 
         Returns the calibrated out-of-fold probabilities, or None when there were too few queries to hold out
         (then the classifier's own probabilities are served, uncalibrated)."""
+        # why: sklearn and scipy take about a second to import; only fitting needs them
         from sklearn.linear_model import LogisticRegression
 
         folds = _folds(y, groups, self.cv_folds, self.seed)

@@ -8,7 +8,7 @@ training queries, and category edges weighted by ``P(task | query)`` from :class
 No task label enters the graph: the category model is trained on the training rows' labels at fit time, the
 training queries are attached by its out-of-fold predictions and a new query by its prediction, so training and
 serving attach alike. The network (:mod:`routers.graph_net`) computes node states by message passing and scores
-every (query, model) pair; training (``training/graph_train.py``) hides the outcome edges of a share of the
+every (query, model) pair; fitting (``routers/graph_fit.py``) hides the outcome edges of a share of the
 queries and fits the hidden ones.
 
 Inference attaches new queries one-way (trained nodes -> new node, never back): the trained graph's node states
@@ -49,10 +49,11 @@ from routers.graph_data import (
     query_inputs,
     top_k_shares,
 )
+from routers.graph_fit import fit_graph_router
 from routers.graph_net import GraphNet, States
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
 
@@ -76,7 +77,7 @@ class GraphRouter(Router):
     graph never saw takes the scores of the trained models it reads like (see the module doc). The cost residual
     is the head's second output.
 
-    Training parameters, read by ``training.graph_train``: ``hidden`` state width, ``layers`` HeteroConv layers,
+    Training parameters, read by ``routers.graph_fit``: ``hidden`` state width, ``layers`` HeteroConv layers,
     ``k_neighbors`` similarity edges per query and ``near_tau`` their sharpness, ``task_top_k`` category edges per
     query, ``category_c`` the category model's C (``None``: its grouped-CV grid, several times slower; 0.1 is
     what that grid picks on LLMRouter) and ``category_folds`` the folds of its out-of-fold predictions for the
@@ -122,9 +123,7 @@ class GraphRouter(Router):
         self.text_encoder: TextEncoder | None = None
 
     def fit(self, dataset: RoutingDataset) -> Self:
-        """Build the graph from ``dataset`` and train the network (see ``training/graph_train.py``)."""
-        from training.graph_train import fit_graph_router
-
+        """Build the graph from ``dataset`` and train the network (see ``routers/graph_fit.py``)."""
         self._record_encoder(dataset)
         fit_graph_router(self, dataset)
         return self

@@ -1,6 +1,6 @@
 """The GraphRouter's graph as torch-geometric ``HeteroData``: node inputs, the stored trained graph, edge builders.
 
-Used by :class:`routers.graph.GraphRouter` (inference) and ``training/graph_train.py`` (fit); pure numpy/torch,
+Used by :class:`routers.graph.GraphRouter` (inference) and ``routers/graph_fit.py`` (fit); pure numpy/torch,
 no I/O. Node types and their inputs (``data[type].x``):
 
 - ``query``: its log prompt tokens only (:func:`query_inputs`). Its embedding places it -- it decides its
@@ -42,6 +42,7 @@ from torch_geometric.data import HeteroData
 
 from routers.base import ModelCard
 from routers.objective import DEFAULT_OUTPUT_TOKENS
+from routers.pricing import token_cost_usd
 
 NODE_TYPES = ("query", "task", "model")
 SOLVED = ("model", "solved", "query")
@@ -79,7 +80,7 @@ def price_prior_usd(prompt_tokens: np.ndarray, cards: Sequence[ModelCard]) -> np
     p_in = np.asarray([max(c.input_price, 0.0) for c in cards], dtype=np.float64)
     p_out = np.asarray([max(c.output_price, 0.0) for c in cards], dtype=np.float64)
     pt = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 0.0)[:, None]
-    return (pt * p_in[None, :] + out_tok[None, :] * p_out[None, :]) / 1e6
+    return token_cost_usd(pt, out_tok[None, :], p_in[None, :], p_out[None, :])
 
 
 def nearest(queries: np.ndarray, base: np.ndarray, k: int, max_sim: float = 2.0) -> tuple[np.ndarray, np.ndarray]:

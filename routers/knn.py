@@ -22,7 +22,7 @@ from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterErr
 from routers.features import unit_rows
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 K_GRID: tuple[int, ...] = (1, 3, 5, 10, 20, 40, 80)
 _CHUNK = 2048  # query rows per similarity block: bounds memory at CHUNK x n_train floats
@@ -33,7 +33,10 @@ def _top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(keys))
     out = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), _CHUNK):
-        sims = queries[start : start + _CHUNK] @ keys.T
+        # BLAS may differ in the last bit between runs and thread counts: similarities are compared at 1e-6 and
+        # ties go to the earlier key, so one artifact gives the same neighbours everywhere
+        sims = np.round((queries[start : start + _CHUNK] @ keys.T).astype(np.float64), 6)
+        sims -= np.arange(len(keys)) * 1e-13
         # argpartition needs k < n; with k == n every key is a neighbour
         full = np.tile(np.arange(k), (len(sims), 1))
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(keys) else full

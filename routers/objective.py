@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import ModelCard, Prediction
+from routers.pricing import call_costs_usd
 
 #: output length assumed when neither the router nor the candidate says (tokens)
 DEFAULT_OUTPUT_TOKENS = 256.0
@@ -339,10 +340,7 @@ def expected_cost(
         out_tok = np.broadcast_to(np.asarray(per_model, dtype=np.float64), (n, m))
     if prediction.cost_usd is not None:
         return prediction.cost_usd.astype(np.float64), out_tok
-    p_in = np.asarray([c.input_price for c in candidates], dtype=np.float64) / 1e6
-    p_out = np.asarray([c.output_price for c in candidates], dtype=np.float64) / 1e6
-    cost = np.asarray(prompt_tokens, dtype=np.float64)[:, None] * p_in[None, :] + out_tok * p_out[None, :]
-    return cost, out_tok
+    return call_costs_usd(prompt_tokens, out_tok, candidates), out_tok
 
 
 def score(prediction: Prediction, candidates: Sequence[ModelCard], flags: Flags, prompt_tokens: np.ndarray,
@@ -409,20 +407,29 @@ def feasibility(
     prompt_tokens: float,
     expected_cost_usd: np.ndarray,
     required_capabilities: frozenset[str] = frozenset(),
+    strict: bool = False,
 ) -> np.ndarray:
     """Boolean mask of candidates that pass every hard constraint for one query.
 
-    Raises :class:`ConstraintError` naming the constraint that removed the last candidates.
+    ``strict``: a candidate with no declared context window fails a ``min_context`` flag; otherwise it passes
+    (the rule is named in the error either way). Raises :class:`ConstraintError` naming the constraint that removed
+    the last candidates.
     """
     mask = np.ones(len(candidates), dtype=bool)
     need_caps = flags.capabilities | required_capabilities
     checks: list[tuple[str, np.ndarray, str]] = []
     need_ctx = max(flags.min_context or 0, int(prompt_tokens))
-    ctx_ok = np.asarray([c.context_window is None or c.context_window >= need_ctx for c in candidates])
-    checks.append(("min_context", ctx_ok, f"a context window of at least {need_ctx} tokens"))
+    # strict: an undeclared window fails an asked-for min_context; the prompt-fits check alone never fails it
+    unknown_ok = not (strict and flags.min_context)
+    ctx_ok = np.asarray([c.context_window >= need_ctx if c.context_window is not None else unknown_ok
+                         for c in candidates])
+    ctx_rule = ("strict_capabilities: an undeclared context_window fails" if strict
+                else "an undeclared context_window passes")
+    checks.append(("min_context", ctx_ok, f"a context window of at least {need_ctx} tokens ({ctx_rule})"))
     if need_caps:
         cap_ok = np.asarray([need_caps <= c.capabilities for c in candidates])
-        checks.append(("capabilities", cap_ok, f"capabilities {sorted(need_caps)}"))
+        cap_rule = " (strict_capabilities: only declared capabilities count)" if strict else ""
+        checks.append(("capabilities", cap_ok, f"capabilities {sorted(need_caps)}{cap_rule}"))
     if flags.max_cost_usd is not None:
         cost_ok = expected_cost_usd <= flags.max_cost_usd
         checks.append(("max_cost_usd", cost_ok, f"an expected cost <= ${flags.max_cost_usd:g}"))
@@ -441,13 +448,14 @@ def decide(
     required_capabilities: frozenset[str] = frozenset(),
     calibration: Calibration = NO_CALIBRATION,
     anchor_quality: np.ndarray | None = None,
+    strict: bool = False,
 ) -> tuple[list[int], Scores]:
     """Rank the candidates for one query (``prediction`` has one row): best first, infeasible dropped.
 
     ``anchor_quality`` (``[m]``, default :meth:`Calibration.anchor_quality`): each candidate's mean quality, which
     defines the caution rule's anchor; without one, caution does not apply."""
     scores = score(prediction, candidates, flags, np.asarray([prompt_tokens], dtype=np.float64), calibration)
-    mask = feasibility(candidates, flags, prompt_tokens, scores.expected_cost_usd[0], required_capabilities)
+    mask = feasibility(candidates, flags, prompt_tokens, scores.expected_cost_usd[0], required_capabilities, strict)
     scores.feasible[0] = mask
     util = scores.utility
     if anchor_quality is None and calibration.cautious:

@@ -24,6 +24,8 @@ ROUTERS: dict[str, str] = {
     "tryage": "routers.tryage:TryageRouter",
     "graph": "routers.graph:GraphRouter",
     "category": "routers.category:CategoryRouter",
+    "irt": "routers.irt:IRTRouter",
+    "linucb": "routers.linucb:LinUCBRouter",
 }
 
 

@@ -43,11 +43,12 @@ from datetime import date
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 ATTRIBUTE_NAMES: tuple[str, ...] = ("log_input_price", "log_output_price", "log_size_b", "release_year",
                                     "log2_context")
@@ -97,6 +98,7 @@ def _mlp_forward(net: tuple[list[np.ndarray], list[np.ndarray]], x: np.ndarray) 
 
 def _fit_sigmoid(raw: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """(a, b) minimizing the cross-entropy of sigmoid(a * raw + b) against soft targets in [0, 1]."""
+    # why: sklearn and scipy take about a second to import; only fitting needs them
     from scipy.optimize import minimize
 
     x, y = np.ravel(raw), np.clip(np.ravel(target), 0.0, 1.0)
@@ -177,8 +179,6 @@ class TryageRouter(Router):
 
     # -- fitting ---------------------------------------------------------------------------------
     def fit(self, dataset: RoutingDataset) -> Self:
-        from threadpoolctl import threadpool_limits
-
         self._record_encoder(dataset)
         with threadpool_limits(self.threads):
             return self._fit(dataset)
@@ -251,6 +251,7 @@ class TryageRouter(Router):
         self, x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, seed: int
     ) -> tuple[tuple[list[np.ndarray], list[np.ndarray]], int, float]:
         """One MLP: Adam epochs, early stopping on the held-out slice; (best epoch's weights, epochs, its MSE)."""
+        # why: sklearn and scipy take about a second to import; only fitting needs them
         from sklearn.neural_network import MLPRegressor
 
         mlp = MLPRegressor(hidden_layer_sizes=self.hidden, alpha=self.alpha, batch_size=min(256, len(x_tr)),
@@ -285,8 +286,6 @@ class TryageRouter(Router):
         self._check_encoder(features)
         if len(features) * len(candidates) < _BIG_BATCH:  # request-time path: no thread-pool juggling
             return self._predict(features, candidates)
-        from threadpoolctl import threadpool_limits
-
         with threadpool_limits(self.threads):
             return self._predict(features, candidates)
 

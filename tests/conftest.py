@@ -171,6 +171,19 @@ def pg_database() -> Iterator[str]:
         _admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[tuple[str, Any, str]]:
+    """(direct URL, proxy, URL through the proxy) of a fresh, migrated PostgreSQL database: a test cuts, resets
+    or blackholes the proxy (``tests/tcpproxy.py``) to take the database away without stopping the service."""
+    from gateway.store import upgrade
+    from tests.tcpproxy import TcpProxy
+
+    upgrade(pg_database)
+    url = make_url(pg_database)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        yield pg_database, proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty, unmigrated database: a SQLite file under tmp_path, or a fresh PostgreSQL database."""

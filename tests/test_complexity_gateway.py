@@ -14,10 +14,10 @@ import pytest
 
 import gateway.replay
 from gateway.pools import parse_pool_file
-from gateway.pricing import count_prompt_tokens
 from routers.base import QueryFeatures, Router
 from routers.features import text_stats
 from routers.objective import PRESETS, decide
+from routers.pricing import count_prompt_tokens
 from tests.dbutil import wait_rows
 from tests.servers import ServerThread
 

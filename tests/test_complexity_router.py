@@ -11,9 +11,9 @@ import pytest
 
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
 from routers.complexity import ComplexityRouter, cost_tiers, rule_tiers, tier_labels
+from routers.dataset import RoutingDataset
 from routers.objective import PRESETS, Flags, choose_batch
 from routers.registry import make_router
-from training.dataset import RoutingDataset
 
 CARDS = [ModelCard("small", 0.1, 0.1), ModelCard("medium", 1.0, 1.0), ModelCard("large", 10.0, 30.0)]
 CENTRES = np.eye(8)[:4] * 3.0  # one cluster per difficulty 0..3 (3: no tier solves it)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from routers.base import ModelCard
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 from training.splits import kfold_by_query, split_by_query
 
 

@@ -78,10 +78,21 @@ def test_strongest_always_answers_with_gpt4(demo: openai.OpenAI) -> None:
         assert _backend(demo, prompt, extra_body={"poolgate": {"router": "strongest"}}) == "gpt-4-1106"
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def test_the_shipped_demo_artifact_is_what_train_offline_builds_from_the_sample(tmp_path: Path) -> None:
     shipped = Router.load(DEMO_POOL_PATH.parent / "auto-knn.router")
     rebuilt = train_router("knn", str(SAMPLE)).router
-    assert shipped.calibration_ == rebuilt.calibration_
+    # equal up to float rounding: a refactor may sum the same costs in another order
+    assert _rounded(shipped.calibration_) == _rounded(rebuilt.calibration_)
     sample = load_replay_sample(SAMPLE)
     from training.train_router import attach_features
 

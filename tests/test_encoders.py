@@ -10,9 +10,9 @@ import numpy as np
 import openai
 import pytest
 
-from gateway.embedding import Embedders
-from gateway.static_embedding import StaticEncoder
+from gateway.routing.embedding import Embedders
 from routers.base import QueryFeatures, Router, RouterError
+from routers.encoders.static import StaticEncoder
 from routers.features import text_stats
 from tests.dbutil import wait_rows
 from tests.servers import ServerThread

@@ -11,7 +11,7 @@ import pytest
 
 from routers import registry
 from routers.base import ModelCard, Prediction, QueryFeatures, Router
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 from training.evaluate import evaluate_routers
 from training.features import Featurizer
 from training.html import render_html

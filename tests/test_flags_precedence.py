@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.pools import parse_pool_file
-from gateway.routing import RoutingService
+from gateway.routing.service import RoutingService
 
 POOL = """
 backends:

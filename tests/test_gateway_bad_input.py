@@ -11,9 +11,11 @@ from tests.dbutil import wait_rows
 
 @pytest.fixture
 def gw(fake_backends, gateway):
-    _, cs = fake_backends("cheap")
+    backend, cs = fake_backends("cheap")
     pool = f"backends:\n{backend_yaml('cheap', cs.url)}\npools:\n  - name: auto\n    members: [cheap]\n"
-    return gateway(pool, max_body_bytes=10_000)
+    server = gateway(pool, max_body_bytes=10_000)
+    server.backend = backend
+    return server
 
 
 def post(gw, content: bytes | str, ctype: str = "application/json") -> httpx.Response:
@@ -50,6 +52,47 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
 )
 def test_bad_body_gets_openai_error(gw, body, status, param):
     assert_error(post(gw, body), status, param)
+
+
+MESSAGE = {"role": "user", "content": "x"}
+#: Values that break what poolgate publishes for a field (gateway/api/schema.py), and the param the 400 names.
+PUBLISHED_VIOLATIONS = [
+    ("temperature", "hot", "temperature"), ("temperature", -0.1, "temperature"), ("temperature", 2.5, "temperature"),
+    ("temperature", True, "temperature"), ("top_p", 1.5, "top_p"), ("top_p", "x", "top_p"),
+    ("max_tokens", 0, "max_tokens"), ("max_tokens", "x", "max_tokens"), ("max_tokens", 1.5, "max_tokens"),
+    ("max_tokens", True, "max_tokens"), ("max_tokens", 3.0, "max_tokens"), ("max_tokens", 1_000_001, "max_tokens"),
+    ("max_completion_tokens", 0, "max_completion_tokens"),
+    ("n", 0, "n"), ("n", "2", "n"), ("n", 129, "n"), ("presence_penalty", 2.5, "presence_penalty"),
+    ("frequency_penalty", -3, "frequency_penalty"), ("frequency_penalty", [], "frequency_penalty"),
+    ("logprobs", "yes", "logprobs"), ("top_logprobs", 21, "top_logprobs"), ("top_logprobs", -1, "top_logprobs"),
+    ("stream", "yes", "stream"), ("stream_options", 5, "stream_options"),
+    ("stream_options", {"include_usage": "x"}, "stream_options.include_usage"),
+    ("tools", {}, "tools"), ("tools", [1], "tools[0]"), ("response_format", "json", "response_format"),
+    ("messages", [{"role": "user", "content": ["text"]}], "messages[0].content[0]"),
+    ("messages", [{**MESSAGE, "name": 5}], "messages[0].name"),
+    ("messages", [{"role": "assistant", "content": None, "tool_calls": {}}, MESSAGE], "messages[0].tool_calls"),
+    ("messages", [{"role": "tool", "content": "r", "tool_call_id": 1}, MESSAGE], "messages[0].tool_call_id"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "param"), PUBLISHED_VIOLATIONS,
+                         ids=[f"{f}={v!r}" for f, v, _ in PUBLISHED_VIOLATIONS])
+def test_published_constraints_are_enforced_before_the_backend(gw, field, value, param):
+    body = {"model": "auto", "messages": [MESSAGE], field: value}
+    err = assert_error(httpx.post(f"{gw.url}/v1/chat/completions", json=body), 400, param)
+    assert (err["type"], err["code"]) == ("invalid_request_error", "invalid_value") and f"'{param}'" in err["message"]
+    assert gw.backend.requests == []
+
+
+def test_nulls_bounds_and_unknown_fields_reach_the_backend_untouched(gw):
+    """null is each nullable field's default (as in OpenAI's spec); bounds are inclusive; what poolgate does not
+    publish is the backend's business."""
+    extra = {"temperature": 2, "top_p": 0, "n": None, "stream": None, "max_tokens": None, "presence_penalty": -2,
+             "frequency_penalty": None, "top_logprobs": 20, "stream_options": None, "seed": "any", "top_k": 4}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": [MESSAGE], **extra})
+    assert r.status_code == 200, r.text
+    sent = gw.backend.requests[0]
+    assert {k: sent[k] for k in extra} == extra
 
 
 def test_invalid_utf8_is_400(gw):

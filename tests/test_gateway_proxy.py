@@ -214,3 +214,37 @@ def test_n_mixed_requests_leave_exactly_n_rows_with_tokens_and_cost(fake_backend
     assert len(ok) == 4
     assert all(r["prompt_tokens"] == 7 and r["completion_tokens"] == 3 and r["cost_usd"] > 0 for r in ok)
     assert sorted(r["http_status"] for r in rows if r["status"] == "error") == sorted(s for s in statuses if s != 200)
+
+
+def test_upstream_client_error_keeps_its_openai_fields_scrubbed_and_names_the_backend(
+    fake_backends, gateway, monkeypatch
+):
+    """A provider's own error (type, param, code) reaches the client as it sent it, its key scrubbed from the
+    message, with the backend that answered in x-poolgate-backend; not rewritten into a gateway error."""
+    monkeypatch.setenv("CHEAP_KEY", "sk-cheap-backend-key-123456")
+    fields = {"type": "invalid_request_error", "param": "max_tokens", "code": "integer_below_min_value"}
+    _, cs = fake_backends("cheap", "400", echo_auth=True, error=fields)
+    strong, ss = fake_backends("strong")
+    gw = gateway(f"backends:\n{backend_yaml('cheap', cs.url, retries=0, api_key_env='CHEAP_KEY')}\n"
+                 f"{backend_yaml('strong', ss.url, input_price=10)}\n"
+                 "pools:\n  - name: auto\n    members: [cheap, strong]\n    router: cheapest\n")
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": [
+        {"role": "user", "content": "q"}]})
+    assert r.status_code == 400 and r.headers["x-poolgate-backend"] == "cheap"
+    assert r.json() == {"error": {"message": "fake 400: invalid key 'Bearer ***'", **fields}}
+    assert strong.requests == []  # the request's fault: no fallback
+
+
+@pytest.mark.parametrize(("upstream", "relayed"), [
+    ({"code": 400, "param": 7}, {"code": "400", "param": None}),  # vLLM's integer code as the spec's string
+    ({"type": None}, {"type": "invalid_request_error"}),  # no type: the status's OpenAI type
+])
+def test_upstream_error_fields_of_the_wrong_type_become_valid_openai_fields(fake_backends, gateway, upstream, relayed):
+    _, cs = fake_backends("cheap", "400", error=upstream)
+    _, ss = fake_backends("strong")
+    gw = gateway(two_backend_pool(cs.url, ss.url))
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "auto", "messages": [
+        {"role": "user", "content": "q"}]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and {k: err[k] for k in relayed} == relayed
+    assert set(err) == {"message", "type", "param", "code"} and err["message"] == "fake 400"

@@ -13,11 +13,11 @@ from torch_geometric.nn import HeteroConv
 
 from routers.base import QueryFeatures, Router
 from routers.category import CategoryModel
+from routers.dataset import RoutingDataset
 from routers.features import text_stats
 from routers.graph import GraphRouter
 from routers.graph_data import EDGE_TYPES, HOLDS, IN_TASK, NEAR, SOLVED, attach_graph, build_graph, query_inputs
 from tests.test_graph_router import CARDS, TASKS, features, hash_encoder, synthetic
-from training.dataset import RoutingDataset
 from training.evaluate import serving_features
 
 

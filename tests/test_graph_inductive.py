@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from routers.dataset import RoutingDataset
 from routers.graph import GraphRouter
-from training.dataset import RoutingDataset
-from training.graph_tools import inductive_eval
+from training.graph_eval import inductive_eval
 
 STRONG = "llama-3.1-nemotron-51b-instruct"  # best single model of LLMRouter (mean score 0.62)
 WEAK = "llama3-chatqa-1.5-8b"  # the weakest (0.18)

@@ -11,10 +11,10 @@ import pytest
 
 from routers import artifact
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.features import text_stats
 from routers.graph import GraphRouter
 from routers.registry import make_router
-from training.dataset import RoutingDataset
 
 TASKS = ("math", "gsm8k", "mbpp")
 #: probability that each model answers each task well

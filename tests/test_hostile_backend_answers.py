@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from gateway.metrics import iter_samples
-from gateway.pricing import count_prompt_tokens, count_tokens
+from routers.pricing import count_prompt_tokens, count_tokens
 from tests.conftest import backend_yaml
 from tests.dbutil import wait_rows
 from tests.rawbackend import RawBackend, head

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.knn import KNNRouter
 from routers.registry import make_router
-from training.dataset import RoutingDataset
 
 CARDS = [ModelCard("cheap", 0.1, 0.1), ModelCard("strong", 10.0, 30.0)]
 
@@ -77,3 +77,14 @@ def test_knn_is_registered_and_round_trips_through_an_artifact(tmp_path: Path) -
     loaded = Router.load(router.save(tmp_path / "knn.pgr"))
     query = _features(np.array([[1.0, 0.0, 0.0]]), ["q"])
     assert np.array_equal(loaded.predict(query, CARDS).quality, router.predict(query, CARDS).quality)
+
+
+def test_neighbours_at_equal_similarity_are_the_earlier_keys_whatever_the_last_bit() -> None:
+    from routers.knn import _top_k
+
+    rng = np.random.default_rng(0)
+    key = rng.normal(size=16).astype(np.float32)
+    key /= np.linalg.norm(key)
+    keys = np.stack([key * 0.5, key, key, key * (1 + 1e-7), -key])  # 1, 2, 3 are the same key up to the last bit
+    picked = _top_k(key[None, :], keys, 2)[0]
+    assert picked.tolist() == [1, 2]

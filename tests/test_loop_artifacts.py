@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.artifacts import ArtifactError, ArtifactStore, load_version
 from gateway.pools import parse_pool_file
-from gateway.reload import RouterReloader
-from gateway.routing import RoutingService
+from gateway.routing.artifacts import ArtifactError, ArtifactStore, load_version
+from gateway.routing.reload import RouterReloader
+from gateway.routing.service import RoutingService
 from gateway.store import make_engine, upgrade
 from routers.base import ModelCard
 from routers.baselines import BestSingleRouter, RandomRouter
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 
 POOL = """
 backends:
@@ -129,7 +129,7 @@ async def test_unloadable_artifact_with_matching_digest_is_refused_too(env) -> N
     Path(rec.path).write_bytes(b"not a router")
     from dataclasses import replace
 
-    from gateway.artifacts import file_sha256
+    from gateway.routing.artifacts import file_sha256
 
     with pytest.raises(ArtifactError, match="not a poolgate router artifact"):
         load_version(replace(rec, sha256=file_sha256(Path(rec.path))))

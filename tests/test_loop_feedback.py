@@ -132,8 +132,8 @@ def test_admin_loop_endpoints_need_the_master_key(gw) -> None:
 
 
 async def test_upsert_keeps_one_row_per_request_on_both_databases(db_url: str) -> None:
-    from gateway.api.feedback import FeedbackIn, upsert_feedback
     from gateway.store import Request, make_engine, upgrade
+    from gateway.store.repository import LogRepository
 
     await asyncio.to_thread(upgrade, db_url)
     engine = make_engine(db_url)
@@ -142,8 +142,9 @@ async def test_upsert_keeps_one_row_per_request_on_both_databases(db_url: str) -
             await conn.execute(insert(Request).values(
                 id="a" * 32, model_requested="auto", candidates=[], attempts=[], status="ok", http_status=200,
                 stream=False, latency_ms=1.0, prompt_tokens=1, completion_tokens=1, cost_usd=0.0))
-        created, first = await upsert_feedback(engine, FeedbackIn("a" * 32, 0.0, "wrong", "bob"))
-        again, second = await upsert_feedback(engine, FeedbackIn("a" * 32, 0.75, None, None))
+        repository = LogRepository(engine)
+        created, first = await repository.upsert_feedback("a" * 32, 0.0, "wrong", "bob")
+        again, second = await repository.upsert_feedback("a" * 32, 0.75, None, None)
     finally:
         await engine.dispose()
     assert (created, again) == (True, False)

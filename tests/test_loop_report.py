@@ -1,24 +1,31 @@
 """The log report: every number checked by hand on a few rows (costs, counterfactuals, TEP, savings, shadows,
-latency percentiles), its JSON, the CLI on an empty store, and the HTML page rendered by headless Chromium."""
+latency percentiles), computed from the database's aggregates on SQLite and PostgreSQL; its JSON, the CLI on an
+empty store, and the HTML page rendered by headless Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import struct
 import subprocess
 import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import insert
 
 from gateway.cli import main
+from gateway.loop.report import LogReport, report_json, routing_report
+from gateway.loop.report_html import render_html
 from gateway.pools import parse_pool_file
-from training.log_report import LogRow, build_report, report_json
-from training.log_report_html import render_html
+from gateway.store import Feedback, Request, make_engine, upgrade
+from gateway.store.repository import LogRepository
 
 POOL = parse_pool_file("""
 backends:
@@ -29,6 +36,27 @@ pools:
 """)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 BOTH = ("cheap", "strong")
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One request as the report reads it, with its feedback score (None when unlabelled)."""
+
+    id: str
+    created_at: datetime
+    pool: str | None
+    router: str | None
+    router_version: str | None
+    key_id: str | None
+    backend: str | None
+    status: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    candidates: tuple[str, ...]
+    shadow: dict[str, Any] | None
+    score: float | None
 
 
 def row(i: int, backend: str | None, prompt: int, comp: int, score: float | None, router: str = "knn",
@@ -50,8 +78,29 @@ ROWS = [
 ]
 
 
-def test_group_numbers_match_a_hand_computation() -> None:
-    rep = build_report(ROWS, POOL, by="pool")
+async def report_of(url: str, rows: list[LogRow], by: str) -> LogReport:
+    """Store ``rows`` (and their feedback) in a fresh log store at ``url``, then build the report from it."""
+    await asyncio.to_thread(upgrade, url)
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(Request), [{
+                "id": r.id, "created_at": r.created_at, "pool": r.pool, "model_requested": r.pool or r.backend or "",
+                "router": r.router, "router_version": r.router_version, "key_id": r.key_id, "backend": r.backend,
+                "candidates": [{"backend": c, "utility": 0.5} for c in r.candidates], "attempts": [],
+                "status": r.status, "http_status": 200 if r.status == "ok" else 502, "stream": False,
+                "latency_ms": r.latency_ms, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "cost_usd": r.cost_usd, "shadow": r.shadow} for r in rows])
+            labelled = [{"request_id": r.id, "score": r.score} for r in rows if r.score is not None]
+            if labelled:
+                await conn.execute(insert(Feedback), labelled)
+        return await routing_report(LogRepository(engine), POOL, by)
+    finally:
+        await engine.dispose()
+
+
+async def test_group_numbers_match_a_hand_computation(db_url: str) -> None:
+    rep = await report_of(db_url, ROWS, by="pool")
     auto = next(g for g in rep.groups if g.key == "auto")
     assert (auto.requests, auto.errors, auto.error_rate) == (4, 1, 0.25)
     assert auto.cost_usd == pytest.approx((60 + 1900 + 45) * 1e-6)
@@ -80,16 +129,16 @@ def test_group_numbers_match_a_hand_computation() -> None:
     ("key", ["(no key)", "k1", "k2"]),
     ("day", ["2025-03-01", "2025-03-02"]),
 ])
-def test_grouping_keys(by: str, keys: list[str]) -> None:
-    rep = build_report(ROWS, POOL, by=by)
+async def test_grouping_keys(db_url: str, by: str, keys: list[str]) -> None:
+    rep = await report_of(db_url, ROWS, by=by)
     assert [g.key for g in rep.groups] == keys
     assert sum(g.requests for g in rep.groups) == len(ROWS)
 
 
-def test_json_is_strict_and_carries_timeline_mix_and_assumptions() -> None:
+async def test_json_is_strict_and_carries_timeline_mix_and_assumptions(db_url: str) -> None:
     import json
 
-    data = report_json(build_report(ROWS, POOL, by="router"))
+    data = report_json(await report_of(db_url, ROWS, by="router"))
     text = json.dumps(data, allow_nan=False)  # NaN would raise here
     assert "TEP" in text and data["mix"]["knn@v1"] == {"strong": 1, "cheap": 1}
     assert data["bucket_seconds"] == 3600 and data["time_unit"] == "hours"  # 25 h of traffic: hourly buckets
@@ -156,7 +205,7 @@ def png_pixels(path: Path) -> np.ndarray:
     return out.reshape(height, width, bpp)
 
 
-def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+async def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (Debian package 'chromium'; .ci/system-deps installs it)")
@@ -164,7 +213,8 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
                 shadow="strong", latency=5 + i) for i in range(40)] + ROWS
     rows.sort(key=lambda r: r.created_at)
     html_path = tmp_path / "report.html"
-    html_path.write_text(render_html(build_report(rows, POOL, by="router")), encoding="utf-8")
+    rep = await report_of(f"sqlite+aiosqlite:///{tmp_path}/log.db", rows, by="router")
+    html_path.write_text(render_html(rep), encoding="utf-8")
     assert "http" not in html_path.read_text().replace("http://www.w3.org/2000/svg", "")  # self-contained
     png = tmp_path / "report.png"
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -179,3 +229,31 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert ink.mean() > 0.02, f"only {ink.mean():.2%} of the screenshot is drawn"
     colored = (np.ptp(pixels[..., :3].astype(int), axis=-1) > 80)  # the plots' and bars' colours, not grey text
     assert colored.sum() > 2000
+
+
+async def test_the_database_aggregates_a_large_window_into_a_few_rows(db_url: str) -> None:
+    from gateway.loop.report import fetch_report_data
+    from gateway.store.repository import Window
+
+    rows = [row(100 + i, "cheap" if i % 3 else "strong", 50 + i % 7, 10 + i % 5, float(i % 2) if i % 4 else None,
+                latency=float(i % 97), minutes=i / 5, shadow="strong" if i % 2 else None) for i in range(600)]
+    rep = await report_of(db_url, rows, by="pool")
+    assert rep.total.requests == 600 and rep.total.latency_p50 == pytest.approx(np.percentile(
+        [r.latency_ms for r in rows], 50))
+    assert rep.total.latency_p99 == pytest.approx(np.percentile([r.latency_ms for r in rows], 99))
+    engine = make_engine(db_url)
+    try:
+        data = await fetch_report_data(LogRepository(engine), POOL, "pool", Window())
+    finally:
+        await engine.dispose()
+    ranks = sum(len(r) for by in data.latency.values() for _, r in by.values())
+    assert len(data.cells) <= 20 and len(data.shadows) <= 10 and ranks <= 3 * 3 * 4  # groupings x quantiles x ranks
+    assert sum(c.n for c in data.cells) == 600  # every request counted, none read
+
+
+async def test_odd_shadow_and_candidate_json_is_skipped_not_fatal(db_url: str) -> None:
+    odd = [row(1, "cheap", 10, 5, 1.0), row(2, "strong", 10, 5, 0.0)]
+    odd[0] = LogRow(**{**odd[0].__dict__, "shadow": {"error": "cancelled", "knn": {"error": "boom"}}})
+    rep = await report_of(db_url, odd, by="pool")
+    auto = next(g for g in rep.groups if g.key == "auto")
+    assert auto.eligible == 2 and auto.shadows == {}

@@ -1,5 +1,6 @@
-"""Training from logs: the dataset built from labelled requests, the refusal with too few rows, the held-out gate
-on promotion (and --force), and offline data sets mixed in by matching their models to the pool's backends."""
+"""Training from logs: the dataset built from labelled requests, the refusal with too few rows, the off-policy gate
+on promotion over a time-ordered holdout (and --force), and offline data sets mixed in by matching their models to
+the pool's backends."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert
 
-from gateway.artifacts import ArtifactStore
 from gateway.cli import main
+from gateway.loop.train import TrainRequest, train_from_logs
 from gateway.pools import parse_pool_file
+from gateway.routing.artifacts import ArtifactStore
 from gateway.store import Feedback, Request, make_engine, upgrade
 from training.from_logs import (
     LabelledRow,
@@ -26,7 +28,6 @@ from training.from_logs import (
     offline_rows,
     parse_duration,
 )
-from training.log_train import TrainRequest, train_from_logs
 
 NOW = datetime.now(UTC)
 POOL = """
@@ -84,14 +85,16 @@ def test_durations() -> None:
 
 async def seed_logs(url: str, n_prompts: int, strong_score: float = 1.0, weak_score: float = 0.0,
                     store_text: bool = True) -> None:
-    """Every prompt answered by both backends, each answer labelled."""
+    """Every prompt answered by both backends, each answer labelled: as if a uniform explorer logged each with
+    propensity 0.5; prompt i is logged i seconds after prompt i-1 (the holdout is the newest prompts)."""
     await asyncio.to_thread(upgrade, url)
     engine = make_engine(url)
     reqs, labels = [], []
     for i in range(n_prompts):
         for backend, score in (("mixtral-8x7b", weak_score), ("gpt-4-1106", strong_score)):
             rid = f"{i:04d}{backend[:3]}".ljust(32, "0")
-            reqs.append({"id": rid, "created_at": NOW - timedelta(minutes=5), "pool": "auto", "model_requested": "auto",
+            reqs.append({"id": rid, "created_at": NOW - timedelta(minutes=5) + timedelta(seconds=i), "pool": "auto",
+                         "model_requested": "auto", "propensity": 0.5, "policy": "explore:epsilon",
                          "backend": backend, "status": "ok", "http_status": 200, "prompt_tokens": 20,
                          "completion_tokens": 40, "cost_usd": 0.0, "candidates": [], "attempts": [],
                          "prompt_text": f"question number {i}: what is {i} + {i}?" if store_text else None})
@@ -130,24 +133,44 @@ async def test_a_worse_candidate_is_registered_but_not_promoted_unless_forced(tm
     await seed_logs(url, 30)  # gpt-4 always right, mixtral always wrong; the pool serves strongest
     worse = await run_train(url, tmp_path, TrainRequest("random", "auto", promote=True, seed=3))
     assert not worse.promoted and worse.record.status == "candidate"
-    assert worse.candidate["utility"] < worse.serving["utility"] == 1.0
-    assert "not promoted: held-out utility" in worse.reason and "--force" in worse.reason
+    assert worse.candidate["utility_low"] < worse.serving["utility"] == pytest.approx(1.0)
+    assert "not promoted: lower bound does not beat the serving estimate" in worse.reason
+    assert "--force" in worse.reason
     forced = await run_train(url, tmp_path, TrainRequest("random", "auto", promote=True, force=True, seed=3))
     assert forced.promoted and forced.record.status == "live" and forced.record.version == "v2"
-    assert forced.reason == "forced (--force)"
+    assert forced.reason.startswith("forced (--force)")
 
 
-async def test_a_candidate_not_worse_than_the_live_version_is_promoted(tmp_path: Path) -> None:
+async def test_a_candidate_whose_lower_bound_beats_the_serving_estimate_is_promoted(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    await seed_logs(url, 30)  # the pool serves cheapest: mixtral, always wrong
+    out = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True, since=NOW - timedelta(1)),
+                          router="cheapest")
+    assert out.promoted and out.not_worse and out.serving_label == "cheapest builtin (pool file)"
+    assert out.candidate["quality"] == pytest.approx(1.0) and out.candidate["mix"]["gpt-4-1106"] == 1.0
+    assert out.candidate["utility_low"] > out.serving["utility"]
+    assert "lower bound beats the serving estimate" in out.reason
+    m = out.record.metrics
+    # the split is by time, fixed and recorded: the newest 15 of 60 rows (the last prompts) judge
+    assert m["split"]["kind"] == "time-ordered" and m["split"]["holdout_events"] == 15 == out.n_test
+    assert m["split"]["fit_rows"] == 45 and out.log_rows == 60
+    assert m["references"]["always-cheapest"]["quality"] == pytest.approx(0.0) and m["flags"]["quality"] == 1.0
+    again = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True))
+    # the same policy again: its lower bound cannot beat its own estimate, so the live version stays
+    assert again.serving_label == "best-single v1 (live)" and not again.promoted and again.record.version == "v2"
+    assert "does not beat" in again.reason
+
+
+async def test_rows_without_propensity_are_left_out_of_the_holdout_and_block_promotion(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/t.db"
     await seed_logs(url, 30)
-    out = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True, since=NOW - timedelta(1)))
-    assert out.promoted and out.not_worse and out.serving_label == "strongest builtin (pool file)"
-    assert out.candidate["quality"] == 1.0 and out.candidate["mix"]["gpt-4-1106"] == 1.0
-    assert out.n_train + out.n_test == 30 and out.log_rows == 60
-    m = out.record.metrics
-    assert m["references"]["always-cheapest"]["quality"] == 0.0 and m["flags"]["quality"] == 1.0
-    again = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True))
-    assert again.serving_label == "best-single v1 (live)" and again.promoted and again.record.version == "v2"
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(Request.__table__.update().values(propensity=None))
+    await engine.dispose()
+    out = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True), router="cheapest")
+    assert not out.promoted and "no holdout events with a known propensity" in out.reason
+    assert out.record.metrics["split"]["holdout_without_propensity"] == 15
 
 
 async def test_window_excludes_older_requests(tmp_path: Path) -> None:

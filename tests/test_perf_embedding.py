@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from gateway.embedding import EmbeddingBatcher, MiniLMEncoder
+from gateway.routing.embedding import EmbeddingBatcher
+from routers.encoders.minilm import MiniLMEncoder
 
 
 class SlowCounter:
@@ -78,21 +79,48 @@ def queries() -> list[str]:
     return sorted(ds.queries, key=len)[::4]  # short to long, a few of each
 
 
-def test_serving_encoder_matches_the_featurizer(queries: list[str]) -> None:
+async def test_training_and_serving_embed_with_one_minilm_implementation(queries: list[str]) -> None:
+    """The featurizer (training) and the gateway's embedders (serving) both run ``MiniLMEncoder``: float32 in
+    training, equal to sentence-transformers' own encode to float rounding; ``auto`` (bfloat16 where native) at
+    serving, within rounding of bfloat16 of the training vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from gateway.routing.embedding import Embedders
+    from routers.encoders.model import model_path
     from training.features import Featurizer
 
-    reference = Featurizer(encoder="minilm", disk_cache=False).embed(queries)
+    featurizer = Featurizer(encoder="minilm", disk_cache=False)
+    training = featurizer.embed(queries)
+    assert isinstance(featurizer._model, MiniLMEncoder)
+    library = SentenceTransformer(str(model_path()), device="cpu").encode(
+        queries, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    assert training.shape == library.shape == (len(queries), 384) and training.dtype == np.float32
+    assert np.abs(training - library).max() < 1e-4
+
     import torch
 
-    threads = torch.get_num_threads()
-    fast = MiniLMEncoder()
-    fast.thread_setup()
+    threads = torch.get_num_threads()  # the serving encoder limits torch to one thread in its own thread only
+    embedders = Embedders()
     try:
-        got = fast(queries)
+        serving = np.stack([await embedders.embed(q, "minilm") for q in queries])
     finally:
+        embedders.close()
         torch.set_num_threads(threads)
-    assert got.shape == reference.shape and got.dtype == np.float32
-    cosine = (got * reference).sum(axis=1)
-    assert cosine.min() > 0.9995
-    exact = MiniLMEncoder(dtype="float32")(queries)  # same model, same pooling: float32 matches to rounding
-    assert np.abs(exact - reference).max() < 1e-4
+    assert embedders._batcher is not None and isinstance(embedders._batcher.embed_fn, MiniLMEncoder)
+    assert serving.shape == training.shape and serving.dtype == np.float32
+    assert (serving * training).sum(axis=1).min() > 0.9995
+    exact = MiniLMEncoder(dtype="float32")(queries)  # the serving class in float32 is the training computation
+    np.testing.assert_array_equal(exact, training)
+
+
+async def test_training_and_serving_share_the_static_encoder(queries: list[str]) -> None:
+    from gateway.routing.embedding import Embedders
+    from training.features import Featurizer
+
+    training = Featurizer(encoder="minilm-static").embed(queries[:4])
+    embedders = Embedders()
+    try:
+        serving = np.stack([await embedders.embed(q, "minilm-static") for q in queries[:4]])
+    finally:
+        embedders.close()
+    np.testing.assert_allclose(serving, training, rtol=0, atol=1e-6)

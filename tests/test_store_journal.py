@@ -259,7 +259,7 @@ async def test_held_rows_of_a_killed_writer_are_replayed_and_final_versions_win(
 
 async def test_streamed_row_is_finished_before_the_done_event_goes_out() -> None:
     """The chat route's row reaches the writer (and the journal) before the client can have the whole answer."""
-    from gateway.streaming import StreamOutcome, relay
+    from gateway.proxy.streaming import StreamOutcome, relay
 
     async def upstream() -> AsyncIterator[bytes]:
         yield b'data: {"choices":[{"delta":{"content":"4"}}]}\n\n'

@@ -51,6 +51,8 @@ def make_row(i: int, **overrides: Any) -> dict[str, Any]:
         "prompt_text": "what is 2+2?",
         "response_text": "4",
         "shadow": {"graph": "strong"},
+        "propensity": 0.4375,  # an explored row's probability
+        "policy": "explore:epsilon",
     }
     row.update(overrides)
     return row

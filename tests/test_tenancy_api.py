@@ -129,7 +129,7 @@ def _best_single_artifact(folder: Path) -> Path:
 
     from routers.base import ModelCard
     from routers.baselines import BestSingleRouter
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
     quality = np.asarray([[1.0, 1.0]] * 6 + [[0.0, 1.0]] * 3 + [[0.0, 0.0]] * 1)
     cards = [ModelCard("cheap", *CHEAP), ModelCard("strong", *STRONG)]

@@ -162,7 +162,7 @@ def test_budget_is_never_overspent_by_more_than_one_requests_estimate(cluster: C
         if statuses[-1] == 429 or len(statuses) > 500:
             break
     rows, spent = _logged_cost(cluster, key["id"], len(statuses))
-    from gateway.pricing import count_prompt_tokens
+    from routers.pricing import count_prompt_tokens
 
     estimate = ((count_prompt_tokens([{"role": "user", "content": "2+2?"}])) * STRONG[0] + 3 * STRONG[1]) / 1e6
     print(f"\nbudget ${budget}: {statuses.count(200)} answered ({first.count(200)} of 60 concurrent), "

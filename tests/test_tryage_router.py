@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.objective import Flags, choose_batch
 from routers.registry import make_router
 from routers.tryage import TryageRouter, expected_calibration_error
-from training.dataset import RoutingDataset
 from training.metrics import best_choice_rate
 
 CARDS = [

@@ -1,5 +1,5 @@
 """A kept-alive upstream connection that the server closes just as a request goes out on it (its idle timer ran
-out: uvicorn's, so vLLM's, is 5 s) costs the request nothing: ``gateway.http1`` sends it again on a new
+out: uvicorn's, so vLLM's, is 5 s) costs the request nothing: ``gateway.proxy.http1`` sends it again on a new
 connection. Only then: a new connection closed unanswered, or one closed after part of an answer, is an error."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.http1 import Http1Transport
-from gateway.upstream import RemoteProtocolError, Timeouts, UpstreamError
+from gateway.proxy.http1 import Http1Transport
+from gateway.proxy.upstream import RemoteProtocolError, Timeouts, UpstreamError
 from tests.servers import FakeBackend, ServerThread
 
 BODY = b'{"model": "m", "messages": []}'

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.http1 import Http1Transport
-from gateway.upstream import (
+from gateway.proxy.http1 import Http1Transport
+from gateway.proxy.upstream import (
     PoolTimeout,
     RemoteProtocolError,
     ResponseTooLarge,

@@ -1,5 +1,5 @@
-"""The gateway's one upstream transport (``gateway.http1.Http1Transport``) on real servers: answers, streams,
-keep-alive, TLS, and the transport errors the dispatcher and the relay expect (``gateway.upstream``). Its limits
+"""The gateway's one upstream transport (``gateway.proxy.http1.Http1Transport``) on real servers: answers, streams,
+keep-alive, TLS, and the transport errors the dispatcher and the relay expect (``gateway.proxy.upstream``). Its limits
 are proved in ``test_upstream_limits.py``."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.http1 import HIGH_WATER, Http1Transport
-from gateway.upstream import (
+from gateway.proxy.http1 import HIGH_WATER, Http1Transport
+from gateway.proxy.upstream import (
     ConnectError,
     LocalProtocolError,
     ReadError,

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from routers.base import ModelCard, Prediction, Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.objective import PRESET_TARGETS, Calibration, Flags, OperatingCurve, choose_batch, score
+from routers.progress import report
 from routers.registry import build_router
-from training.dataset import RoutingDataset
 from training.splits import _groups, grouped_kfold
 
 CALIBRATION_MODES: tuple[str, ...] = ("mixed", "query", "task", "none")
@@ -82,7 +83,8 @@ def oof_predictions(name: str, params: Mapping[str, Any] | None, ds: RoutingData
     if ds.features is None:
         raise RouterError("calibration needs the training data's features")
     rows, preds = [], []
-    for train, held in pairs:
+    for i, (train, held) in enumerate(pairs):
+        report(f"inner fits {name}", i, len(pairs))
         router = build_router(name, params, seed)
         router.fit(ds.subset(train))
         preds.append(router.predict(ds.features.subset(held), cards_for(ds, train)))
@@ -92,6 +94,7 @@ def oof_predictions(name: str, params: Mapping[str, Any] | None, ds: RoutingData
         parts = [getattr(p, field) for p in preds]
         return None if any(x is None for x in parts) else np.vstack([np.asarray(x, dtype=np.float64) for x in parts])
 
+    report(f"inner fits {name}", len(pairs), len(pairs))
     quality = stacked("quality")
     assert quality is not None
     return Prediction(quality=quality, cost_usd=stacked("cost_usd"), uncertainty=stacked("uncertainty")), \

@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import yaml
 
 from routers.base import QueryFeatures
+from routers.dataset import RoutingDataset
 from routers.objective import PRESETS, Calibration, Flags, choose_batch, score
+from routers.progress import report
 from routers.registry import build_router, get_router_class
 from training.calibrate import cards_for, fit_calibrated, needs_training
-from training.dataset import RoutingDataset
 from training.features import Featurizer
 from training.protocol import OuterFold, outer_folds
 from training.results import RouterResult, SweepPoint, router_metrics
@@ -97,8 +99,6 @@ class _FoldRun:
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``knn`` or ``complexity[mode=expected;cv_folds=5]`` -> (registry name, constructor params; values as YAML)."""
-    import yaml
-
     name, sep, rest = spec.partition("[")
     if not sep:
         return spec.strip(), {}
@@ -204,12 +204,17 @@ def evaluate_routers(
     rows = np.concatenate([f.test for f in fold_list])
     ref = _references(ds, rows, fold_list)
     results = []
-    for name in router_names:
+    total = len(router_names) * len(fold_list)
+    report("folds", 0, total)
+    for k, name in enumerate(router_names):
         res = RouterResult(name=name)
         try:
-            runs = [_run_fold(name, ds, f, _fold_flags(ds, f, extra_flags), seed, calibration, res)
-                    for f in fold_list]
+            runs = []
+            for i, f in enumerate(fold_list):
+                runs.append(_run_fold(name, ds, f, _fold_flags(ds, f, extra_flags), seed, calibration, res))
+                report("folds", k * len(fold_list) + i + 1, total)
         except Exception as exc:  # one broken router must not hide the others' numbers
+            report("folds", (k + 1) * len(fold_list), total)
             results.append(RouterResult(name=name, error=f"{type(exc).__name__}: {exc}"))
             continue
         labels = [label for label, _ in _fold_flags(ds, fold_list[0], extra_flags)]

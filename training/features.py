@@ -1,11 +1,13 @@
 """The query featurizer: MiniLM sentence embeddings (cached) plus cheap text statistics and token counts.
 
 Two encoders (:data:`ENCODERS`): ``minilm`` runs all-MiniLM-L6-v2 on every text (contextual; 7-10 ms of CPU per
-question), ``minilm-static`` averages per-token vectors distilled from the same model
-(:mod:`gateway.static_embedding`; 0.1-0.2 ms). A router must be served with the encoder it was fitted
-with: the featurizer stamps its name on the features (``QueryFeatures.encoder``) and routers record it.
+question; :mod:`routers.encoders.minilm` in float32), ``minilm-static`` averages per-token vectors distilled from the
+same model (:mod:`routers.encoders.static`; 0.1-0.2 ms). Serving runs the same two implementations
+(``gateway.routing.embedding``), so a router sees at request time the vectors it was fitted on. A router must be
+served with the encoder it was fitted with: the featurizer stamps its name on the features
+(``QueryFeatures.encoder``) and routers record it.
 
-One :class:`Featurizer` serves both offline evaluation and the gateway at request time. It does no work in
+One :class:`Featurizer` serves offline evaluation and training. It does no work in
 ``__init__``; the model loads on first use. Embeddings are cached in memory and on disk, keyed by
 ``sha256(text)`` inside a folder named for the model version, so a changed model never reads stale vectors.
 
@@ -19,24 +21,24 @@ merged into one when more than :data:`MAX_CHUNKS` accumulate. A corrupt chunk is
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from gateway.pricing import encoding
-from gateway.static_embedding import EMBEDDING_DIM, model_path, model_version
 from routers.base import QueryFeatures
+from routers.dataset import RoutingDataset
+from routers.encoders.minilm import MiniLMEncoder
+from routers.encoders.model import EMBEDDING_DIM, model_version
+from routers.encoders.static import StaticEncoder
 from routers.features import text_stats
-
-if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+from routers.pricing import encoding
+from routers.progress import report
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 #: encoder names
@@ -46,9 +48,6 @@ ENCODERS = ("minilm", "minilm-static")
 DEFAULT_ENCODER = "minilm-static"
 DEFAULT_CACHE_DIR = Path(".poolgate/embeddings")
 FLUSH_EVERY = 256
-#: texts per forward pass; on 2 CPU cores 32-64 beat larger batches (attention cost grows with the batch's
-#: longest text, and sentence-transformers already sorts by length)
-ENCODE_BATCH = 64
 MAX_CHUNKS = 32
 #: bound of the in-memory cache (about 150 MB of vectors); the oldest half is dropped past it
 MAX_MEMORY_ITEMS = 100_000
@@ -80,12 +79,12 @@ class Featurizer:
     """Sentence embeddings (unit-norm float32 ``[n, 384]``) with caches, and :class:`QueryFeatures` batches.
 
     ``batch_size`` texts go to the model per call (so a long job checkpoints its progress to the cache
-    every ``batch_size`` texts); each call runs forward passes of :data:`ENCODE_BATCH` texts.
+    every ``batch_size`` texts); the encoder groups them by length into its own forward passes.
     Thread-safe: cache access is locked, and encoding is serialized (the tokenizer is not reentrant).
     ``cache_dir=None`` uses :data:`DEFAULT_CACHE_DIR` (relative to the cwd); ``disk_cache=False`` keeps
     the cache in memory only. ``encoder`` is one of :data:`ENCODERS`; ``minilm-static`` embeddings are cheaper to
     compute than to look up, so they skip both caches; their token table is cached in ``static_table_dir``
-    (None: the user cache, see :mod:`gateway.static_embedding`).
+    (None: the user cache, see :mod:`routers.encoders.static`).
     """
 
     def __init__(
@@ -131,6 +130,7 @@ class Featurizer:
         for start in range(0, len(todo), max(1, self.batch_size)):
             part = todo[start : start + max(1, self.batch_size)]
             vectors = self._encode([text for _, text in part])
+            report("embeddings (minilm)", start + len(part), len(todo))
             with self._lock:
                 for (key, _), vec in zip(part, vectors, strict=True):
                     self._memory[key] = vec
@@ -184,28 +184,16 @@ class Featurizer:
     # -- model -----------------------------------------------------------------------------------
     def _load_model(self) -> Any:
         if self._model is None and self.encoder == "minilm-static":
-            from gateway.static_embedding import StaticEncoder
-
             self._model = StaticEncoder(self.static_table_dir)
         if self._model is None:
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            path = str(model_path())
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(path, device=self.device)
+            self._model = MiniLMEncoder(dtype="float32", device=self.device)  # the one implementation serving runs
         return self._model
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         with self._encode_lock:
             model = self._load_model()
             start = time.perf_counter()
-            if self.encoder == "minilm-static":
-                out = model(texts)
-            else:
-                out = model.encode(
-                    texts, batch_size=ENCODE_BATCH, normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                )
+            out = model(texts)
             self.stats.encode_seconds += time.perf_counter() - start
             self.stats.encoded += len(texts)
         return np.asarray(out, dtype=np.float32).reshape(len(texts), EMBEDDING_DIM)

@@ -1,10 +1,14 @@
 """A :class:`RoutingDataset` from the gateway's own logs: requests that carry prompt text and a feedback score.
 
+The rows come in as :class:`LabelledRow` (``gateway.store.repository.fetch_labelled`` reads them from the store).
+
 Each labelled request tells the quality of *one* cell: (its prompt, the backend that answered). Requests with the
 same prompt text are one query; a cell seen several times gets the mean score. Cells no request observed stay
-``nan`` here together with an ``observed`` mask; :func:`impute` fills them (after the split, from training rows
-only) with the backend's mean observed score, so routers learn from the cells they have and fall back to each
-backend's average elsewhere. Offline data sets can be mixed in (:func:`offline_rows`): their models are matched
+``nan`` here together with an ``observed`` mask; :func:`impute` fills them (after the split, from the fitting
+rows only) with the backend's mean observed score, so routers learn from the cells they have and fall back to each
+backend's average elsewhere. The filling is a fitting device only: no policy is ever *judged* on filled cells (the
+promote gate estimates off-policy from logged outcomes and propensities: ``training.log_holdout``). Offline data
+sets can be mixed in (:func:`offline_rows`): their models are matched
 to the pool's backends by name, and their rows are fully observed for the backends they cover.
 
 Token counts: the logged prompt tokens; completion tokens as logged for observed cells, else the backend's mean
@@ -19,17 +23,36 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Table, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.pools import BackendConfig
-from training.dataset import RoutingDataset
+from routers.base import ModelCard
+from routers.dataset import RoutingDataset
+from routers.pricing import call_costs_usd
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class Backend(Protocol):
+    """What this module reads of a pool's backend (``gateway.pools.Backend`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str:
+        """The upstream model id (matched against a data set's model names)."""
+        ...
+
+    @property
+    def input_price(self) -> float: ...
+
+    @property
+    def output_price(self) -> float: ...
+
+    def card(self) -> ModelCard: ...
 
 
 class TrainingDataError(ValueError):
@@ -41,22 +64,36 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if m is None:
         raise ValueError(f"bad duration {text!r}: use a number and one of s, m, h, d, w (e.g. 7d, 12h)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:  # more than timedelta.max (999999999 days)
+        raise ValueError(f"duration {text.strip()!r} is too long: at most {timedelta.max.days} days") from None
 
 
 def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
-    """A window bound: a duration before ``now`` (``7d``) or an ISO datetime (UTC when naive); None for empty."""
+    """A window bound in UTC: a duration before ``now`` (``7d``) or an ISO datetime (UTC when naive); None for
+    empty. ValueError for anything else, and for a bound outside years 1..9999 once in UTC (what datetime holds)."""
     if not text:
         return None
-    try:
-        return (now or datetime.now(UTC)) - parse_duration(text)
-    except ValueError:
-        pass
+    if _DURATION.match(text):
+        delta = parse_duration(text)
+        try:
+            return (now or datetime.now(UTC)) - delta
+        except OverflowError:
+            raise ValueError(f"duration {text.strip()!r} reaches back before year 1; use a shorter one") from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"bad time {text!r}: use a duration like 7d or 12h, or an ISO datetime") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+    return to_utc(parsed)
+
+
+def to_utc(when: datetime) -> datetime:
+    """``when`` in UTC (naive = UTC); ValueError when that falls outside years 1..9999."""
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {when.isoformat()} is out of range once in UTC (years 1..9999)") from None
 
 
 @dataclass(frozen=True)
@@ -69,34 +106,8 @@ class LabelledRow:
     completion_tokens: int
     score: float
     created_at: datetime
-
-
-async def fetch_labelled(
-    engine: AsyncEngine, pool: str, since: datetime | None, until: datetime | None
-) -> tuple[list[LabelledRow], int]:
-    """Successful requests of ``pool`` in [since, until) with feedback; and how many of those lack prompt text."""
-    from gateway.store.models import Feedback, Request
-
-    req, fb = Request.__table__, Feedback.__table__
-    assert isinstance(req, Table) and isinstance(fb, Table)
-    query = (
-        select(req.c.prompt_text, req.c.backend, req.c.prompt_tokens, req.c.completion_tokens,
-               req.c.created_at, fb.c.score)
-        .join(fb, fb.c.request_id == req.c.id)
-        .where(req.c.pool == pool, req.c.status == "ok", req.c.backend.is_not(None))
-    )
-    if since is not None:
-        query = query.where(req.c.created_at >= since)
-    if until is not None:
-        query = query.where(req.c.created_at < until)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    out = [
-        LabelledRow(r.prompt_text, r.backend, int(r.prompt_tokens), int(r.completion_tokens), float(r.score),
-                    r.created_at)
-        for r in rows if r.prompt_text
-    ]
-    return out, len(rows) - len(out)
+    #: P(this backend chosen) when the request was routed (migration 0005); None: unknown (older rows, fallbacks)
+    propensity: float | None = None
 
 
 @dataclass
@@ -112,13 +123,11 @@ class LabelledData:
 
 
 def _assemble(
-    name: str, backends: Sequence[BackendConfig], texts: list[str], quality: np.ndarray, prompt: np.ndarray,
+    name: str, backends: Sequence[Backend], texts: list[str], quality: np.ndarray, prompt: np.ndarray,
     completion: np.ndarray, sources: list[str], assumptions: dict[str, Any],
 ) -> LabelledData:
     cards = [b.card() for b in backends]
-    p_in = np.asarray([c.input_price for c in cards]) / 1e6
-    p_out = np.asarray([c.output_price for c in cards]) / 1e6
-    cost = prompt[:, None] * p_in[None, :] + completion * p_out[None, :]
+    cost = call_costs_usd(prompt, completion, cards)
     ds = RoutingDataset(
         name=name, queries=texts, models=[c.name for c in cards], quality=quality, prompt_tokens=prompt,
         completion_tokens=completion, cost_usd=cost, cards=cards, tasks=None, assumptions=assumptions,
@@ -127,7 +136,7 @@ def _assemble(
 
 
 def log_rows_to_data(
-    rows: Sequence[LabelledRow], backends: Sequence[BackendConfig], default_output_tokens: int, pool: str
+    rows: Sequence[LabelledRow], backends: Sequence[Backend], default_output_tokens: int, pool: str
 ) -> LabelledData:
     """Group labelled requests by prompt text into a (query x backend) matrix (see the module docstring)."""
     names = [b.name for b in backends]
@@ -166,7 +175,7 @@ def log_rows_to_data(
     return _assemble(f"logs:{pool}", backends, texts, quality, prompt, completion, ["logs"] * n, assumptions)
 
 
-def match_models(dataset_models: Sequence[str], backends: Sequence[BackendConfig]) -> dict[str, str]:
+def match_models(dataset_models: Sequence[str], backends: Sequence[Backend]) -> dict[str, str]:
     """Backend name -> data set model: same name or upstream model id, else the model id's last path part
     starts with the backend's name or upstream id (``mistralai/Mixtral-8x7B-Instruct-v0.1`` ~ ``mixtral-8x7b``)."""
     out: dict[str, str] = {}
@@ -182,7 +191,7 @@ def match_models(dataset_models: Sequence[str], backends: Sequence[BackendConfig
     return out
 
 
-def offline_rows(dataset: RoutingDataset, backends: Sequence[BackendConfig]) -> LabelledData:
+def offline_rows(dataset: RoutingDataset, backends: Sequence[Backend]) -> LabelledData:
     """An offline data set's rows as pool data: matched models' quality and tokens, repriced at pool prices."""
     mapping = match_models(dataset.models, backends)
     if not mapping:

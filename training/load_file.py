@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from routers.dataset import RoutingDataset
 from training import loaders
-from training.dataset import RoutingDataset
 from training.features import count_tokens
 from training.loaders import CONFIG_DIR, DatasetError, default_data_dir, load_config, load_dataset
 

@@ -1,6 +1,6 @@
 """Loaders for the real routing data sets in ``shared/data`` (see its README).
 
-``load_dataset(name)`` returns a :class:`~training.dataset.RoutingDataset` for one of :data:`DATASETS`.
+``load_dataset(name)`` returns a :class:`~routers.dataset.RoutingDataset` for one of :data:`DATASETS`.
 Prices and cost assumptions come from ``training/data_config/*.yaml`` (never from code) and are copied into
 ``dataset.assumptions`` so that every report can print them. Bad input raises :class:`DatasetError` with a
 one-line message naming the file, the line or field, or the model.
@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 
 from routers.base import ModelCard
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
+from routers.pricing import call_costs_usd
 from training.features import count_tokens
 
 DATASETS: tuple[str, ...] = ("routellm-gsm8k", "routellm-mmlu", "llmrouter", "elliesql")
@@ -406,9 +407,7 @@ def _assemble(
     completion: np.ndarray, tasks: list[str], assumptions: dict[str, Any],
 ) -> RoutingDataset:
     """Build the dataset; cost = prompt x input price + completion x output price (per cell)."""
-    p_in = np.asarray([c.input_price for c in cards]) / 1e6
-    p_out = np.asarray([c.output_price for c in cards]) / 1e6
-    cost = prompt[:, None] * p_in[None, :] + completion * p_out[None, :]
+    cost = call_costs_usd(prompt, completion, cards)
     return RoutingDataset(
         name=name, queries=queries, models=[c.name for c in cards], quality=quality, prompt_tokens=prompt,
         completion_tokens=completion, cost_usd=cost, cards=cards, tasks=tasks, assumptions=assumptions,

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from routers.dataset import RoutingDataset
 from routers.features import unit_rows
-from training.dataset import RoutingDataset
+from training.features import Featurizer
 from training.splits import grouped_kfold, leave_one_task_out, near_duplicate_groups
 
 PROTOCOLS: tuple[str, ...] = ("kfold", "loto", "holdout", "cross")
@@ -38,8 +39,6 @@ class OuterFold:
 
 def split_groups(ds: RoutingDataset) -> np.ndarray:
     """Near-duplicate group id per row of ``ds`` (see the module docstring)."""
-    from training.features import Featurizer
-
     emb = Featurizer(encoder="minilm-static", disk_cache=False).embed(ds.queries)
     return near_duplicate_groups(ds.queries, unit_rows(emb - emb.mean(axis=0)) if len(emb) else emb)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from routers.dataset import RoutingDataset
 from training import metrics
-from training.dataset import RoutingDataset
 
 OPERATING_POINTS: tuple[str, ...] = ("quality-first", "balanced", "cost-first")
 

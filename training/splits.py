@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.dataset import RoutingDataset
+from routers.dataset import RoutingDataset
 
 
 def _groups(queries: list[str]) -> tuple[np.ndarray, int]:

@@ -19,8 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from routers.dataset import RoutingDataset
 from routers.objective import Flags
-from training.dataset import RoutingDataset
 from training.evaluate import EvaluationResult
 from training.results import RouterResult, SweepPoint
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from routers.base import Router, RouterError
+from routers.dataset import RoutingDataset
 from routers.registry import build_router
 from training.calibrate import fit_calibrated, preset_summary
-from training.dataset import RoutingDataset
-from training.features import DEFAULT_ENCODER
+from training.features import DEFAULT_ENCODER, Featurizer
+from training.load_file import load_named_or_file
+from training.loaders import load_dataset
 from training.protocol import split_groups
 
 log = logging.getLogger("poolgate.training")
@@ -47,8 +49,6 @@ def attach_features(
     feats = dataset.features
     if feats is not None and (not embeddings or (feats.embeddings is not None and feats.encoder in (encoder, None))):
         return dataset
-    from training.features import Featurizer
-
     featurizer = Featurizer(cache_dir=cache_dir, encoder=encoder, static_table_dir=static_table_dir)
     return dataset.with_features(featurizer.featurize_dataset(dataset, embeddings=embeddings))
 
@@ -75,9 +75,6 @@ def train_router(
     if model.evaluation_only:
         raise RouterError(f"router {router!r} is for evaluation only; it cannot be trained for serving")
     if isinstance(dataset, str):
-        from training.load_file import load_named_or_file
-        from training.loaders import load_dataset
-
         data = load_dataset(dataset, limit=limit) if limit is not None else load_named_or_file(dataset)
     else:
         data = dataset

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 
+from gateway.api.deps import CallerKey, OnlineDep, RepositoryDep, WriterDep
 from gateway.api.request import read_json_body
-from gateway.auth import KeyRecord, authenticate
-from gateway.deps import Services, get_services
 from gateway.errors import GatewayError
-from gateway.store.models import Feedback
-from gateway.store.models import Request as RequestRow
+from gateway.limits.keys import KeyRecord
+from gateway.store.repository import LogRepository
+from gateway.store.writer import LogWriter
 
 router = APIRouter()
 
@@ -92,45 +88,15 @@ def parse_feedback(body: Any) -> FeedbackIn:
                       _optional_text(body, "labeler", MAX_LABELER_CHARS))
 
 
-async def _request_owner(engine: AsyncEngine, request_id: str) -> tuple[bool, str | None]:
-    """(row exists, its key id)."""
-    table = RequestRow.__table__
-    assert isinstance(table, Table)
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(table.c.key_id).where(table.c.id == request_id))).first()
-    return (row is not None, row.key_id if row is not None else None)
-
-
-async def find_request(services: Services, request_id: str, key: KeyRecord | None) -> None:
+async def find_request(repository: LogRepository, writer: LogWriter, request_id: str, key: KeyRecord | None) -> None:
     """Return if the caller may label ``request_id``; 404 otherwise (after flushing the writer once)."""
-    exists, owner = await _request_owner(services.engine, request_id)
+    exists, owner = await repository.request_owner(request_id)
     if not exists:  # the row may still sit in the writer's queue
-        await services.writer.flush()
-        exists, owner = await _request_owner(services.engine, request_id)
+        await writer.flush()
+        exists, owner = await repository.request_owner(request_id)
     if not exists or (key is not None and not key.is_master and owner != key.id):
         raise GatewayError(404, f"no request with id {request_id!r} in the log", param="request_id",
                            code="request_not_found")
-
-
-async def upsert_feedback(engine: AsyncEngine, fb: FeedbackIn) -> tuple[bool, dict[str, Any]]:
-    """Insert or update the label of ``fb.request_id``; returns (created, the stored row)."""
-    table = Feedback.__table__
-    assert isinstance(table, Table)
-    now = datetime.now(UTC)
-    values = {"request_id": fb.request_id, "score": fb.score, "comment": fb.comment, "labeler": fb.labeler,
-              "created_at": now, "updated_at": now}
-    changes: dict[str, Any] = {"score": fb.score, "updated_at": now}
-    if fb.comment is not None:
-        changes["comment"] = fb.comment
-    if fb.labeler is not None:
-        changes["labeler"] = fb.labeler
-    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table).values(**values).on_conflict_do_update(index_elements=["request_id"], set_=changes)
-    async with engine.begin() as conn:
-        existed = (await conn.execute(select(table.c.request_id).where(table.c.request_id == fb.request_id))).first()
-        await conn.execute(statement)
-        stored = (await conn.execute(select(table).where(table.c.request_id == fb.request_id))).one()._mapping
-    return existed is None, dict(stored)
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
@@ -138,27 +104,25 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/v1/feedback")
-async def post_feedback(
-    request: Request, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> JSONResponse:
+async def post_feedback(request: Request, repository: RepositoryDep, writer: WriterDep, online: OnlineDep,
+                        key: CallerKey) -> JSONResponse:
     """Label a request (see the module docstring); answers the stored label and whether it was created."""
     fb = parse_feedback(await read_json_body(request, MAX_BODY_BYTES))
-    await find_request(services, fb.request_id, key)
-    created, stored = await upsert_feedback(services.engine, fb)
+    await find_request(repository, writer, fb.request_id, key)
+    created, stored = await repository.upsert_feedback(fb.request_id, fb.score, fb.comment, fb.labeler)
+    pool, backend, prompt = await repository.labelled_request(fb.request_id)
+    if pool and backend and prompt:  # the pool's online router, if it has one, learns from it (needs store_prompts)
+        await online.learn(pool, prompt, backend, fb.score)
     return JSONResponse({**_view(stored), "created": created}, status_code=201 if created else 200)
 
 
 @router.get("/v1/feedback/{request_id}")
-async def get_feedback(
-    request_id: str, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> JSONResponse:
+async def get_feedback(request_id: str, repository: RepositoryDep, writer: WriterDep,
+                       key: CallerKey) -> JSONResponse:
     """The label of one request; 404 when the request or its label does not exist."""
-    await find_request(services, request_id, key)
-    table = Feedback.__table__
-    assert isinstance(table, Table)
-    async with services.engine.connect() as conn:
-        row = (await conn.execute(select(table).where(table.c.request_id == request_id))).first()
-    if row is None:
+    await find_request(repository, writer, request_id, key)
+    stored = await repository.feedback(request_id)
+    if stored is None:
         raise GatewayError(404, f"request {request_id!r} has no feedback yet", param="request_id",
                            code="feedback_not_found")
-    return JSONResponse(_view(dict(row._mapping)))
+    return JSONResponse(_view(stored))

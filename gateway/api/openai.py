@@ -1,204 +1,65 @@
-"""OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""OpenAI-compatible routes: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /v1/models/{id}``.
 
-The route is thin: parse and check the request, route, dispatch, relay, and finish one typed
-:class:`~gateway.record.RequestRecord` (metrics, limits, then the log writer, off the response path) for every
-request that got as far as routing. The backend's ``usage`` is checked at this edge (``gateway.usage``): counts
-that are not plausible integers are dropped, counted by the gateway instead, and the row says
-``usage_estimated``.
+The chat route is thin: parse and check the request, then the shared pipeline (``gateway.api.pipeline``) routes,
+dispatches, relays, and finishes one typed :class:`~gateway.record.RequestRecord` for every request that got as
+far as routing: ``finish(record)`` (``gateway.finish``) hands it to the metrics, the limits and the log writer, off
+the response path.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.request import ChatRequest, parse_chat_request, read_json_body
+from gateway.api.deps import CallerKey, PoolFileDep, RoutingDep, ServicesDep
+from gateway.api.pipeline import refuse_if_log_down, run_chat
+from gateway.api.request import parse_chat_request, read_json_body
 from gateway.api.schema import CHAT_REQUEST_OPENAPI
-from gateway.auth import KeyRecord, authenticate
-from gateway.deps import Services, get_services
-from gateway.dispatch import AllBackendsFailed, UpstreamResult
 from gateway.errors import GatewayError
-from gateway.pricing import cost_usd, count_tokens
-from gateway.record import RequestRecord
-from gateway.routing import RouteDecision
-from gateway.streaming import EventStreamResponse, StreamOutcome, relay
-from gateway.usage import parse_usage
+from gateway.pools import PoolFile
+from gateway.routing.service import RoutingService
 
 router = APIRouter()
 
 
-def _headers(
-    request_id: str, decision: RouteDecision | None, backend: str | None, cost: float | None
-) -> dict[str, str]:
-    headers = {"x-poolgate-request-id": request_id}
-    if decision is not None:
-        headers["x-poolgate-router"] = decision.router
-        if decision.router_version:
-            headers["x-poolgate-router-version"] = decision.router_version
-        if decision.flags is not None:
-            headers["x-poolgate-flags"] = orjson.dumps(decision.flags.as_dict()).decode()
-    if backend:
-        headers["x-poolgate-backend"] = backend
-    if cost is not None:
-        headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
-    return headers
-
-
-def _new_record(request_id: str, chat: ChatRequest, services: Services) -> RequestRecord:
-    return RequestRecord(id=request_id, model_requested=chat.model, stream=chat.stream,
-                         prompt_text=chat.prompt_text if services.settings.store_prompts else None)
-
-
-def _record_decision(record: RequestRecord, decision: RouteDecision) -> None:
-    record.pool, record.router, record.router_version = decision.pool, decision.router, decision.router_version
-    record.candidates = decision.candidates
-    record.flags = decision.flags.as_dict() if decision.flags is not None else None
-
-
 @router.post("/v1/chat/completions", openapi_extra=CHAT_REQUEST_OPENAPI)
-async def chat_completions(
-    request: Request, services: Services = Depends(get_services), key: KeyRecord | None = Depends(authenticate)
-) -> Response:
+async def chat_completions(request: Request, services: ServicesDep, key: CallerKey) -> Response:
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
-    if services.writer.refusing:  # spool_full_policy=refuse: serve nothing that cannot be logged
-        raise GatewayError(503, "the request log is down and its local spool is full; try again later",
-                           code="log_store_unavailable", headers={"retry-after": "5"})
+    refuse_if_log_down(services)
     body = await read_json_body(request, services.settings.max_body_bytes, services.settings.client_read_timeout_s)
     chat = parse_chat_request(body, request.headers.get("x-poolgate-flags"))
-    record = _new_record(request_id, chat, services)
-    prompt_tokens = chat.prompt_tokens()
-    decision: RouteDecision | None = None
-    try:
-        admitted = await services.tenancy.admit(key, chat.model, chat.payload, prompt_tokens, record)
-        decision = await services.routing.route(
-            chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
-            request_flags=chat.request_flags, router_override=chat.router_override,
-            key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
-        )
-        _record_decision(record, decision)
-        if services.shadow is not None:  # shadow routers' choices, computed while the backend answers
-            services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)
-        result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
-    except GatewayError as exc:
-        _finish_error(services, record, started, exc.status, exc.type, exc.message)
-        return exc.response(_headers(request_id, decision, None, None))
-    except AllBackendsFailed as exc:
-        record.attempts = exc.attempts
-        record.backend = exc.attempts[-1]["backend"] if exc.attempts else None
-        _finish_error(services, record, started, exc.status, "upstream_error", exc.message)
-        wait = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s else None
-        err = GatewayError(exc.status, exc.message, code="all_backends_failed", headers=wait)
-        return err.response(_headers(request_id, decision, record.backend, None))
-    record.backend = result.backend.name
-    record.attempts = result.attempts
-    if result.stream is not None:
-        return _stream_response(services, chat, record, result, decision, started, prompt_tokens)
-    return _plain_response(services, record, result, decision, started, prompt_tokens)
+    return (await run_chat(services, key, chat, started, request)).openai_response()
 
 
-def _finish(services: Services, record: RequestRecord) -> None:
-    """Hand the record on (metrics, limits, log), once the shadow routers' choices are in it (gateway.shadow)."""
-    if services.shadow is not None:
-        services.shadow.finish(record, services.tenancy.finish)
-    else:
-        services.tenancy.finish(record)
-
-
-def _finish_error(
-    services: Services, record: RequestRecord, started: float, status: int, etype: str, msg: str
-) -> None:
-    record.finish(status="error", http_status=status, error_type=etype, error_message=msg[:2000],
-                  latency_ms=(time.perf_counter() - started) * 1000)
-    _finish(services, record)
-
-
-def _answer_text(parsed: dict[str, Any]) -> str:
-    """The content of every choice's message (what completion tokens are counted from without usage)."""
-    choices = parsed.get("choices")
-    parts = []
-    for choice in choices if isinstance(choices, list) else ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-    return "\n".join(parts)
-
-
-def _plain_response(
-    services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
-    prompt_tokens: int,
-) -> Response:
-    latency_ms = (time.perf_counter() - started) * 1000
-    headers = _headers(record.id, decision, result.backend.name, None)
-    if result.parsed is None:  # an error passed through (a 4xx that is the request's fault)
-        record.finish(status="error", http_status=result.status, latency_ms=latency_ms, error_type="upstream_error",
-                      error_message=result.body[:2000].decode("utf-8", "replace"))
-        _finish(services, record)
-        return Response(result.body, status_code=result.status, media_type="application/json", headers=headers)
-    usage = parse_usage(result.parsed.get("usage"))
-    text = _answer_text(result.parsed)
-    p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
-    c_tok = usage.completion_tokens if usage.completion_tokens is not None else count_tokens(text)
-    cost = cost_usd(result.backend, p_tok, c_tok)
-    record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
-                  usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
-                  response_text=text if services.settings.store_responses else None)
-    _finish(services, record)
-    headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
-    if not usage.complete:
-        headers["x-poolgate-cost-estimated"] = "true"
-    return Response(result.body, status_code=result.status, media_type="application/json", headers=headers)
-
-
-def _stream_response(
-    services: Services, chat: ChatRequest, record: RequestRecord, result: UpstreamResult,
-    decision: RouteDecision, started: float, prompt_tokens: int,
-) -> Response:
-    backend = result.backend
-
-    def on_finish(out: StreamOutcome) -> None:
-        usage = parse_usage(out.usage)
-        p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
-        c_tok = usage.completion_tokens if usage.completion_tokens is not None else out.counted_completion_tokens()
-        error_type = None
-        if out.error:
-            error_type = "client_disconnected" if out.client_disconnected else out.error_code
-        record.finish(
-            status="error" if out.error else "ok", http_status=200, prompt_tokens=p_tok, completion_tokens=c_tok,
-            usage_estimated=not usage.complete, cost_usd=cost_usd(backend, p_tok, c_tok),
-            latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
-            error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
-        )
-        _finish(services, record)
-
-    estimate = next(
-        (c.get("expected_cost_usd") for c in decision.candidates if c.get("backend") == backend.name), None
-    )
-    headers = _headers(record.id, decision, backend.name, estimate)
-    headers["x-poolgate-cost-estimated"] = "true"
-    assert result.stream is not None
-    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)
-    return EventStreamResponse(body, headers=headers)
-
-
-@router.get("/v1/models")
-async def list_models(
-    services: Services = Depends(get_services), _key: KeyRecord | None = Depends(authenticate)
-) -> Response:
+def _model_objects(routing: RoutingService, pool_file: PoolFile) -> list[dict[str, Any]]:
     data = []
-    for name, rt in services.routing.runtimes.items():
+    for name, rt in routing.runtimes.items():
         data.append({"id": name, "object": "model", "created": 0, "owned_by": "poolgate",
                      "poolgate": {"type": "pool", "members": rt.config.members, "router": rt.router.name,
                                   "router_version": rt.router_version, "objective": rt.config.objective}})
-    for b in services.pool_file.backends:
+    for b in pool_file.backends:
         data.append({"id": b.name, "object": "model", "created": 0, "owned_by": "poolgate",
                      "poolgate": {"type": "backend", "upstream_model": b.model, "input_price": b.input_price,
                                   "output_price": b.output_price, "context_window": b.context_window,
                                   "capabilities": b.capabilities}})
+    return data
+
+
+@router.get("/v1/models")
+async def list_models(routing: RoutingDep, pool_file: PoolFileDep, _key: CallerKey) -> Response:
+    data = _model_objects(routing, pool_file)
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, routing: RoutingDep, pool_file: PoolFileDep, _key: CallerKey) -> Response:
+    """One pool or backend, as ``GET /v1/models`` lists it; 404 (OpenAI error JSON) for any other id."""
+    found = next((m for m in _model_objects(routing, pool_file) if m["id"] == model_id), None)
+    if found is None:
+        raise GatewayError(404, f"model {model_id!r} is neither a pool nor a backend; see GET /v1/models",
+                           param="model", code="model_not_found")
+    return Response(orjson.dumps(found), media_type="application/json")

@@ -1,7 +1,7 @@
 """Reading and checking a chat-completions request without re-validating the whole body.
 
-Only what the gateway itself needs is checked (model, messages, stream, our ``poolgate``
-extension); every other OpenAI field passes through to the backend untouched.
+What the gateway needs (model, messages, our ``poolgate`` extension) is checked here, and the types and ranges of the
+fields it publishes (``gateway.api.fields``); every other field passes through to the backend untouched.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from gateway.api.fields import CHAT_FIELDS, CONTENT_PARTS, MESSAGE_FIELDS, check_fields
 from gateway.errors import GatewayError
-from gateway.pricing import count_prompt_tokens, message_text
+from gateway.proxy.tokens import count_prompt_tokens_off_loop
+from routers.pricing import TokenCount, message_text, quick_prompt_tokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 #: Deeper bodies get 400: the upstream encoder (orjson) stops at 255 levels, and no OpenAI request needs many.
@@ -35,8 +37,14 @@ class ChatRequest:
     request_flags: dict[str, Any] | None
     router_override: str | None
 
-    def prompt_tokens(self) -> int:
-        return count_prompt_tokens(self.messages)
+    def quick_prompt_tokens(self) -> TokenCount:
+        """Cheap count to admit the request with (exact when small, else from the size): no tokenizing work
+        is done for a request its key's limits refuse."""
+        return quick_prompt_tokens(self.messages)
+
+    async def prompt_tokens(self) -> TokenCount:
+        """The prompt's tokens, counted off the event loop (estimated from the size past the bound)."""
+        return await count_prompt_tokens_off_loop(self.messages)
 
 
 async def read_json_body(request: Request, max_bytes: int, timeout_s: float = 30.0) -> Any:
@@ -98,6 +106,24 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array", "messages")
+    _check_messages(messages)
+    check_fields(CHAT_FIELDS, body)  # types and ranges of what gateway.api.schema publishes
+    opts = body.get("stream_options")
+    flags, router = _extension(body.get("poolgate"), header_flags)
+    return ChatRequest(
+        payload=body,
+        model=model,
+        messages=messages,
+        stream=body.get("stream") is True,  # null: the default
+        wants_usage=bool(opts and opts.get("include_usage")),
+        prompt_text=_routing_text(messages),
+        required_capabilities=_capabilities(body, messages),
+        request_flags=flags,
+        router_override=router,
+    )
+
+
+def _check_messages(messages: list[Any]) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
@@ -106,25 +132,9 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
             raise _bad(f"messages[{i}].content must be a string or an array of parts", f"messages[{i}].content")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be a boolean", "stream")
-    opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise _bad("'stream_options' must be an object", "stream_options")
-    wants_usage = bool(opts and opts.get("include_usage"))
-    flags, router = _extension(body.get("poolgate"), header_flags)
-    return ChatRequest(
-        payload=body,
-        model=model,
-        messages=messages,
-        stream=stream,
-        wants_usage=wants_usage,
-        prompt_text=_routing_text(messages),
-        required_capabilities=_capabilities(body, messages),
-        request_flags=flags,
-        router_override=router,
-    )
+        if isinstance(content, list):
+            CONTENT_PARTS.check(f"messages[{i}].content", content)
+        check_fields(MESSAGE_FIELDS, m, f"messages[{i}].")
 
 
 def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | None, str | None]:

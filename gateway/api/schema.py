@@ -1,18 +1,19 @@
-"""The request schema published in the OpenAPI document (the route itself reads the raw body)."""
+"""The request schema published in the OpenAPI document (the route itself reads the raw body, and enforces the
+same types and ranges: both come from ``gateway.api.fields``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from gateway.api.fields import CHAT_FIELDS, CONTENT_PARTS, MESSAGE_FIELDS
 
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
     "properties": {
         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]},
-        "name": {"type": "string"},
-        "tool_calls": {"type": "array", "items": {"type": "object"}},
-        "tool_call_id": {"type": "string"},
+        "content": {"anyOf": [{"type": "string"}, CONTENT_PARTS.json_schema(), {"type": "null"}]},
+        **{name: rule.json_schema() for name, rule in MESSAGE_FIELDS.items()},
     },
 }
 
@@ -22,13 +23,8 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {"type": "string", "minLength": 1, "description": "a pool (routed) or a backend (direct)"},
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-        "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
-        "max_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {"type": "number"},
-        "tools": {"type": "array", "items": {"type": "object"}},
+        **{name: rule.json_schema() for name, rule in CHAT_FIELDS.items()},
         "tool_choice": {},
-        "response_format": {"type": "object"},
         "poolgate": {
             "type": "object",
             "description": "routing extension: flags (weights and constraints) and router choice",

@@ -6,8 +6,10 @@ import click
 
 
 def _database_url() -> str:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from pydantic import ValidationError
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.settings import Settings
 
     try:
@@ -17,6 +19,7 @@ def _database_url() -> str:
 
 
 def _migrate(action: str, revision: str) -> None:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.store import db as store_db
 
     url = _database_url()

@@ -20,12 +20,17 @@ def build(force: bool) -> None:
     A gateway whose router was fitted on minilm-static embeddings builds it on first start otherwise (about a
     minute of CPU); an image that runs this once starts at once.
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import logging
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import numpy as np
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.settings import Settings
-    from gateway.static_embedding import EMBEDDING_DIM, StaticEncoder, table_path
+    from routers.encoders.model import EMBEDDING_DIM
+    from routers.encoders.static import StaticEncoder, table_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     table_dir = Settings().static_table_dir
@@ -34,7 +39,8 @@ def build(force: bool) -> None:
         path.unlink(missing_ok=True)
     start = time.perf_counter()
     encoder = StaticEncoder(table_dir)
-    encoder.load()
+    with progress_bars():
+        encoder.load()
     vec = encoder(["poolgate checks the token table"])
     if vec.shape != (1, EMBEDDING_DIM) or not np.isfinite(vec).all():
         raise click.ClickException(f"{path}: the token table gives no valid embedding; rerun with --force")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 if TYPE_CHECKING:
-    from training.dataset import RoutingDataset
+    from routers.dataset import RoutingDataset
 
 #: always evaluated beside the routers asked for
 BASELINES_BEFORE = ("random", "best-single")
@@ -72,6 +72,7 @@ def evaluate(dataset_name: str | None, train_spec: str | None, test_spec: str | 
              out_dir: Path | None, data_dir: Path | None, cache_dir: Path | None, encoder: str | None,
              per_task: bool | None, sweep: bool) -> None:
     """Evaluate routers under an honest protocol: print the table, optionally write JSON and an HTML report."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from routers.base import RouterError
     from routers.registry import get_router_class
     from training.evaluate import parse_spec
@@ -105,6 +106,7 @@ class RunOptions:
 def _load(dataset_name: str | None, train_spec: str | None, test_spec: str | None, train_tasks: str | None,
           protocol: str, limit: int | None, data_dir: Path | None) -> tuple[RoutingDataset, int | None, str]:
     """(data set, training rows for the cross protocol or None, protocol)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.load_file import load_named_or_file
     from training.loaders import DatasetError, load_dataset
     from training.protocol import concat_datasets
@@ -140,6 +142,8 @@ def _load(dataset_name: str | None, train_spec: str | None, test_spec: str | Non
 
 def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Path | None,
          cache_dir: Path | None) -> None:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import progress_bars
     from gateway.settings import Settings
     from training.evaluate import evaluate_routers
     from training.features import Featurizer
@@ -154,9 +158,10 @@ def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Pa
                             encoder=run.encoder or settings.embedding_encoder,
                             static_table_dir=settings.static_table_dir)
     try:
-        result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,
-                                  featurizer=featurizer, calibration=run.calibration, n_train=run.n_train,
-                                  extra_flags=sweep_grid(dataset) if run.sweep else ())
+        with progress_bars():
+            result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,
+                                      featurizer=featurizer, calibration=run.calibration, n_train=run.n_train,
+                                      extra_flags=sweep_grid(dataset) if run.sweep else ())
     except ValueError as exc:  # e.g. too few distinct queries to split or fold
         _fail(str(exc))
     print_report(result, per_task=run.per_task)

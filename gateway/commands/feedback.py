@@ -14,19 +14,25 @@ import click
 @click.option("--down", "thumbs", flag_value="down", help="thumbs down (score 0)")
 @click.option("--comment", default=None, help="free text stored with the label")
 @click.option("--labeler", default=None, help="who labels (a person, a grader's name)")
-@click.option("--url", default=None, help="gateway base URL [http://POOLGATE_HOST:POOLGATE_PORT]")
-@click.option("--api-key", envvar="POOLGATE_API_KEY", default=None, help="API key [POOLGATE_API_KEY]")
+@click.option("--url", envvar="POOLGATE_BASE_URL", default=None,
+              help="gateway base URL, as the SDK reads it [POOLGATE_BASE_URL, else http://POOLGATE_HOST:POOLGATE_PORT]")
+@click.option("--api-key", envvar="POOLGATE_API_KEY", default=None,
+              help="API key, as the SDK reads it [POOLGATE_API_KEY, else POOLGATE_MASTER_KEY]")
 def feedback(request_id: str, score: float | None, thumbs: str | None, comment: str | None, labeler: str | None,
              url: str | None, api_key: str | None) -> None:
     """Give REQUEST_ID (its x-poolgate-request-id header) a score or a thumbs up/down; again = update."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.settings import Settings
 
     if (score is None) == (thumbs is None):
         raise click.UsageError("give exactly one of --score, --up or --down")
     settings = Settings()
     base = (url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    base = base[:-3] if base.endswith("/v1") else base  # the SDK accepts either form of the root
+    api_key = api_key or settings.master_key
     body: dict[str, object] = {"request_id": request_id}
     body.update({"score": score} if score is not None else {"thumbs": thumbs})
     body.update({k: v for k, v in (("comment", comment), ("labeler", labeler)) if v is not None})

@@ -18,12 +18,14 @@ T = TypeVar("T")
 
 def _run(action: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Run ``action(settings, KeyStore)`` against the configured database; one clear line on failure."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.auth import KeyParamError, KeyStore
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.limits.keys import KeyParamError, KeyStore
     from gateway.settings import Settings
-    from gateway.store import StoreError, make_engine
+    from gateway.store import StoreError, make_engine, upgrade_embedded
     from gateway.store.db import redact
 
     try:
@@ -32,6 +34,7 @@ def _run(action: Callable[[Any, Any], Awaitable[T]]) -> T:
         raise click.ClickException(f"invalid settings: {exc.errors()[0].get('msg', exc)}") from None
 
     async def go() -> T:
+        await asyncio.to_thread(upgrade_embedded, settings.database_url)  # a fresh folder works, as for serve
         engine = make_engine(settings.database_url)
         try:
             return await action(settings, KeyStore(engine, cache_ttl_s=0))
@@ -130,6 +133,7 @@ def revoke(key_id: str) -> None:
         record = await store.revoke(key_id)
         if not settings.redis_url:
             return record, False
+        # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
         from gateway.limits import make_limiter
 
         limiter = make_limiter(settings)

@@ -14,15 +14,26 @@ def pools() -> None:
 
 @pools.command("validate")
 @click.argument("file", type=click.Path(path_type=Path))
-def validate(file: Path) -> None:
-    """Validate a pool FILE; errors name the key and line (exit 2)."""
-    from gateway.pools import PoolFileError, load_pool_file
+@click.option("--strict", is_flag=True, help="warnings (an unset api_key_env variable) fail too")
+def validate(file: Path, strict: bool) -> None:
+    """Validate a pool FILE; errors name the key and line (exit 2).
+
+    Errors: what the gateway refuses to load, and what it would load but serve badly (a learned router with no
+    artifact, a missing artifact file). Warnings (exit 0 unless --strict): an api_key_env variable unset here."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.pools import PoolFileError, lint_pool_file, load_pool_file
 
     try:
         pf = load_pool_file(file)
+        errors, warnings = lint_pool_file(file)
     except PoolFileError as exc:
         click.echo(f"invalid pool file:\n{exc}", err=True)
         raise SystemExit(2) from None
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    if errors or (strict and warnings):
+        click.echo("invalid pool file:\n" + "\n".join(errors or warnings), err=True)
+        raise SystemExit(2)
     click.echo(f"{file}: ok — {len(pf.backends)} backends, {len(pf.pools)} pools")
     for p in pf.pools:
         click.echo(f"  pool {p.name}: {', '.join(p.members)} (router {p.router}, objective {p.objective})")
@@ -36,14 +47,16 @@ def check(file: Path | None, as_json: bool) -> None:
 
     Each backend gets ``GET <base_url>/models``, or a 1-token chat completion where that route is missing.
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import asyncio
     import json
 
-    from gateway.http1 import Http1Transport
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.pools import DEMO_POOL_PATH, PoolFileError, load_pool_file
-    from gateway.probe import probe_all
+    from gateway.proxy.http1 import Http1Transport
+    from gateway.proxy.probe import probe_all
+    from gateway.proxy.upstream import limits_from
     from gateway.settings import Settings
-    from gateway.upstream import limits_from
 
     settings = Settings()
     path = file or settings.pool_file or DEMO_POOL_PATH

@@ -44,8 +44,10 @@ def replay(
     similar recorded prompt (header x-replay-match: nearest). Point a pool entry at
     http://HOST:PORT/<model>/v1 or send "model" in the body to http://HOST:PORT/v1.
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import uvicorn  # imported here so `poolgate --help` stays instant
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.replay.data import ReplayStore
     from gateway.replay.server import create_replay_app
     from gateway.settings import Settings

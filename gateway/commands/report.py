@@ -1,4 +1,4 @@
-"""``poolgate report``: what routing did and saved, from the request log (training.log_report).
+"""``poolgate report``: what routing did and saved, from the request log (gateway.loop.report).
 
 Rich tables in the terminal; ``--html FILE`` writes a self-contained page with plots; ``--json`` prints the numbers
 (the same JSON as ``GET /admin/report/routing``).
@@ -18,7 +18,7 @@ from gateway.commands.train import parse_when_option
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from training.log_report import GroupStats, LogReport
+    from gateway.loop.report import GroupStats, LogReport
 
 
 @click.command()
@@ -35,16 +35,18 @@ if TYPE_CHECKING:
 def report(since: str, until: str | None, by: str, pool: str | None, html_path: Path | None, as_json: bool,
            pool_file: Path | None) -> None:
     """Requests, tokens, cost, feedback, latency, TEP, savings vs always-strongest and shadow routers' costs."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from rich.console import Console
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.loop.report import report_json, routing_report
+    from gateway.loop.report_html import write_html
     from gateway.store.db import redact
-    from training.log_report import build_report, fetch_rows, report_json
-    from training.log_report_html import write_html
+    from gateway.store.repository import LogRepository
 
     settings, pools, _ = load_context(pool_file)
     start, end = parse_when_option(since, "--since"), parse_when_option(until, "--until")
-    rows = with_engine(settings, lambda engine: fetch_rows(engine, start, end, pool))
-    rep = build_report(rows, pools, by, start, end)
+    rep = with_engine(settings, lambda engine: routing_report(LogRepository(engine), pools, by, start, end, pool))
     if as_json:
         click.echo(json.dumps(report_json(rep), indent=2))
     else:
@@ -52,20 +54,22 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
         for renderable in terminal_view(rep):
             console.print(renderable)
     if html_path is not None:
-        extra = {"database": redact(settings.database_url), "requests": len(rows), "pool": pool or "all"}
+        extra = {"database": redact(settings.database_url), "requests": rep.total.requests, "pool": pool or "all"}
         click.echo(f"HTML report: {write_html(rep, html_path, extra).resolve()}", err=as_json)
 
 
-#: short headers for the terminal, in the order of training.log_report_html.COLUMNS
+#: short headers for the terminal, in the order of gateway.loop.report_html.COLUMNS
 TERMINAL_COLUMNS = ("group", "req", "err", "tokens", "cost $", "$/1k req", "feedback (n)", "p50 ms", "p95 ms",
                     "p99 ms", "TEP tok", "TEP $", "saved*", "cheapest* $", "strongest* $")
 
 
 def terminal_view(rep: LogReport) -> list[RenderableType]:
     """Rich renderables: the groups with a total row, router versions, shadow routers, the assumptions."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from rich.table import Table
 
-    from training.log_report_html import shadow_cells, stat_cells
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.loop.report_html import shadow_cells, stat_cells
 
     out: list[RenderableType] = []
     window = f"{rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "the beginning"

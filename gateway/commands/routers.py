@@ -1,4 +1,5 @@
-"""``poolgate routers list|promote|rollback``: the versioned routers of each pool (artifact store).
+"""``poolgate routers list|promote|rollback|register-descriptions``: the versioned routers of each pool (artifact
+store), and the model descriptions a graph artifact knows.
 
 Gateways pick a promotion or rollback up at their next poll (``POOLGATE_ROUTER_RELOAD_INTERVAL_S``); ``--notify
 URL`` (repeatable) also asks those gateways to reload now (``POST URL/admin/routers/reload`` with the master key).
@@ -18,8 +19,8 @@ import click
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from gateway.artifacts import VersionRecord
     from gateway.pools import PoolFile
+    from gateway.routing.artifacts import VersionRecord
     from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -27,8 +28,10 @@ T = TypeVar("T")
 
 def load_context(pool_file: Path | None = None) -> tuple[Settings, PoolFile, Path]:
     """Settings, the pool file (``--pool-file``, else POOLGATE_POOL_FILE, else the demo pool) and its folder."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from pydantic import ValidationError
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.app import resolve_pool_file
     from gateway.pools import PoolFileError, load_pool_file
     from gateway.settings import Settings
@@ -51,13 +54,14 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
 
     Database errors become one-line ClickExceptions (a PostgreSQL store must be migrated: poolgate db upgrade).
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-    from gateway.store import StoreError, make_engine, upgrade
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.store import StoreError, make_engine, upgrade_embedded
 
     try:
-        if settings.database_url.startswith("sqlite"):
-            upgrade(settings.database_url)
+        upgrade_embedded(settings.database_url)
         engine = make_engine(settings.database_url)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
@@ -78,6 +82,7 @@ def with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]])
 
 def notify(urls: tuple[str, ...], master_key: str | None) -> None:
     """Ask each gateway at ``urls`` to reload its routers now; report each outcome, never fail the command."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
     for url in urls:
@@ -133,7 +138,8 @@ def routers() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 def list_versions(pool: str | None, as_json: bool) -> None:
     """Every registered version (oldest first) with its status and held-out numbers."""
-    from gateway.artifacts import ArtifactStore
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.routing.artifacts import ArtifactStore
 
     settings, _, _ = load_context()
     records = with_engine(settings, lambda e: ArtifactStore(e, settings.artifacts_dir).versions(pool))
@@ -147,7 +153,8 @@ def list_versions(pool: str | None, as_json: bool) -> None:
 
 
 def _store_call(fn: Callable[[Any], Awaitable[T]]) -> T:
-    from gateway.artifacts import ArtifactError, ArtifactStore
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.routing.artifacts import ArtifactError, ArtifactStore
 
     settings, _, _ = load_context()
     try:
@@ -176,3 +183,27 @@ def rollback(pool: str, notify_urls: tuple[str, ...]) -> None:
     click.echo(f"rolled back: {version_line(down)}")
     click.echo(f"now live:    {version_line(up)}" if up else "now live:    the pool file's router (no version left)")
     notify(notify_urls, load_context()[0].master_key)
+
+
+@routers.command("register-descriptions")
+@click.option("--artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="the graph router artifact to add descriptions to (rewritten in place)")
+@click.option("--pool-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the pool YAML whose backends' descriptions to embed (default: POOLGATE_POOL_FILE, else the demo)")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".poolgate/embeddings"),
+              help="embedding cache folder")
+def register_descriptions(artifact: Path, pool_file: Path | None, cache_dir: Path) -> None:
+    """Embed every backend description of the pool file into a graph ARTIFACT, so the gateway scores models the
+    graph never saw from their real descriptions, without retraining."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from routers.base import RouterError
+    from training.features import Featurizer  # why: loads the sentence model (torch) only for this command
+    from training.graph_eval import register_descriptions as register
+
+    _, pools, _ = load_context(pool_file)
+    cards = [b.card() for b in pools.backends]
+    try:
+        registered, unseen = register(artifact, cards, Featurizer(cache_dir=cache_dir, encoder="minilm").embed)
+    except (RouterError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{artifact}: {registered} registered descriptions; models not in the graph: {unseen}")

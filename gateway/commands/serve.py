@@ -12,6 +12,7 @@ import click
 
 
 def _wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -30,6 +31,7 @@ def _die_with_parent() -> None:
     """In the child: ask Linux to SIGTERM it when the gateway dies, however the gateway dies
     (uvicorn re-raises SIGTERM after shutdown, which skips our ``finally``)."""
     try:
+        # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
         import ctypes
         import signal
 
@@ -57,15 +59,22 @@ def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
 @click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="pool YAML [POOLGATE_POOL_FILE]; unset = demo pool over the replay backend")
 @click.option("--no-replay", is_flag=True, help="with the demo pool, do not start the replay backend")
-def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="access log lines on stderr: text or JSON lines [POOLGATE_LOG_FORMAT, text]; no prompts or keys")
+@click.option("--access-log/--no-access-log", default=None, help="one line per request [POOLGATE_ACCESS_LOG, on]")
+def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool, log_format: str | None,
+          access_log: bool | None) -> None:
     """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import uvicorn
 
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.access_log import configure_access_log
     from gateway.app import create_app
     from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError
     from gateway.settings import Settings
-    from gateway.store import upgrade
+    from gateway.store import upgrade_embedded
     from gateway.store.db import redact
 
     if pool_file is not None:
@@ -73,8 +82,9 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     settings = Settings()
     host = host or settings.host
     port = port or settings.port
-    if settings.database_url.startswith("sqlite"):
-        upgrade(settings.database_url)  # embedded default: the schema is ours to create
+    upgrade_embedded(settings.database_url)
+    if settings.access_log if access_log is None else access_log:
+        configure_access_log("json" if (log_format or settings.log_format) == "json" else "text")
     child = None
     if settings.pool_file is None and not no_replay:
         click.echo(f"starting the replay backend on {settings.replay_host}:{settings.replay_port} (demo pool)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gateway.limits.base import (
     KeyRevoked,
     KeyUsage,
+    LimitCheckFailed,
     Limiter,
     LimitExceeded,
     LimitSpec,
@@ -17,12 +18,14 @@ from gateway.limits.base import (
     pressured_quality_target,
 )
 from gateway.limits.local import InProcessLimiter
+from gateway.limits.redis_limiter import RedisLimiter
 from gateway.settings import Settings
 
 __all__ = [
     "InProcessLimiter",
     "KeyRevoked",
     "KeyUsage",
+    "LimitCheckFailed",
     "LimitExceeded",
     "LimitSpec",
     "Limiter",
@@ -37,8 +40,6 @@ def make_limiter(settings: Settings) -> Limiter:
     """Redis-backed when ``settings.redis_url`` is set, in-process otherwise. Opens no connection yet."""
     if not settings.redis_url:
         return InProcessLimiter()
-    from gateway.limits.redis_limiter import RedisLimiter
-
     policy = {"rpm": settings.redis_failure_rpm, "tpm": settings.redis_failure_tpm,
               "budget": settings.redis_failure_budget}
     return RedisLimiter(settings.redis_url, prefix=settings.redis_key_prefix, policy=policy,

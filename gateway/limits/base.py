@@ -20,10 +20,29 @@ WINDOW_MS = 60_000
 TOTAL_BUDGET_RETRY_S = 86_400
 NANO = 1_000_000_000
 
+#: Bounds of every figure a limiter stores. Redis runs the limit scripts with Lua numbers (doubles: integers are
+#: exact up to 2**53) and writes a Lua number of 1e17 or more as "1e+17", which INCRBY refuses: a request's figures
+#: are clamped far below both, so sums over a window (rpm <= MAX_RPM requests) and a period stay exact.
+MAX_REQUEST_TOKENS = 100_000_000
+#: nano-USD: $1,000,000, the largest request cost and the largest budget of one period.
+MAX_NANO = 10**15
+MAX_BUDGET_USD = MAX_NANO / NANO
+#: Largest rpm / tpm of a key (the database stores them as 32-bit integers).
+MAX_RPM = 1_000_000
+MAX_TPM = 1_000_000_000
+
 
 def to_nano(usd: float) -> int:
-    """USD as integer nano-USD, rounded up (estimates and budgets err on the side of caution)."""
-    return math.ceil(round(usd * NANO, 3))
+    """USD as integer nano-USD in [0, MAX_NANO], rounded up (estimates and budgets err on the side of caution);
+    NaN, infinity and anything from MAX_BUDGET_USD up count as MAX_NANO, nothing counts below 0."""
+    if math.isnan(usd) or usd >= MAX_BUDGET_USD:  # before multiplying: 1e308 * NANO is infinite
+        return MAX_NANO
+    return 0 if usd <= 0 else math.ceil(round(usd * NANO, 3))
+
+
+def bounded(tokens: int, cost_nano: int) -> tuple[int, int]:
+    """A request's (tokens, cost_nano) clamped to what a limiter stores exactly (see MAX_REQUEST_TOKENS)."""
+    return min(MAX_REQUEST_TOKENS, max(0, int(tokens))), min(MAX_NANO, max(0, int(cost_nano)))
 
 
 def from_nano(nano: int) -> float:
@@ -93,6 +112,15 @@ class LimitsUnavailable(Exception):
         super().__init__(reason)
         self.limits = limits
         self.retry_after_s = retry_after_s
+        self.reason = reason
+
+
+class LimitCheckFailed(Exception):
+    """The limit store refused to check this one request (its figures or its key's stored data), while it still
+    serves every other key: the client gets 400, and nothing else is affected."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
 
 

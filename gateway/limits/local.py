@@ -19,6 +19,7 @@ from gateway.limits.base import (
     LimitExceeded,
     LimitSpec,
     Reservation,
+    bounded,
     budget_retry_after,
     from_nano,
     period_window,
@@ -62,6 +63,7 @@ class InProcessLimiter:
         self._revoked: set[str] = set()
 
     async def reserve(self, spec: LimitSpec, request_id: str, tokens: int, cost_nano: int) -> Reservation:
+        tokens, cost_nano = bounded(tokens, cost_nano)
         if spec.key_id in self._revoked:
             raise KeyRevoked(spec.key_id)
         now = self._clock_ms()
@@ -113,6 +115,7 @@ class InProcessLimiter:
     async def settle(self, reservation: Reservation, tokens: int, cost_nano: int) -> None:
         if not reservation.held:
             return
+        tokens, cost_nano = bounded(tokens, cost_nano)
         spec = reservation.spec
         window = self._windows.get(spec.key_id)
         entry = window.by_request.get(reservation.request_id) if window is not None else None

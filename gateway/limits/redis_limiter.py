@@ -4,11 +4,14 @@ Each ``reserve`` is one ``EVALSHA`` of ``reserve.lua`` (prune the window, check 
 reservation, all atomically, on Redis' clock); each ``settle`` one ``EVALSHA`` of ``settle.lua``. Keys of one API key
 share a hash tag (``{key_id}``), so the scripts also run on Redis Cluster.
 
-When Redis cannot be reached (connection refused, timeout, any Redis error), each limit the key has follows its
-policy from settings (``redis_failure_rpm`` / ``_tpm`` / ``_budget``): ``open`` lets the request through unlimited by
-that limit, ``closed`` refuses it with 503. After a failure Redis is not tried again for ``redis_retry_s`` seconds,
-so an outage costs one timeout, not one per request. Settles that fail are kept (bounded) and replayed once Redis
-answers again; a reservation whose settle is lost stays counted until its period ends, which errs towards refusing.
+When Redis cannot be reached (connection refused, reset or timed out, any store-wide Redis error), each limit the
+key has follows its policy from settings (``redis_failure_rpm`` / ``_tpm`` / ``_budget``): ``open`` lets the request
+through unlimited by that limit, ``closed`` refuses it with 503. After a failure Redis is not tried again for
+``redis_retry_s`` seconds, so an outage costs one timeout, not one per request. Settles that fail are kept (bounded)
+and replayed once Redis answers again; a reservation whose settle is lost stays counted until its period ends, which
+errs towards refusing. An error our own script raises on one request's arguments or one key's data (``@user_script``
+in the reply) is that request's error (:class:`LimitCheckFailed`), never an outage: one tenant cannot switch
+everyone's limits off.
 """
 
 from __future__ import annotations
@@ -24,16 +27,18 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from gateway.limits.base import (
     WINDOW_MS,
     KeyRevoked,
     KeyUsage,
+    LimitCheckFailed,
     LimitExceeded,
     LimitSpec,
     LimitsUnavailable,
     Reservation,
+    bounded,
     budget_retry_after,
     from_nano,
     period_window,
@@ -44,7 +49,18 @@ log = logging.getLogger("poolgate.limits")
 #: Budget hashes outlive their period by this much (usage stays readable just after a period ends).
 BUDGET_GRACE_S = 3600
 MAX_PENDING_SETTLES = 10_000
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+#: What the Redis client raises when the store, not the request, is the problem: refused, reset or timed-out
+#: connections (redis-py's ConnectionError/TimeoutError, OSError), a write on a transport a reset already closed
+#: (uvloop: ``RuntimeError: unable to perform operation on <TCPTransport closed=True>``), a reply cut short
+#: (``asyncio.IncompleteReadError`` is an EOFError) and store-wide refusals (read-only replica, out of memory, busy).
+_FAILURES = (RedisError, OSError, RuntimeError, EOFError, asyncio.TimeoutError)
+
+
+def script_fault(exc: BaseException) -> bool:
+    """True for an error raised inside one of our scripts by this call's arguments or this key's data (a value out of
+    range, a key of the wrong type), which no other key shares. Redis names the script position: ``@user_script:N``.
+    Store-wide errors raised inside a script keep their own class (ReadOnlyError, OutOfMemoryError, ...)."""
+    return type(exc) is ResponseError and "@user_script" in str(exc)
 
 
 def _script(name: str) -> str:
@@ -121,6 +137,7 @@ class RedisLimiter:
     # -- limits ---------------------------------------------------------------------------------------
 
     async def reserve(self, spec: LimitSpec, request_id: str, tokens: int, cost_nano: int) -> Reservation:
+        tokens, cost_nano = bounded(tokens, cost_nano)
         period_id, ttl = None, 0
         if spec.budget_nano is not None:
             period_id, seconds_left = period_window(spec.period)
@@ -133,6 +150,9 @@ class RedisLimiter:
         try:
             reply: list[Any] = await self._reserve(keys=keys, args=args)
         except _FAILURES as exc:
+            if script_fault(exc):
+                log.warning("limit check of key %s refused by Redis: %s", spec.key_id, exc)
+                raise LimitCheckFailed(f"{type(exc).__name__}: {exc}") from None
             self._failed(exc)
             return self._unavailable(spec, request_id, tokens, cost_nano)
         if self._pending:
@@ -171,14 +191,26 @@ class RedisLimiter:
     async def settle(self, reservation: Reservation, tokens: int, cost_nano: int) -> None:
         if not reservation.held:
             return
+        tokens, cost_nano = bounded(tokens, cost_nano)
         if not self.available:
             self._pending.append((reservation, tokens, cost_nano))
             return
         try:
             await self._settle_once(reservation, tokens, cost_nano)
         except _FAILURES as exc:
+            if self._dropped(reservation, exc):
+                return
             self._failed(exc)
             self._pending.append((reservation, tokens, cost_nano))
+
+    @staticmethod
+    def _dropped(reservation: Reservation, exc: BaseException) -> bool:
+        """A settle our script refuses would be refused on every replay: drop it (the reservation stays counted
+        until its window or period ends) instead of replaying it forever and calling Redis down each time."""
+        if not script_fault(exc):
+            return False
+        log.warning("settle of key %s refused by Redis, dropped: %s", reservation.spec.key_id, exc)
+        return True
 
     async def _settle_once(self, r: Reservation, tokens: int, cost_nano: int) -> None:
         keys = self._keys(r.spec.key_id, r.period_id)
@@ -192,6 +224,8 @@ class RedisLimiter:
             try:
                 await self._settle_once(*item)
             except _FAILURES as exc:
+                if self._dropped(item[0], exc):
+                    continue
                 self._failed(exc)
                 self._pending.appendleft(item)
                 return
@@ -202,14 +236,24 @@ class RedisLimiter:
         task.add_done_callback(self._tasks.discard)
 
     async def usage(self, spec: LimitSpec) -> KeyUsage:
-        """Usage now (raises ``RedisError``/``OSError`` when Redis is down: the admin API says so)."""
+        """Usage now; raises :class:`LimitsUnavailable` when Redis cannot answer (the admin API says so)."""
         period_id = period_window(spec.period)[0] if spec.budget_nano is not None else None
         win, _, budget = self._keys(spec.key_id, period_id)
-        n, tok, spent, reserved = await self._usage(keys=[win, budget], args=[self.window_ms])
+        try:
+            n, tok, spent, reserved = await self._usage(keys=[win, budget], args=[self.window_ms])
+        except _FAILURES as exc:
+            if not script_fault(exc):
+                self._failed(exc)
+            raise LimitsUnavailable(["usage"], self.retry_s, f"limit store unavailable ({exc})") from None
         return KeyUsage(int(n), int(tok), int(spent), int(reserved), period_id)
 
     async def mark_revoked(self, key_id: str) -> None:
-        await self.client.set(self._k(key_id, "revoked"), "1")
+        """Raises :class:`LimitsUnavailable` when Redis cannot take the marker."""
+        try:
+            await self.client.set(self._k(key_id, "revoked"), "1")
+        except _FAILURES as exc:
+            self._failed(exc)
+            raise LimitsUnavailable(["revocation"], self.retry_s, f"limit store unavailable ({exc})") from None
 
     async def close(self) -> None:
         if self._tasks:

@@ -2,8 +2,8 @@
 
 ``admit`` runs before routing (pool access, then one ``reserve`` against the limiter) and returns what routing
 needs from the key: its default flags and, when the key has a budget, the budget-pressure adjustment of the
-cost weight. ``finish`` runs once per request with its finished ``RequestRecord``: it records metrics, settles the
-reservation with the real tokens and cost (off the response path), and hands the row to the log writer.
+cost weight. ``settle`` runs once per request with its finished ``RequestRecord`` (from ``gateway.finish``, the
+request-finished step): it settles the reservation with the real tokens and cost, off the response path.
 With auth off neither step touches Redis or the database.
 """
 
@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.auth import KeyRecord, KeyStore
 from gateway.errors import GatewayError
 from gateway.limits.base import (
     KeyRevoked,
+    LimitCheckFailed,
     Limiter,
     LimitExceeded,
     LimitsUnavailable,
@@ -28,12 +28,13 @@ from gateway.limits.base import (
     pressured_quality_target,
     to_nano,
 )
+from gateway.limits.keys import KeyRecord
 from gateway.metrics import Metrics
 from gateway.pools import BackendConfig, PoolFile
 from gateway.record import RequestRecord
 from gateway.settings import Settings
-from gateway.store import LogWriter
 from routers.objective import Flags
+from routers.pricing import cost_usd
 
 log = logging.getLogger("poolgate.tenancy")
 
@@ -67,15 +68,12 @@ NO_KEY = Admission()
 
 
 class Tenancy:
-    """API keys, limits and metrics around one request. Built once per app (see ``gateway/app.py``)."""
+    """A key's pool access and limits around one request. Built once per app (see ``gateway/services.py``)."""
 
-    def __init__(self, settings: Settings, pool_file: PoolFile, keys: KeyStore, limiter: Limiter,
-                 metrics: Metrics, writer: LogWriter) -> None:
+    def __init__(self, settings: Settings, pool_file: PoolFile, limiter: Limiter, metrics: Metrics) -> None:
         self.settings = settings
-        self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
-        self.writer = writer
         self._pool_backends = {p.name: [pool_file.backend(m) for m in p.members] for p in pool_file.pools}
         self._backends = {b.name: b for b in pool_file.backends}
         self._pools_of_backend: dict[str, set[str]] = {}
@@ -112,6 +110,10 @@ class Tenancy:
             raise GatewayError(503, f"limits for {', '.join(exc.limits)} cannot be checked: {exc.reason}",
                                code="limits_unavailable",
                                headers={"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+        except LimitCheckFailed as exc:  # this request only: every other key is still checked as usual
+            self.metrics.limit_rejection("check_failed")
+            raise GatewayError(400, f"the limits of this request cannot be checked ({exc.reason})",
+                               code="limit_check_failed", headers={"x-should-retry": "false"}) from None
         except KeyRevoked:
             self.metrics.auth_failure("revoked")
             raise GatewayError(401, f"API key {key.id} was revoked", code="revoked_api_key",
@@ -155,8 +157,7 @@ class Tenancy:
         out_tokens = out * choices
         backends: list[BackendConfig] = self._pool_backends.get(model) or (
             [self._backends[model]] if model in self._backends else [])
-        cost = max((prompt_tokens * b.input_price + out_tokens * b.output_price) / 1e6 for b in backends) \
-            if backends else 0.0
+        cost = max(cost_usd(b, prompt_tokens, out_tokens) for b in backends) if backends else 0.0
         return prompt_tokens + out_tokens, cost
 
     def _pressure(self, reservation: Reservation) -> Callable[[Flags], Flags] | None:
@@ -184,14 +185,12 @@ class Tenancy:
 
     # -- after the response ---------------------------------------------------------------------------
 
-    def finish(self, record: RequestRecord) -> None:
-        """Record metrics, settle the request's reservation with its real usage, and queue its log row."""
-        self.metrics.observe(record)
+    def settle(self, record: RequestRecord) -> None:
+        """Settle the request's reservation (if it holds one) with its real usage."""
         held = self._open.pop(record.id, None)
         if held is not None:
             tokens = record.prompt_tokens + record.completion_tokens
             self._spawn(self.limiter.settle(held[1], tokens, to_nano(record.cost_usd)))
-        self.writer.submit(record)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -199,7 +198,6 @@ class Tenancy:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Wait for pending settles, then close the limiter."""
+        """Wait for pending settles (the limiter, a service of its own, is closed by its owner)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.limiter.close()

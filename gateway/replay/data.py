@@ -24,6 +24,10 @@ MODEL_SOURCES: dict[str, str] = {
     "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
     "gpt-4-1106": "gpt-4-1106-preview",
 }
+#: the judge model the replay backend serves (``/judge/v1/chat/completions``): grades an answer by the record's
+#: real correctness; "judge" is its alias
+JUDGE_MODEL = "replay-judge"
+JUDGE_ALIASES = frozenset({JUDGE_MODEL, "judge"})
 CHEAP_MODEL = "mixtral-8x7b"
 STRONG_MODEL = "gpt-4-1106"
 #: other names a client may use for a served model.
@@ -120,6 +124,23 @@ class ReplayStore:
             return PromptMatch(exact, "exact", 1.0)
         index, similarity = self._index.nearest(prompt)
         return PromptMatch(index, "nearest", similarity)
+
+    def grade(self, question: str, answer: str) -> tuple[bool | None, str]:
+        """Whether ``answer`` to ``question`` is correct, by the source's grading: ``(correct, reason)``.
+
+        Known only when the question is a recorded prompt (whitespace-normalized exact match) and the answer is,
+        the same way, one of the answers recorded for it; otherwise ``(None, reason)``: the judge cannot tell
+        (an answer to a nearest-matched prompt, a truncated answer, any other text)."""
+        row = self._exact.get(normalize_prompt(question))
+        if row is None:
+            return None, "the question is not one of the recorded prompts"
+        record = self.records[row]
+        wanted = normalize_prompt(answer)
+        for model, text in record.answers.items():
+            if normalize_prompt(text) == wanted:
+                verdict = "correct" if record.correct[model] else "wrong"
+                return record.correct[model], f"recorded answer of {model}, graded {verdict} by the source"
+        return None, "the answer is not one recorded for this question"
 
     def answer(self, model: str, prompt: str) -> ReplayMatch:
         """The answer ``model`` recorded for ``prompt`` (or for the nearest recorded prompt)."""

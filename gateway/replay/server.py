@@ -6,6 +6,11 @@ Routes: ``POST /v1/chat/completions`` (model from the body), ``POST /{model}/v1/
 ``GET /v1/models``, ``GET /{model}/v1/models`` and ``GET /health``. Every completion carries
 ``x-replay-match`` (exact|nearest), ``x-replay-similarity`` and ``x-replay-correct`` (the source's
 grading of the replayed answer).
+
+The judge model ``replay-judge`` (alias ``judge``, so also ``POST /judge/v1/chat/completions``) reads the
+rubric prompt (``gateway.judge.rubric``) and answers ``{"score": 1.0 | 0.0, "reason"}`` from the record's real
+correctness, or ``{"score": null, "reason"}`` when it cannot tell (see ``ReplayStore.grade``); header
+``x-replay-judge``: ``scored`` | ``unknown``.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.pricing import count_prompt_tokens, encoding
-from gateway.replay.data import MODEL_SOURCES, PromptMatch, ReplayStore
+from gateway.judge.rubric import parse_judge_prompt
+from gateway.replay.data import JUDGE_ALIASES, JUDGE_MODEL, MODEL_SOURCES, PromptMatch, ReplayStore
 from gateway.replay.tokens import content_text, decode, split_pieces, truncate
+from routers.pricing import count_prompt_tokens, encoding
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error"}
 
@@ -67,7 +73,7 @@ def parse_chat_request(body: bytes, path_model: str | None, store: ReplayStore) 
     requested = path_model if path_model is not None else data.get("model")
     if not isinstance(requested, str) or not requested:
         raise ReplayError(400, "'model' is required", param="model")
-    model = store.resolve(requested)
+    model = JUDGE_MODEL if requested in JUDGE_ALIASES else store.resolve(requested)
     if model is None:
         served = ", ".join(store.models)
         raise ReplayError(
@@ -85,12 +91,14 @@ def parse_chat_request(body: bytes, path_model: str | None, store: ReplayStore) 
         raise ReplayError(
             400, "'messages' needs a user message with string or text-part content", param="messages"
         )
-    max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+    # OpenAI's spec lets these fields be null, which means their default
+    limit_param = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = data.get(limit_param)
     if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-        raise ReplayError(400, "'max_tokens' must be a positive integer", param="max_tokens")
-    if data.get("n", 1) != 1:
+        raise ReplayError(400, f"'{limit_param}' must be a positive integer", param=limit_param)
+    if data.get("n") not in (None, 1):
         raise ReplayError(400, "this replay backend returns exactly one choice (n=1)", param="n")
-    stream = data.get("stream", False)
+    stream = data.get("stream") or False
     options = data.get("stream_options") or {}
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise ReplayError(400, "'stream' must be a boolean and 'stream_options' an object", param="stream")
@@ -113,6 +121,8 @@ class ReplayService:
             req = parse_chat_request(await request.body(), request.path_params.get("model"), self.store)
         except ReplayError as exc:
             return exc.response()
+        if req.model == JUDGE_MODEL:
+            return await self._judge(req)
         found = self.store.match(req.prompt)
         record = self.store.records[found.row]
         tokens, cut = truncate(record.answers[req.model], req.max_tokens, self.enc)
@@ -137,13 +147,37 @@ class ReplayService:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": decode(tokens, self.enc)},
+                    # refusal: required by OpenAI's spec (null unless the model refused), as OpenAI sends it
+                    "message": {"role": "assistant", "content": decode(tokens, self.enc), "refusal": None},
                     "logprobs": None,
                     "finish_reason": finish,
                 }
             ],
             "usage": usage,
         }
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+    async def _judge(self, req: ChatRequest) -> Response:
+        """A verdict on the rubric prompt's (question, answer), from the record's real correctness."""
+        parts = parse_judge_prompt(req.prompt)
+        if parts is None:
+            correct, reason = None, "the prompt is not the judge rubric (no <question>/<answer> blocks)"
+        else:
+            correct, reason = self.store.grade(*parts)
+        score = None if correct is None else (1.0 if correct else 0.0)
+        content = orjson.dumps({"score": score, "reason": reason}).decode()
+        prompt_tokens = count_prompt_tokens(req.messages)
+        completion_tokens = len(self.enc.encode(content))
+        await asyncio.sleep(self.latency_s)
+        body = {
+            "id": f"chatcmpl-replay-{uuid.uuid4().hex}", "created": int(time.time()), "model": JUDGE_MODEL,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        headers = {"x-replay-judge": "unknown" if score is None else "scored"}
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
     async def _events(
@@ -159,7 +193,7 @@ class ReplayService:
         def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-        yield event([choice({"role": "assistant", "content": ""})])
+        yield event([choice({"role": "assistant", "content": "", "refusal": None})])
         for text, n_tokens in split_pieces(tokens, self.tokens_per_chunk, self.enc):
             if self.s_per_token:
                 await asyncio.sleep(self.s_per_token * n_tokens)
@@ -171,9 +205,9 @@ class ReplayService:
 
     async def models(self, request: Request) -> Response:
         path_model = request.path_params.get("model")
-        names = list(self.store.models)
+        names = [*self.store.models, JUDGE_MODEL]
         if path_model is not None:
-            resolved = self.store.resolve(path_model)
+            resolved = JUDGE_MODEL if path_model in JUDGE_ALIASES else self.store.resolve(path_model)
             if resolved is None:
                 return ReplayError(
                     404,
@@ -188,7 +222,7 @@ class ReplayService:
                 "object": "model",
                 "created": 0,
                 "owned_by": "poolgate-replay",
-                "recorded_by": MODEL_SOURCES[name],
+                "recorded_by": MODEL_SOURCES.get(name, "the source's grading (judge)"),
             }
             for name in names
         ]

@@ -1,6 +1,6 @@
 """Token splitting for the replay backend, with the gateway's shared tokenizer (cl100k_base).
 
-Prompt tokens are counted by ``gateway.pricing.count_prompt_tokens`` (OpenAI's recipe), as the gateway estimates
+Prompt tokens are counted by ``routers.pricing.count_prompt_tokens`` (OpenAI's recipe), as the gateway estimates
 them; completion tokens are the answer's tokens.
 """
 
@@ -10,11 +10,11 @@ from typing import Any
 
 import tiktoken
 
-from gateway.pricing import message_text
+from routers.pricing import message_text
 
 
 def content_text(content: Any) -> str | None:
-    """Text of a message ``content`` (``gateway.pricing.message_text``); None when it is neither a string nor a
+    """Text of a message ``content`` (``routers.pricing.message_text``); None when it is neither a string nor a
     list of parts, which the replay backend refuses."""
     return message_text(content) if isinstance(content, str | list) else None
 

@@ -4,7 +4,7 @@
 ``ping`` for readiness checks.
 """
 
-from gateway.store.db import StoreError, current_revision, downgrade, make_engine, ping, upgrade
+from gateway.store.db import StoreError, current_revision, downgrade, make_engine, ping, upgrade, upgrade_embedded
 from gateway.store.models import REQUEST_COLUMNS, Base, Feedback, Request
 from gateway.store.writer import LogWriter
 
@@ -20,4 +20,5 @@ __all__ = [
     "make_engine",
     "ping",
     "upgrade",
+    "upgrade_embedded",
 ]

@@ -17,6 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -176,8 +180,6 @@ def migrations_dir() -> Path:
 
 def alembic_config(url: str) -> Any:
     """An Alembic ``Config`` for ``url`` built in code: no ini file, so the caller's logging stays untouched."""
-    from alembic.config import Config
-
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["url"] = parse_url(url).render_as_string(hide_password=False)
@@ -186,8 +188,6 @@ def alembic_config(url: str) -> Any:
 
 def head_revision() -> str:
     """The newest revision in the packaged migrations (what ``upgrade(url)`` migrates to)."""
-    from alembic.script import ScriptDirectory
-
     head = ScriptDirectory(str(migrations_dir())).get_current_head()
     assert head is not None, "the migrations package has no revisions"
     return head
@@ -213,8 +213,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run_alembic(action: str, url: str, revision: str) -> None:
-    from alembic import command
-
     config = alembic_config(url)
     run = command.upgrade if action == "upgrade" else command.downgrade
     try:
@@ -228,6 +226,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     _run_alembic("upgrade", url, revision)
 
 
+def upgrade_embedded(url: str) -> None:
+    """Migrate ``url`` to head if it is an embedded SQLite store: that schema is ours to create, so every
+    command that opens it (``serve``, ``keys``, ``train``, ...) works in a fresh folder. PostgreSQL is left to
+    ``poolgate db upgrade`` (an operator's step, one migration for many replicas)."""
+    if url.startswith("sqlite"):
+        upgrade(url)
+
+
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at ``url`` down to ``revision`` (``"base"`` drops every table)."""
     _run_alembic("downgrade", url, revision)
@@ -235,8 +241,6 @@ def downgrade(url: str, revision: str) -> None:
 
 def current_revision(url: str) -> str | None:
     """The Alembic revision the database at ``url`` is at (None when unversioned). Raises ``StoreError``."""
-    from alembic.runtime.migration import MigrationContext
-
     async def _read() -> str | None:
         engine = make_engine(url)
         try:

@@ -167,22 +167,25 @@ class Journal:
         except OSError as exc:  # left behind: a restart replays it, and inserts skip the ids already stored
             log.warning("could not delete log journal %s: %s", path, exc)
 
-    def hand_over(self, paths: list[Path], spool: Spool) -> None:
+    def hand_over(self, paths: list[Path], spool: Spool) -> list[Path]:
         """Give rotated files whose rows may not all be durable to the spool as segments (replayed, ids skipped).
 
         Pins of these files end here: the spool replays their held rows, and a final version wins over them.
+        Returns the segments they became (a file the disk would not let go is logged, not returned).
         """
+        adopted = []
         for path in paths:
             self._mine.discard(path)
             self._pins.pop(path, None)
             self._deferred.discard(path)
             try:
                 if path.stat().st_size:
-                    spool.adopt(path)
+                    adopted.append(spool.adopt(path))
                 else:
                     path.unlink()
             except OSError as exc:
                 log.error("could not hand log journal %s to the spool: %s", path, exc)
+        return adopted
 
     def recover(self, spool: Spool) -> int:
         """At start: journal files this journal did not write (a killed process's) become spool segments.
@@ -198,11 +201,12 @@ class Journal:
             self.hand_over(leftovers, spool)
         return len(leftovers)
 
-    def close(self, spool: Spool) -> None:
-        """End of the writer: hand any file still holding rows to the spool (normally there is none).
+    def close(self, spool: Spool, kept: list[Path] | None = None) -> list[Path]:
+        """End of the writer: hand any file still holding rows to the spool (normally there is none), with ``kept``
+        (rotated files the writer kept because their rows could not be made durable); returns the segments.
 
         A file still pinned holds a row whose final version never came (its wait outlived shutdown): the spool
         gets it, so the next process writes the provisional row, and the final one if it arrives later (a row
         submitted after ``stop`` is spooled) replaces its ``shadow``.
         """
-        self.hand_over([*self.rotate(), *sorted(self._deferred)], spool)
+        return self.hand_over([*(kept or []), *self.rotate(), *sorted(self._deferred)], spool)

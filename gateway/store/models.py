@@ -118,15 +118,32 @@ class Request(Base):
     prompt_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_prompts
     response_text: Mapped[str | None] = mapped_column(Text)  # only when settings.store_responses
     shadow: Mapped[dict[str, Any] | None] = mapped_column(json_type(nullable=True))
+    # migration 0005: the probability with which ``backend`` was chosen (1.0 without exploration; NULL on rows
+    # older than 0005, whose propensity is unknown) and the policy that chose it ("router", "explore:epsilon", ...)
+    propensity: Mapped[float | None] = mapped_column(Float)
+    policy: Mapped[str | None] = mapped_column(String)
+
+
+#: Who gave a label: a person through ``POST /v1/feedback`` or the pool's judge backend.
+FEEDBACK_SOURCES: tuple[str, ...] = ("user", "judge")
 
 
 class Feedback(Base):
-    """A quality label for one request (``score`` in [0, 1]); relabeling updates the same row."""
+    """A quality label for one request (``score`` in [0, 1]) from one ``source``; relabeling updates the same row.
+
+    The key is ``(request_id, source)`` (migration ``0005``): a judge's label and a human's label of the same
+    request coexist. Where both exist the human one wins: every reader (``LogRepository``'s training rows,
+    reports, ``feedback``) takes the ``user`` score and uses the ``judge`` score only for requests without one.
+    """
 
     __tablename__ = "feedback"
-    __table_args__ = (CheckConstraint("score >= 0 AND score <= 1", name="score_range"),)
+    __table_args__ = (
+        CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+        CheckConstraint("source IN ('user', 'judge')", name="source"),
+    )
 
     request_id: Mapped[str] = mapped_column(String(64), ForeignKey("requests.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True, default="user", server_default="user")
     score: Mapped[float] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
     labeler: Mapped[str | None] = mapped_column(String)
@@ -165,7 +182,7 @@ class ApiKey(Base):
 
 
 class RouterVersion(Base):
-    """One trained router artifact of a pool (migration ``0003``); ``gateway.artifacts`` owns the rows.
+    """One trained router artifact of a pool (migration ``0003``); ``gateway.routing.artifacts`` owns the rows.
 
     ``version`` is ``v1``, ``v2``, ... per pool. ``status``: ``candidate`` (trained, not served), ``live`` (at most
     one per pool: what every gateway serves), ``retired`` (was live, superseded by a promotion) or ``rolled_back``

@@ -14,7 +14,7 @@ rows it made durable. A process killed with SIGKILL (no shutdown code runs) ther
 next ``start`` on the same spool directory turns its journal into spool segments and replays them. A journal
 write that fails is logged and counted and the row stays queued in memory, as without a journal.
 
-A row whose final version comes later (a pool with shadow routers: ``gateway/shadow.py``) is ``hold``-ed: its
+A row whose final version comes later (a pool with shadow routers: ``gateway/routing/shadow.py``) is ``hold``-ed: its
 provisional version (``shadow`` = ``PENDING_SHADOW``) is journaled at once, not queued, and its journal file is
 kept until the caller ``release``s it after submitting the final row; a SIGKILL in between loses no row, and the
 next start replays the provisional one. Inserts skip ids already stored, with one exception so that the final
@@ -31,6 +31,13 @@ shutdown never hangs on it. A timed-out insert that did commit is harmless: its 
 When the spool is full, ``spool_full_policy`` decides: ``drop`` (default) keeps serving and drops new rows (counted,
 logged as ERROR); ``refuse`` makes ``refusing`` true while the database is down and the spool is nearly full, and the
 chat route then answers 503 rather than serve a request it cannot log.
+
+A spool whose disk fails (full filesystem, read-only, no permission: ``Spool.error``) counts as full too, whatever
+its own bound says. The batch it refused stays in memory (``_unspooled``) and the cycle stops draining the queue,
+so what the writer holds stays bounded (``log_queue_size`` plus one batch) and is retried every cycle, against the
+database and the spool; the journal files holding those rows are kept until they are durable. Only a row that
+finds the queue full too is dropped, and counted. With nothing to retry, a failed spool is probed every
+``retry_interval_s``, and so is a database presumed down, so neither state outlives its cause.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.record import RequestRecord
 from gateway.settings import Settings
+from gateway.store.db import ping
 from gateway.store.journal import Journal
 from gateway.store.models import REQUEST_COLUMNS, Request
 from gateway.store.spool import Spool, read_segment
@@ -170,6 +178,9 @@ class LogWriter:
         self._write_timeout_s = settings.log_write_timeout_s
         # "refuse" starts this far below the bound, so the rows of requests already admitted still fit
         self._refuse_margin = min(1024 * 1024, max(8 * 1024, settings.spool_max_bytes // 20))
+        self._unspooled: list[Row] = []  # a batch neither the database nor the spool took (retried first)
+        self._journal_backlog: list[Path] = []  # rotated journal files that may hold the only copy of those rows
+        self._probe_at = 0.0  # monotonic time of the next spool/database probe while nothing is left to retry
         self.rejected_rows = 0
         self._warned_unknown: set[str] = set()
 
@@ -177,16 +188,18 @@ class LogWriter:
 
     @property
     def queue_depth(self) -> int:
-        """Rows waiting in memory for the next batch."""
-        return self._queue.qsize()
+        """Rows waiting in memory for the next batch (the queue, and a batch the spool refused)."""
+        return self._queue.qsize() + len(self._unspooled)
 
     @property
     def refusing(self) -> bool:
-        """True when new requests should be refused: policy ``refuse``, database down, spool (nearly) full."""
+        """True when new requests should be refused: policy ``refuse``, database down, and the spool (nearly) full
+        or failing (``Spool.error``: its disk is full, read-only, ...)."""
         return (
             self._settings.spool_full_policy == "refuse"
             and not self._db_up
-            and self._spool.max_bytes - self._spool.size_bytes < self._refuse_margin
+            and (self._spool.error is not None
+                 or self._spool.max_bytes - self._spool.size_bytes < self._refuse_margin)
         )
 
     @property
@@ -232,12 +245,12 @@ class LogWriter:
         try:
             clean = self.prepare_row(row.as_row() if isinstance(row, RequestRecord) else row)
             if self._closed:
-                self._spool.append([clean])  # after stop(): kept for replay by the next process
+                self._spool.append([clean])  # after stop(): kept for replay by the next process (or counted)
                 return
             try:
                 self._queue.put_nowait(clean)
             except asyncio.QueueFull:
-                self._spool.append([clean])  # on disk already: no journal needed
+                self._spool.append([clean])  # on disk already: no journal needed; a failing disk drops (counted)
                 return
             if self._journal is not None:
                 self._journal.append(clean)  # never raises; a failure is logged and counted
@@ -294,8 +307,16 @@ class LogWriter:
             self._wake.set()
             await task
         await self._cycle(force=False, replay=False)
-        if self._journal is not None:
-            self._journal.close(self._spool)
+        left = self._unspooled + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        self._unspooled = []
+        adopted = self._journal.close(self._spool, self._journal_backlog) if self._journal is not None else []
+        self._journal_backlog = []
+        if left:  # neither the database nor the spool took them: lost, unless a journal file handed over has them
+            saved = {row["id"] for path in adopted for row in _rows_or_none(path)}
+            lost = sum(1 for row in left if row["id"] not in saved)
+            if lost:
+                self._spool.drop(lost, f"the log writer stopped with rows neither the database nor the spool "
+                                 f"({self._spool.error}) would take")
 
     async def flush(self) -> None:
         """Write every queued row now and replay the spool, ignoring the retry timer (for tests and tools)."""
@@ -326,24 +347,53 @@ class LogWriter:
         async with self._lock:
             # Every row in the rotated files was queued before this point, so it is durable once the queue has
             # been drained (rows submitted meanwhile go to the next file, and may be written now too: harmless).
-            journaled = self._journal.rotate() if self._journal is not None else []
+            journaled = self._journal_backlog + (self._journal.rotate() if self._journal is not None else [])
+            self._journal_backlog = []
             try:
-                while not self._queue.empty():
-                    batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
-                    await self._write_or_spool(batch, try_db=force or not self._db_presumed_down())
+                await self._drain(force)
             except BaseException:  # a batch taken from the queue may be neither written nor spooled
                 if self._journal is not None:
                     self._journal.hand_over(journaled, self._spool)
                 raise
-            if self._journal is not None:
+            if self._unspooled:  # those rows are in memory only, and maybe in these files: keep them
+                self._journal_backlog = journaled
+            elif self._journal is not None:
                 self._journal.discard(journaled)
+            if replay and not self._unspooled and self._queue.empty():  # not at stop(): shutdown waits on no probe
+                await self._probe(force)
             if replay and (force or not self._db_presumed_down()) and self._spool.has_rows():
                 await self._replay()
 
-    async def _write_or_spool(self, batch: list[Row], *, try_db: bool) -> None:
-        unwritten = await self._insert(batch) if try_db else batch
-        if unwritten:
-            self._spool.append(unwritten)
+    async def _drain(self, force: bool) -> None:
+        """Write or spool the rows in memory, a batch the spool refused first. Stops at the first batch neither
+        takes (it stays in ``_unspooled``): the rest stays queued, bounded, rather than in an unbounded list."""
+        while self._unspooled or not self._queue.empty():
+            if self._unspooled:
+                batch, self._unspooled = self._unspooled, []
+            else:
+                batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
+            try:
+                unwritten = await self._insert(batch) if force or not self._db_presumed_down() else batch
+            except BaseException:
+                self._unspooled = batch + self._unspooled  # cancelled mid-insert: kept for stop()'s last cycle
+                raise
+            self._unspooled = self._spool.append_rows(unwritten) if unwritten else []
+            if self._unspooled:
+                return
+
+    async def _probe(self, force: bool) -> None:
+        """With nothing left to write: every ``retry_interval_s``, see whether a failed spool takes rows again and
+        whether a database presumed down is back, so ``refusing`` ends with its cause even when no row comes."""
+        if not force and time.monotonic() < self._probe_at:
+            return
+        self._probe_at = time.monotonic() + self._retry_interval_s
+        if self._spool.error is not None:
+            self._spool.probe()
+        if not self._db_up and (force or not self._db_presumed_down()):
+            if await ping(self._engine, min(self._write_timeout_s, 5.0)):
+                self._db_up = True
+            else:
+                self._mark_down()
 
     async def _replay(self) -> None:
         """Write sealed spool segments oldest first, deleting each once all its rows are in the database."""
@@ -377,7 +427,8 @@ class LogWriter:
                     self._mark_down()
                     return list(rows[index:])
                 self.rejected_rows += 1
-                self._spool.reject([row])
+                if self._spool.reject([row]):  # nowhere to keep it: the database refuses it, the disk too
+                    self._spool.drop(1, f"rejected row {row.get('id')} cannot be kept ({self._spool.error})")
                 log.error(
                     "log row %s rejected by the database, kept in rejected.jsonl: %s", row.get("id"), _first_line(exc)
                 )
@@ -388,6 +439,14 @@ class LogWriter:
         async with asyncio.timeout(self._write_timeout_s), self._engine.begin() as conn:
             await conn.execute(self._statement, list(rows))
         self._db_up = True
+
+
+def _rows_or_none(path: Path) -> list[Row]:
+    try:
+        return read_segment(path)
+    except OSError as exc:
+        log.warning("could not read back spool segment %s: %s", path, exc)
+        return []
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,84 @@
+"""The pool file's ``judge:`` setting and the judge's request-path side (sampling, budget, bounded queue)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+
+from gateway.judge.rubric import VerdictError, judge_prompt, parse_judge_prompt, parse_verdict
+from gateway.judge.service import JudgeService
+from gateway.pools import PoolFileError, parse_pool_file
+from gateway.record import RequestRecord
+
+
+def pool_file(judge: str) -> str:
+    return f"""backends:
+  - {{name: a, base_url: "http://127.0.0.1:9/v1", model: a}}
+  - {{name: j, base_url: "http://127.0.0.1:9/v1", model: j}}
+pools:
+  - name: p
+    members: [a]
+    judge:
+{judge}
+"""
+
+
+def test_judge_setting_is_read_with_its_defaults() -> None:
+    judge = parse_pool_file(pool_file("      backend: j\n      share: 0.25")).pools[0].judge
+    assert judge is not None and judge.backend == "j" and judge.share == 0.25 and judge.max_usd_per_day is None
+
+
+@pytest.mark.parametrize(("judge", "line", "words"), [
+    ("      backend: nope", 8, "judge backend 'nope' is not a backend"),
+    ("      backend: j\n      share: 1.5", 9, "pools.0.judge.share"),
+    ("      backend: j\n      max_usd_per_day: -1", 9, "pools.0.judge.max_usd_per_day"),
+    ("      backend: j\n      sharee: 0.1", 9, "pools.0.judge.sharee"),
+])
+def test_a_bad_judge_setting_names_its_line(judge: str, line: int, words: str) -> None:
+    with pytest.raises(PoolFileError) as err:
+        parse_pool_file(pool_file(judge), "pool.yaml")
+    assert f"pool.yaml:{line}:" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def _service(judge: str) -> JudgeService:
+    unused = cast(Any, None)  # offer() touches neither the dispatcher, the writer nor the database
+    return JudgeService(parse_pool_file(pool_file(judge)), unused, unused, unused, rng=random.Random(0))
+
+
+def _record(i: int) -> RequestRecord:
+    record = RequestRecord(id=f"r{i}", model_requested="p", stream=False, pool="p", backend="a")
+    record.finish(status="ok", http_status=200, latency_ms=1.0)
+    return record
+
+
+async def test_offer_samples_the_share_and_drops_what_the_queue_cannot_hold() -> None:
+    judge = _service("      backend: j\n      share: 0.5\n      queue_size: 10")
+    for i in range(200):
+        judge.offer(_record(i), "q", "a")
+    assert judge.counts["offered"] == 200
+    assert 60 < judge.counts["sampled_out"] < 140  # about half
+    assert judge.queue.qsize() == 10 and judge.counts["dropped"] == 200 - judge.counts["sampled_out"] - 10
+
+
+async def test_offer_stops_at_the_daily_budget_and_skips_failed_or_empty_answers() -> None:
+    judge = _service("      backend: j\n      share: 1.0\n      max_usd_per_day: 0.01")
+    judge.spend[("p", datetime.now(UTC).date())] = 0.01
+    judge.offer(_record(1), "q", "a")
+    assert judge.counts["over_budget"] == 1 and judge.queue.qsize() == 0
+    failed = RequestRecord(id="x", model_requested="p", stream=False, pool="p", backend="a")
+    failed.finish(status="error", http_status=502, latency_ms=1.0)
+    judge.offer(failed, "q", "a")
+    judge.offer(_record(2), "q", "")
+    assert judge.counts["offered"] == 1
+
+
+def test_rubric_round_trips_and_verdicts_are_checked() -> None:
+    assert parse_judge_prompt(judge_prompt("Q?\nline two", "A.")) == ("Q?\nline two", "A.")
+    assert parse_verdict('Sure: {"score": 0.5, "reason": "slip"}').score == 0.5
+    assert parse_verdict('{"score": null, "reason": "unknown"}').score is None
+    for bad in ("no json", '{"score": 2}', '{"score": true}', '{"reason": "x"}'):
+        with pytest.raises(VerdictError):
+            parse_verdict(bad)
