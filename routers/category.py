@@ -62,11 +62,13 @@ class CategoryModel:
     """``P(category | query)`` from serving features; see the module docstring. ``fit`` then ``proba``."""
 
     def __init__(self, C: float | None = None, c_grid: Sequence[float] = C_GRID, cv_folds: int = 3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, tol: float = 1e-4) -> None:
         self.C = C
         self.c_grid = tuple(c_grid)
         self.cv_folds = cv_folds
         self.seed = seed
+        #: L-BFGS stopping tolerance (a looser one trades a little log loss for several times fewer iterations)
+        self.tol = tol
 
     def fit(self, features: QueryFeatures, labels: Sequence[str], groups: np.ndarray | None = None) -> Self:
         # why: sklearn and scipy take about a second to import; only fitting needs them
@@ -84,7 +86,7 @@ class CategoryModel:
         # one BLAS thread: small problems, and spinning OpenBLAS workers slow L-BFGS badly on 2 shared cores
         with threadpool_limits(limits=1, user_api="blas"):
             self.C_, self.cv_log_loss_ = self._choose_c(x, y, groups)
-            clf = LogisticRegression(C=self.C_, max_iter=1000).fit(x, y)
+            clf = LogisticRegression(C=self.C_, max_iter=1000, tol=self.tol).fit(x, y)
         coef, intercept = clf.coef_, clf.intercept_
         if coef.shape[0] == 1:  # sklearn gives one row for two classes
             coef, intercept = np.vstack([-coef, coef]) / 2, np.asarray([-intercept[0], intercept[0]]) / 2
@@ -104,7 +106,7 @@ class CategoryModel:
             loss = 0.0
             for f in range(self.cv_folds):
                 tr, va = fold != f, fold == f
-                clf = LogisticRegression(C=c, max_iter=500).fit(x[tr], y[tr])
+                clf = LogisticRegression(C=c, max_iter=500, tol=self.tol).fit(x[tr], y[tr])
                 p = np.full((int(va.sum()), len(self.classes_)), 1e-9)
                 p[:, clf.classes_] = np.maximum(clf.predict_proba(x[va]), 1e-9)
                 loss -= float(np.log(p[np.arange(len(p)), y[va]] / p.sum(axis=1)).sum())
@@ -122,7 +124,8 @@ class CategoryModel:
         return _softmax(x @ self.coef_.T + self.intercept_)
 
     def get_state(self) -> dict[str, Any]:
-        return {"params": {"C": self.C, "c_grid": list(self.c_grid), "cv_folds": self.cv_folds, "seed": self.seed},
+        return {"params": {"C": self.C, "c_grid": list(self.c_grid), "cv_folds": self.cv_folds, "seed": self.seed,
+                           "tol": self.tol},
                 **{k: v for k, v in vars(self).items() if k.endswith("_")}}
 
     @classmethod

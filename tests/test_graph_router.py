@@ -12,6 +12,7 @@ import pytest
 from routers import artifact
 from routers.base import ModelCard, QueryFeatures, Router, RouterError
 from routers.dataset import RoutingDataset
+from routers.features import text_stats
 from routers.graph import GraphRouter
 from routers.registry import make_router
 
@@ -53,7 +54,8 @@ def synthetic(n: int, seed: int) -> RoutingDataset:
 
 
 def features(ds: RoutingDataset) -> QueryFeatures:
-    return QueryFeatures(ds.queries, np.zeros((len(ds), 1)), ds.prompt_tokens, hash_encoder(ds.queries))
+    """What the gateway gives ``predict``: text, text statistics, prompt tokens, embedding (no task label)."""
+    return QueryFeatures(ds.queries, text_stats(ds.queries), ds.prompt_tokens, hash_encoder(ds.queries))
 
 
 def fitted(seed: int = 0) -> GraphRouter:
@@ -124,8 +126,8 @@ def test_truncated_artifact_fails_at_load_naming_the_file(router, tmp_path: Path
     ("edit", "reason"),
     [
         (lambda s: s.update(format_=99), "format 99"),
-        (lambda s: s["weights_"].pop("skip.weight"), "weights do not match"),
-        (lambda s: s["weights_"].update({"skip.weight": np.zeros((5, 5), np.float32)}), "weights do not match"),
+        (lambda s: s["weights_"].pop("head.0.weight"), "weights do not match"),
+        (lambda s: s["weights_"].update({"head.0.weight": np.zeros((5, 5), np.float32)}), "weights do not match"),
     ],
 )
 def test_mismatched_artifact_fails_at_load_naming_file_and_reason(router, tmp_path: Path, edit, reason) -> None:
