@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -115,7 +116,10 @@ def run_operation(operation: Any, mode: Any, base_url: str, auth: dict[str, str]
             return
         tally.cases[label] += 1
         tally.statuses[f"{operation.label} {response.status_code}"] += 1
+        streamed = header(response, "content-type").startswith("text/event-stream")
         for check in CHECKS:
+            if streamed and check is st_checks.response_schema_conformance:
+                continue  # schemathesis may hold a partial read of an event stream: checked on a full one below
             try:
                 case.validate_response(response, checks=[check], headers=auth, transport_kwargs={"base_url": base_url})
             except (AssertionError, st_checks.FailureGroup) as exc:
@@ -123,8 +127,11 @@ def run_operation(operation: Any, mode: Any, base_url: str, auth: dict[str, str]
                     record(tally, allow, check.__name__, failure, case, response, label)
             else:
                 tally.passed[check.__name__] += 1
-        if header(response, "content-type").startswith("text/event-stream"):
-            problems = stream_problems(response.content)
+        if streamed:
+            # schemathesis 4 can hand back a stream cut after a few KB (measured: 5,084 of 15,564 bytes, the row
+            # "ok" and the same request re-sent with httpx whole and valid), so the stream is checked on a full read
+            full = httpx.post(base_url + case.formatted_path, json=case.body, headers=auth, timeout=30)
+            problems = stream_problems(full.content)
             if problems:
                 fake = AssertionError("\n".join(problems[:5]))
                 fake.title = "Stream chunk does not conform"  # type: ignore[attr-defined]
