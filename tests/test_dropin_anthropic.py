@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import anthropic
@@ -11,42 +10,15 @@ import pytest
 
 from tests.conftest import backend_yaml
 from tests.dbutil import wait_rows
+from tests.dropin import new_key, tool_calling_gateway
 
-MASTER = "sk-master-" + uuid.uuid4().hex
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-def pool(cheap_url: str, strong_url: str) -> str:
-    return f"""
-backends:
-{backend_yaml("cheap", cheap_url, input_price=0.5, output_price=1.0, retries=0)}
-{backend_yaml("strong", strong_url, input_price=10, output_price=30, retries=0)}
-pools:
-  - name: auto
-    members: [cheap, strong]
-    router: cheapest
-  - name: smart
-    members: [cheap, strong]
-    router: strongest
-    objective: quality-first
-"""
-
-
 @pytest.fixture
 def gw(fake_backends: Any, gateway: Any, tmp_path: Any) -> Any:
-    cheap, cs = fake_backends("cheap", tool_calls=True)
-    strong, ss = fake_backends("strong", tool_calls=True)
-    server = gateway(pool(cs.url, ss.url), auth_enabled=True, master_key=MASTER)
-    server.fakes = {"cheap": cheap, "strong": strong}
-    server.db = f"sqlite+aiosqlite:///{tmp_path}/gw.db"
-    return server
-
-
-def new_key(gw: Any) -> str:
-    r = httpx.post(f"{gw.url}/admin/keys", json={"name": "team"}, headers={"authorization": f"Bearer {MASTER}"})
-    assert r.status_code == 201, r.text
-    return str(r.json()["secret"])
+    return tool_calling_gateway(fake_backends, gateway, tmp_path)
 
 
 def client(gw: Any, key: str) -> anthropic.Anthropic:
