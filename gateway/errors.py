@@ -78,6 +78,25 @@ class GatewayError(Exception):
         )
 
 
+def invalid_value(message: str, param: str) -> GatewayError:
+    """A 400 ``invalid_value`` naming the request field ``param`` (the one shape every body check raises)."""
+    return GatewayError(400, message, param=param, code="invalid_value")
+
+
+def known_params_object(body: Any, supported: frozenset[str], endpoint: str, *, list_supported: bool = False
+                        ) -> dict[str, Any]:
+    """``body`` if it is a JSON object holding only ``supported`` fields; else a 400 naming the first other one
+    (with the supported list when ``list_supported``), for the drop-in endpoint ``endpoint`` (``/v1/messages``)."""
+    if not isinstance(body, dict):
+        raise invalid_value("request body must be a JSON object", "body")
+    unsupported = sorted(set(body) - supported)
+    if unsupported:
+        listed = f" (supported: {sorted(supported)})" if list_supported else ""
+        raise invalid_value(f"parameter(s) {unsupported} are not supported by poolgate's {endpoint}{listed}",
+                            unsupported[0])
+    return body
+
+
 def error_response(status: int, message: str, **kwargs: Any) -> Response:
     return GatewayError(status, message, **kwargs).response()
 

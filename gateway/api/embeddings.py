@@ -19,7 +19,8 @@ from gateway.access_log import RECORD_STATE_KEY
 from gateway.api.deps import CallerKey, ServicesDep
 from gateway.api.pipeline import finish_error, gateway_headers, refuse_if_log_down
 from gateway.api.request import MAX_MODEL_CHARS, read_json_body
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, known_params_object
+from gateway.errors import invalid_value as _bad
 from gateway.pools import BackendConfig, PoolConfig, PoolFile
 from gateway.proxy.dispatch import AllBackendsFailed
 from gateway.proxy.tokens import count_tokens_off_loop
@@ -30,10 +31,6 @@ from routers.pricing import cost_usd
 router = APIRouter()
 CAPABILITY = "embeddings"
 SUPPORTED = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
-
-
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
 
 
 def _input_text(value: Any) -> str:
@@ -51,11 +48,7 @@ def _input_text(value: Any) -> str:
 
 
 def _check(body: Any) -> tuple[str, str]:
-    if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object", "body")
-    unsupported = sorted(set(body) - SUPPORTED)
-    if unsupported:
-        raise _bad(f"parameter(s) {unsupported} are not supported by poolgate's /v1/embeddings", unsupported[0])
+    body = known_params_object(body, SUPPORTED, "/v1/embeddings")
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
         raise _bad("'model' is required and must be a pool or backend name; see GET /v1/models", "model")

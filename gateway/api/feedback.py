@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from gateway.api.deps import CallerKey, OnlineDep, RepositoryDep, WriterDep
 from gateway.api.request import read_json_body
 from gateway.errors import GatewayError
+from gateway.errors import invalid_value as _bad
 from gateway.limits.keys import KeyRecord
 from gateway.store.repository import LogRepository
 from gateway.store.writer import LogWriter
@@ -43,10 +44,6 @@ class FeedbackIn:
     score: float
     comment: str | None
     labeler: str | None
-
-
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
 
 
 def _optional_text(body: dict[str, Any], key: str, limit: int) -> str | None:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from gateway.api.fields import CHAT_FIELDS, CONTENT_PARTS, MESSAGE_FIELDS, check_fields
 from gateway.errors import GatewayError
+from gateway.errors import invalid_value as _bad
 from gateway.proxy.tokens import count_prompt_tokens_off_loop
 from routers.pricing import TokenCount, message_text, quick_prompt_tokens
 
@@ -86,10 +87,6 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
-
-
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
 
 
 def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatRequest:

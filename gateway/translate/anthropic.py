@@ -19,16 +19,14 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, anthropic_error_body
+from gateway.errors import anthropic_error_body, known_params_object
+from gateway.errors import invalid_value as _bad
 from gateway.translate.sse import DONE, Preamble, as_dict, chat_chunks, chunk_error, first_message, sse, tool_arguments
 
 SUPPORTED = frozenset({"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature",
                        "top_p", "tools", "tool_choice", "metadata", "poolgate"})
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                 "content_filter": "refusal"}
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
-
 
 def _text_of_blocks(blocks: Any, where: str) -> str:
     if isinstance(blocks, str):
@@ -110,12 +108,7 @@ def _tool_choice(choice: Any) -> Any:
 
 def request_to_chat(body: Any) -> dict[str, Any]:
     """A Messages request as a chat-completions body (``parse_chat_request`` then checks it as any other)."""
-    if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object", "body")
-    unsupported = sorted(set(body) - SUPPORTED)
-    if unsupported:
-        raise _bad(f"parameter(s) {unsupported} are not supported by poolgate's /v1/messages "
-                   f"(supported: {sorted(SUPPORTED)})", unsupported[0])
+    body = known_params_object(body, SUPPORTED, "/v1/messages", list_supported=True)
     if not isinstance(body.get("max_tokens"), int) or isinstance(body.get("max_tokens"), bool):
         raise _bad("'max_tokens' is required and must be an integer", "max_tokens")
     messages = body.get("messages")

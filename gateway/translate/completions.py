@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError
+from gateway.errors import invalid_value as _bad
 from gateway.translate.sse import DONE, as_dict, as_str, chat_chunks, chunk_error
 
 PASSED = ("max_tokens", "temperature", "top_p", "stop", "n", "seed", "presence_penalty", "frequency_penalty",
@@ -19,10 +19,6 @@ PASSED = ("max_tokens", "temperature", "top_p", "stop", "n", "seed", "presence_p
 SUPPORTED = frozenset({"model", "prompt", "stream_options", *PASSED})
 #: Accepted only at their defaults (what a client library may send explicitly).
 DEFAULTS: dict[str, Any] = {"echo": False, "suffix": None, "best_of": 1, "logprobs": None}
-
-
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
 
 
 def _prompt(value: Any) -> str:

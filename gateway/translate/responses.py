@@ -20,16 +20,13 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import invalid_value as _bad
+from gateway.errors import known_params_object
 from gateway.translate.sse import DONE, Preamble, as_dict, as_int, chat_chunks, chunk_error, first_message, sse
 
 SUPPORTED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                        "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user", "text",
                        "previous_response_id", "truncation", "poolgate"})
-
-
-def _bad(message: str, param: str) -> GatewayError:
-    return GatewayError(400, message, param=param, code="invalid_value")
 
 
 def _part(p: Any, where: str) -> dict[str, Any]:
@@ -90,12 +87,7 @@ def input_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def check_request(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object", "body")
-    unsupported = sorted(set(body) - SUPPORTED)
-    if unsupported:
-        raise _bad(f"parameter(s) {unsupported} are not supported by poolgate's /v1/responses "
-                   f"(supported: {sorted(SUPPORTED)})", unsupported[0])
+    body = known_params_object(body, SUPPORTED, "/v1/responses", list_supported=True)
     if body.get("truncation") not in (None, "disabled"):
         raise _bad("only truncation 'disabled' is supported by poolgate", "truncation")
     return body
