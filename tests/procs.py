@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +18,23 @@ import httpx
 import psutil
 
 from tests.servers import free_port
+
+
+def wait_until_healthy(proc: subprocess.Popen[bytes], url: str, output: Callable[[], str],
+                       timeout_s: float = 90.0) -> None:
+    """Wait until ``url``'s ``/health`` answers 200; if ``proc`` dies or ``timeout_s`` passes first, kill it and
+    raise with what it printed (``output()``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"poolgate serve on {url} did not come up:\n{output()}")
+        time.sleep(0.1)
 
 
 class GatewayProcess:
@@ -54,17 +72,12 @@ class GatewayProcess:
                  "--port", str(self.port)],
                 cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"gateway on port {self.port} did not come up:\n{self.output()}")
-            time.sleep(0.1)
+        try:
+            wait_until_healthy(self.proc, self.url, self.output, timeout_s)
+        except RuntimeError:
+            self.kill()
+            raise
+        return self
 
     def output(self) -> str:
         """Everything the process printed so far."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 import schemathesis
 
 from tests.conformance import deviations, harness, spec
+from tests.procs import wait_until_healthy
 from tests.servers import free_port
 
 MASTER = "sk-conform-" + uuid.uuid4().hex
@@ -49,17 +49,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=workdir,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"poolgate serve did not come up:\n{(workdir / 'serve.log').read_text()}")
-        time.sleep(0.2)
+    wait_until_healthy(proc, url, lambda: (workdir / "serve.log").read_text())
     try:
         yield url
     finally:

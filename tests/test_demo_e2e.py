@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -19,6 +17,7 @@ import pytest
 import gateway.replay
 from tests.conftest import wait_until
 from tests.dbutil import fetch_rows
+from tests.procs import wait_until_healthy
 from tests.servers import free_port
 
 SAMPLE = [orjson.loads(line) for line in (Path(gateway.replay.__file__).parent / "sample" / "gsm8k_sample.jsonl")
@@ -37,18 +36,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)], cwd=workdir,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            proc.kill()
-            raise RuntimeError(f"poolgate serve did not come up:\n{out}")
-        time.sleep(0.2)
+    wait_until_healthy(proc, url, lambda: proc.stdout.read().decode() if proc.stdout else "")
     try:
         yield url, f"sqlite+aiosqlite:///{Path(workdir) / 'poolgate.db'}"
     finally:

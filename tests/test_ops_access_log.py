@@ -87,9 +87,9 @@ def test_poolgate_serve_writes_json_lines_to_stderr(tmp_path) -> None:
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
+    from tests.procs import wait_until_healthy
     from tests.servers import free_port
 
     root = str(Path(__file__).resolve().parents[1])
@@ -100,16 +100,7 @@ def test_poolgate_serve_writes_json_lines_to_stderr(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--log-format", "json"], env=env,
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "err.txt").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "poolgate serve did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}", lambda: (tmp_path / "err.txt").read_text())
         resp = chat(f"http://127.0.0.1:{port}")
         assert resp.status_code == 200
         request_id = resp.headers["x-poolgate-request-id"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.procs import wait_until_healthy
 from tests.servers import free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -49,16 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str,
     log = (tmp / "serve.log").open("wb")
     proc = subprocess.Popen(["poolgate", "serve"], env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "poolgate serve did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}", lambda: (tmp / "serve.log").read_text(), 60)
         yield env, tmp
     finally:
         proc.terminate()
