@@ -84,6 +84,9 @@ def test_judge_labels_answers_logs_its_cost_and_the_online_router_learns(gateway
         online = gw.server.config.app.state.services.online  # each label's update (and any save it starts) is done
         wait_until(lambda: online.counts["updates"] >= len(records), 60.0, "online updates")
 
+        # the judge's cost rows go through the log writer, which may flush them after the labels are in
+        wait_until(lambda: sum(r["router"] == "judge" for r in fetch_rows(db)) >= len(records)
+                   and set(served) <= {r["id"] for r in fetch_rows(db)}, 60.0, "judge cost rows")
         labels = {r["request_id"]: r for r in _query(db, select(Feedback.__table__))}
         by_id = {r["id"]: r for r in fetch_rows(db)}
         for rid, backend in served.items():  # each label is the source's real grading of the served answer
