@@ -53,6 +53,12 @@ def attach_features(
     return dataset.with_features(featurizer.featurize_dataset(dataset, embeddings=embeddings))
 
 
+def load_training_data(dataset: str, limit: int | None = None) -> RoutingDataset:
+    """A data set by name (``limit``: the loader's fixed random sample of that many rows) or from a file in one of
+    the loaders' formats."""
+    return load_dataset(dataset, limit=limit) if limit is not None else load_named_or_file(dataset)
+
+
 def train_router(
     router: str,
     dataset: str | RoutingDataset,
@@ -74,10 +80,7 @@ def train_router(
     model = build_router(router, params, seed)
     if model.evaluation_only:
         raise RouterError(f"router {router!r} is for evaluation only; it cannot be trained for serving")
-    if isinstance(dataset, str):
-        data = load_dataset(dataset, limit=limit) if limit is not None else load_named_or_file(dataset)
-    else:
-        data = dataset
+    data = load_training_data(dataset, limit) if isinstance(dataset, str) else dataset
     data = attach_features(data, model.requires_embeddings, cache_dir, encoder)
     start = time.perf_counter()
     groups = split_groups(data) if calibration != "none" else None

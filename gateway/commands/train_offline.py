@@ -66,22 +66,24 @@ def train_offline(
     from gateway.settings import Settings
     from routers.base import RouterError
     from training.loaders import DatasetError
-    from training.train_router import default_artifact_path, save_result, train_router
+    from training.train_router import default_artifact_path, load_training_data, save_result, train_router
 
     parsed = _parse_params(params)
     settings = Settings()
     cache = cache_dir if cache_dir is not None else settings.embedding_cache_dir
     selection = None
+    source: Any = dataset_name  # the auto path loads the data once, for the selection and the fit
     try:
         if router_name == "auto":
             if parsed:
                 raise RouterError("--param cannot be combined with --router auto (each candidate has its own)")
+            source = load_training_data(dataset_name, limit)
             with progress_bars():
-                selection = _select(dataset_name, candidates, select_protocol, seed, limit, cache,
+                selection = _select(source, candidates, select_protocol, seed, cache,
                                     encoder or settings.embedding_encoder, calibration)
             router_name = selection.router
         with progress_bars():
-            result = train_router(router_name, dataset_name, params=parsed, seed=seed, limit=limit, cache_dir=cache,
+            result = train_router(router_name, source, params=parsed, seed=seed, limit=limit, cache_dir=cache,
                                   encoder=encoder or settings.embedding_encoder, calibration=calibration)
         save_result(result, out or default_artifact_path(router_name, Path(dataset_name).stem))
     except (RouterError, DatasetError) as exc:
@@ -100,17 +102,14 @@ def train_offline(
     click.echo(f"pool entry:\n    router: {router_name}\n    artifact: {result.path}")
 
 
-def _select(dataset_name: str, candidates: str, protocol: str, seed: int, limit: int | None, cache: Path | None,
-            encoder: str, calibration: str) -> Any:
-    """Run the selection protocol (:mod:`training.select`) and print what each candidate scored."""
+def _select(data: Any, candidates: str, protocol: str, seed: int, cache: Path | None, encoder: str,
+            calibration: str) -> Any:
+    """Run the selection protocol (:mod:`training.select`) on ``data`` and print what each candidate scored."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.features import Featurizer
-    from training.load_file import load_named_or_file
-    from training.loaders import load_dataset
     from training.select import select_router
 
     names = [c.strip() for c in candidates.split(",") if c.strip()]
-    data = load_dataset(dataset_name, limit=limit) if limit is not None else load_named_or_file(dataset_name)
     featurizer = Featurizer(cache_dir=cache, disk_cache=cache is not None, encoder=encoder)
     selection = select_router(data, names, protocol=protocol, seed=seed, calibration=calibration,
                               featurizer=featurizer)
