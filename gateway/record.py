@@ -57,6 +57,13 @@ class RequestRecord:
     shadow: dict[str, Any] | None = None
     propensity: float | None = None  # P(backend chosen) under ``policy``; routing sets it (1.0 without exploration)
     policy: str | None = None  # "router" or "explore:<policy>"
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it (Anthropic cache_creation_input_tokens)
+    reasoning_tokens: int = 0  # of completion_tokens
+    cache: str | None = None  # "exact" | "semantic" when poolgate's response cache answered
+    cache_saved_usd: float = 0.0  # what the upstream call a cache hit replaced would have cost
+    session_id: str | None = None  # the conversation (x-poolgate-session or a digest of the message prefix)
+    affinity: bool = False  # the backend came from the session's earlier turns, not the router
     finished: bool = field(default=False, repr=False)
 
     def finish(

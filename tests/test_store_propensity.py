@@ -71,7 +71,7 @@ async def test_0005_keeps_old_labels_as_user_and_lets_a_judge_label_coexist(db_u
     assert rows == [{"request_id": rid, "score": 0.25}]  # the human label stays, the judge's is dropped
     columns = await _execute(db_url, text("SELECT * FROM requests"))
     assert "propensity" not in columns[0] and "policy" not in columns[0]
-    await asyncio.to_thread(upgrade, db_url)  # and up again
+    await asyncio.to_thread(upgrade, db_url, "0005")  # and up again
     assert current_revision(db_url) == "0005"
 
 

@@ -53,6 +53,13 @@ def make_row(i: int, **overrides: Any) -> dict[str, Any]:
         "shadow": {"graph": "strong"},
         "propensity": 0.4375,  # an explored row's probability
         "policy": "explore:epsilon",
+        "cached_tokens": 4,  # of the 11 prompt tokens
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 6,  # of the 22 completion tokens
+        "cache": None,
+        "cache_saved_usd": 0.0,
+        "session_id": "conv-1",
+        "affinity": False,
     }
     row.update(overrides)
     return row

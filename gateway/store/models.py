@@ -122,6 +122,15 @@ class Request(Base):
     # older than 0005, whose propensity is unknown) and the policy that chose it ("router", "explore:epsilon", ...)
     propensity: Mapped[float | None] = mapped_column(Float)
     policy: Mapped[str | None] = mapped_column(String)
+    # migration 0006: usage details priced separately (cached input, Anthropic cache writes, reasoning output),
+    # poolgate's own response cache ("exact" | "semantic", and the upstream cost it saved) and session affinity
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    cache: Mapped[str | None] = mapped_column(String(16))
+    cache_saved_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    affinity: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 #: Who gave a label: a person through ``POST /v1/feedback`` or the pool's judge backend.

@@ -84,6 +84,11 @@ ROW_DEFAULTS: dict[str, Any] = {
     "completion_tokens": 0,
     "usage_estimated": False,
     "cost_usd": 0.0,
+    "cached_tokens": 0,
+    "cache_write_tokens": 0,
+    "reasoning_tokens": 0,
+    "cache_saved_usd": 0.0,
+    "affinity": False,
 }
 
 
