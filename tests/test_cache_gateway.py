@@ -40,7 +40,7 @@ def start(fake_backends: Any, gateway: Any, tmp_path: Any, cache: str, **setting
     cheap, cs = fake_backends("cheap")
     strong, ss = fake_backends("strong")
     gw = gateway(pool(cs.url, ss.url, cache), **settings)
-    gw.cheap, gw.strong = cheap, strong
+    gw.cheap, gw.strong, gw.cheap_url, gw.strong_url = cheap, strong, cs.url, ss.url
     gw.db = settings.get("database_url", f"sqlite+aiosqlite:///{tmp_path}/gw.db")
     return gw
 
@@ -78,6 +78,37 @@ def test_a_repeated_request_is_served_from_the_cache_with_no_upstream_call_and_i
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'poolgate_cache_requests_total{pool="auto",result="hit-exact"} 1.0' in metrics
     assert 'poolgate_cache_saved_usd_total{kind="exact",pool="auto"}' in metrics
+    wait_rows(gw.db, 4)  # the report reads the store: every row written first
+    report = _report(gw.db, pool(gw.cheap_url, gw.strong_url, "{exact: true}"))
+    auto = next(c for c in report.cache if c.pool == "auto")
+    assert (auto.requests, auto.exact_hits, auto.semantic_hits) == (3, 1, 0)
+    assert auto.saved_usd == pytest.approx(rows[0]["cost_usd"]) and auto.hit_rate == pytest.approx(1 / 3)
+    assert [c.pool for c in report.cache] == ["auto"]  # "plain" has no cache and no hit
+
+
+def _report(db: str, pool_yaml: str) -> Any:
+    """The routing report (``poolgate report``'s numbers) of the test's log store."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gateway.commands.report import terminal_view
+    from gateway.loop.report import routing_report
+    from gateway.pools import parse_pool_file
+    from gateway.store.repository import LogRepository
+
+    async def run() -> Any:
+        engine = create_async_engine(db)
+        try:
+            return await routing_report(LogRepository(engine), parse_pool_file(pool_yaml))
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as threads:
+        rep = threads.submit(asyncio.run, run()).result()
+    assert any("response cache" in str(getattr(r, "title", "")) for r in terminal_view(rep))
+    return rep
 
 
 def test_sampling_requests_are_cached_only_when_the_pool_or_the_request_says_so(fake_backends, gateway, tmp_path):
