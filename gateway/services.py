@@ -71,8 +71,7 @@ class Services:
     judge: JudgeService  # a share of answers scored by the pool's judge, off the request path (gateway.judge)
     sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
     cache: ResponseCache  # pools' response caches (gateway.cache.service), in Redis when the gateway has it
-    affinity: SessionAffinity  # conversations stick to their backend (gateway.routing.affinity)
-    cache_redis: RedisKV | None = None  # the cache's and affinity's Redis client (None: both in process)
+    affinity: SessionAffinity  # conversations stick to their backend (gateway.routing.affinity), same Redis
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -90,10 +89,8 @@ class Services:
         await self.reloader.stop()
         await self.shadow.drain()
         await self.tenancy.close()
-        await self.cache.drain()
         await self.affinity.drain()
-        if self.cache_redis is not None:
-            await self.cache_redis.close()
+        await self.cache.close()  # after affinity's writes: it owns the Redis client both use
         await self.limiter.close()
         await self.writer.stop()
         await self.upstream.aclose()
@@ -147,5 +144,5 @@ def build_services(
         sessions=DashboardSessions(), responses=ResponseStore(settings.response_store_entries),
         judge=JudgeService(pool_file, dispatcher, writer, repository, on_label=online.learn),
         cache=ResponseCache(pool_file, embedders.embed, routing.encoder_of, metrics.registry, cache_redis),
-        affinity=SessionAffinity(pool_file, breakers, cache_redis), cache_redis=cache_redis,
+        affinity=SessionAffinity(pool_file, breakers, cache_redis),
     )

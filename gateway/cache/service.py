@@ -213,7 +213,9 @@ class ResponseCache:
                 item = Vector(plan.exact_key, vector, store.clock() + ttl)
                 await store.push_vector(_vectors(plan.context_key), item, ttl, plan.config.semantic.max_scan)
 
-    async def drain(self) -> None:
-        """Wait for the writes in flight (shutdown, tests)."""
+    async def close(self) -> None:
+        """Wait for the writes in flight, then close the Redis client (shared with session affinity)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.close()
