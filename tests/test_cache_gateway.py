@@ -36,9 +36,10 @@ pools:
 """
 
 
-def start(fake_backends: Any, gateway: Any, tmp_path: Any, cache: str, **settings: Any) -> Any:
-    cheap, cs = fake_backends("cheap")
-    strong, ss = fake_backends("strong")
+def start(fake_backends: Any, gateway: Any, tmp_path: Any, cache: str, tool_calls: bool = False,
+          **settings: Any) -> Any:
+    cheap, cs = fake_backends("cheap", tool_calls=tool_calls)
+    strong, ss = fake_backends("strong", tool_calls=tool_calls)
     gw = gateway(pool(cs.url, ss.url, cache), **settings)
     gw.cheap, gw.strong, gw.cheap_url, gw.strong_url = cheap, strong, cs.url, ss.url
     gw.db = settings.get("database_url", f"sqlite+aiosqlite:///{tmp_path}/gw.db")
@@ -158,6 +159,31 @@ def test_streaming_requests_replay_a_cached_answer_and_streamed_answers_are_kept
     assert again.parse().choices[0].message.content == "answer from cheap"
     rows = wait_rows(gw.db, 4)
     assert sorted(r["cache"] or "-" for r in rows) == ["-", "-", "exact", "exact"]
+
+
+def test_messages_responses_and_tool_calls_replay_from_the_cache_plain_and_streamed(fake_backends, gateway, tmp_path):
+    import anthropic
+
+    gw = start(fake_backends, gateway, tmp_path, "{exact: true, sampled: true}", tool_calls=True)
+    claude = anthropic.Anthropic(base_url=gw.url, api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "2+2?"}]
+    assert claude.messages.create(model="auto", max_tokens=20, messages=question).content[0].text == "answer from cheap"
+    with claude.messages.stream(model="auto", max_tokens=20, messages=question) as events:
+        assert "".join(events.text_stream) == "answer from cheap"
+    oa = client(gw)
+    assert oa.responses.create(model="auto", input="3+3?").output_text == "answer from cheap"
+    streamed = list(oa.responses.create(model="auto", input="3+3?", stream=True))
+    assert streamed[-1].type == "response.completed" and streamed[-1].response.output_text == "answer from cheap"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    first = ask(oa, messages=[{"role": "user", "content": "Weather?"}], tools=tools).parse()
+    assert first.choices[0].message.tool_calls[0].function.arguments == '{"city": "Oslo"}'
+    chunks = list(oa.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Weather?"}],
+                                             tools=tools, temperature=0, stream=True))
+    calls = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert calls[0][0].function.name == "get_weather" and calls[0][0].function.arguments == '{"city": "Oslo"}'
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert len(gw.cheap.requests) == 3  # one upstream call per question: the second of each was a cache hit
+    assert sorted(r["cache"] or "-" for r in wait_rows(gw.db, 6)) == ["-", "-", "-", "exact", "exact", "exact"]
 
 
 def test_entries_expire_after_their_ttl(fake_backends, gateway, tmp_path):
