@@ -45,12 +45,16 @@ def exact_key(pool: str, scope: str, payload: Mapping[str, Any], flags: Any, rou
 
 def context_key(pool: str, scope: str, payload: Mapping[str, Any], flags: Any, router: str | None) -> str:
     """The key of a request *without its last user message's text*: semantic lookup compares only that text's
-    embedding, among entries whose context (earlier messages, parameters, flags, pool, tenant) is this one."""
+    embedding, among entries whose context (earlier messages, that message's other parts such as images,
+    parameters, flags, pool, tenant) is this one's."""
     body = normalized(payload)
     messages = list(body.get("messages") or [])
     i = last_user_index(messages)
-    if i is not None:
-        messages[i] = {**messages[i], "content": None}
+    if i is not None:  # its text goes; any other part (an image) stays in the context, compared exactly
+        content = messages[i].get("content")
+        rest = [p for p in content if not (isinstance(p, dict) and p.get("type", "text") == "text")] \
+            if isinstance(content, list) else None
+        messages[i] = {**messages[i], "content": rest}
     body["messages"] = messages
     return _digest("context", pool, scope, body, flags, router)
 
