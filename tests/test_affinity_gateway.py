@@ -19,7 +19,7 @@ TURN1 = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 STRONGEST = {"poolgate": {"router": "strongest"}}
 
 
-def pool(cheap_url: str, strong_url: str, affinity: str = "{ttl_s: 60}") -> str:
+def pool(cheap_url: str, strong_url: str, affinity: str = "{ttl_s: 60}", extra: str = "") -> str:
     return f"""
 backends:
 {backend_yaml("cheap", cheap_url, input_price=0.5, output_price=1.0, retries=0, capabilities="[tools]")}
@@ -28,7 +28,7 @@ pools:
   - name: auto
     members: [cheap, strong]
     router: cheapest
-    affinity: {affinity}
+    affinity: {affinity}{extra}
 breaker: {{failure_threshold: 1, reset_after_s: 60}}
 """
 
@@ -38,10 +38,11 @@ def gw(fake_backends: Any, gateway: Any, tmp_path: Any) -> Any:
     return start(fake_backends, gateway, tmp_path)
 
 
-def start(fake_backends: Any, gateway: Any, tmp_path: Any, affinity: str = "{ttl_s: 60}", **settings: Any) -> Any:
+def start(fake_backends: Any, gateway: Any, tmp_path: Any, affinity: str = "{ttl_s: 60}", extra: str = "",
+          **settings: Any) -> Any:
     cheap, cs = fake_backends("cheap")
     strong, ss = fake_backends("strong")
-    server = gateway(pool(cs.url, ss.url, affinity), **settings)
+    server = gateway(pool(cs.url, ss.url, affinity, extra), **settings)
     server.cheap, server.strong = cheap, strong
     server.db = settings.get("database_url", f"sqlite+aiosqlite:///{tmp_path}/gw.db")
     return server
@@ -113,6 +114,21 @@ def test_an_infeasible_sticky_backend_falls_back_to_the_router(gw):
     calls = len(gw.strong.requests)
     assert chat(gw, turn4).headers["x-poolgate-backend"] == "cheap"  # breaker open: strong not even tried
     assert len(gw.strong.requests) == calls
+
+
+def test_a_turn_answered_from_the_cache_keeps_its_session_on_the_backend_that_gave_the_answer(
+        fake_backends, gateway, tmp_path):
+    gw = start(fake_backends, gateway, tmp_path, extra="\n    cache: {exact: true, sampled: true}")
+    assert chat(gw, TURN1, extra_body=STRONGEST, extra_headers={"x-poolgate-session": "a"}).headers[
+        "x-poolgate-backend"] == "strong"
+    time.sleep(0.1)
+    hit = chat(gw, TURN1, extra_body=STRONGEST, extra_headers={"x-poolgate-session": "b"})
+    assert hit.headers["x-poolgate-cache"] == "hit-exact" and len(gw.strong.requests) == 1
+    time.sleep(0.1)
+    later = chat(gw, [{"role": "user", "content": "Next?"}], extra_headers={"x-poolgate-session": "b"})
+    assert later.headers["x-poolgate-backend"] == "strong" and later.headers["x-poolgate-cache"] == "miss"
+    rows = sorted(wait_rows(gw.db, 3), key=lambda r: r["created_at"])
+    assert [r["session_id"] for r in rows] == ["a", "b", "b"] and rows[2]["affinity"] is True
 
 
 @requires_redis

@@ -1,7 +1,8 @@
 """The chat pipeline's cache and affinity steps (``gateway.api.pipeline`` calls each in one line).
 
 After admission, :func:`cache_lookup` reads the pool's response cache (``gateway.cache.service``); a hit is answered
-by :func:`hit_answer` with no routing and no upstream call (plain, or replayed as a stream). After routing,
+by :func:`hit_answer` with no routing and no upstream call (plain, or replayed as a stream; in a pool with affinity
+the session goes on with the backend that gave the kept answer). After routing,
 :func:`stick` puts the session's backend first (``gateway.routing.affinity``). When the answer is known,
 :func:`after_answer` keeps it in the cache and remembers the session's backend: at once for a plain answer, at the
 end of the stream for a streamed one (the relayed events are assembled into the completion they spell, bounded).
@@ -56,10 +57,13 @@ def cache_headers(plan: CachePlan | None) -> dict[str, str]:
     return headers
 
 
-def hit_answer(services: Services, record: RequestRecord, plan: CachePlan, chat: ChatRequest,
-               started: float) -> dict[str, Any]:
+async def hit_answer(services: Services, record: RequestRecord, plan: CachePlan, chat: ChatRequest, started: float,
+                     key: KeyRecord | None, headers: Mapping[str, str]) -> dict[str, Any]:
     """Answer from the cache: one row with ``cache`` set, cost 0 and the saving; no routing, no upstream call.
-    Returns the pipeline's ``ChatAnswer`` fields (headers, and body with parsed, or stream)."""
+    In a pool with affinity the session goes on with the backend that gave the answer. Returns the pipeline's
+    ``ChatAnswer`` fields (headers, and body with parsed, or stream)."""
+    session, _ = await services.affinity.session(plan.pool, record, scope_of(key), chat.messages,
+                                                 headers.get(SESSION_HEADER))
     entry = plan.hit
     assert entry is not None
     record.pool, record.backend, record.policy, record.propensity = plan.pool, entry.backend, "cache", None
@@ -71,12 +75,14 @@ def hit_answer(services: Services, record: RequestRecord, plan: CachePlan, chat:
     record.finish(status="ok", http_status=200, latency_ms=latency_ms, ttft_ms=latency_ms if chat.stream else None,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
-    headers = {"x-poolgate-request-id": record.id, "x-poolgate-cost-usd": f"{0.0:.8f}", **cache_headers(plan)}
+    if session is not None:
+        services.affinity.remember(session, record, entry.completion)
+    out = {"x-poolgate-request-id": record.id, "x-poolgate-cost-usd": f"{0.0:.8f}", **cache_headers(plan)}
     if entry.backend:
-        headers["x-poolgate-backend"] = entry.backend
+        out["x-poolgate-backend"] = entry.backend
     if chat.stream:
-        return {"headers": headers, "stream": replay_stream(entry.completion, chat.wants_usage)}
-    return {"headers": headers, "body": orjson.dumps(entry.completion), "parsed": entry.completion}
+        return {"headers": out, "stream": replay_stream(entry.completion, chat.wants_usage)}
+    return {"headers": out, "body": orjson.dumps(entry.completion), "parsed": entry.completion}
 
 
 async def stick(services: Services, decision: RouteDecision, record: RequestRecord, key: KeyRecord | None,

@@ -158,7 +158,7 @@ async def _serve(
         admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
         cached = await cache_lookup(services, key, chat, request_headers)  # None: the pool has no cache
         if cached is not None and cached.hit is not None:  # no routing, no upstream call
-            return ChatAnswer(200, **hit_answer(services, record, cached, chat, started))
+            return ChatAnswer(200, **await hit_answer(services, record, cached, chat, started, key, request_headers))
         prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
         with services.tracing.span("poolgate.route") as span:
             decision = await services.routing.route(

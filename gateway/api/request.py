@@ -154,7 +154,7 @@ def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | Non
     router = None
     if ext is not None:
         if not isinstance(ext, dict):
-            raise _bad("'poolgate' must be an object with 'flags' and/or 'router'", "poolgate")
+            raise _bad("'poolgate' must be an object with 'flags', 'router', 'cache' and/or 'affinity'", "poolgate")
         unknown = set(ext) - {"flags", "router", *SWITCHES}
         if unknown:
             raise _bad(f"unknown poolgate field(s) {sorted(unknown)}", f"poolgate.{sorted(unknown)[0]}")

@@ -63,28 +63,33 @@ class SessionAffinity:
     def _store(self, pool: str) -> MemoryKV | RedisKV:
         return self.redis if self.redis is not None else self.memory[pool]
 
-    async def apply(
-        self, decision: RouteDecision, record: RequestRecord, scope: str, messages: Sequence[Mapping[str, Any]],
-        header: str | None, router_decides: bool,
-    ) -> tuple[RouteDecision, AffinityPlan | None]:
-        """``decision`` with the session's backend first when it has one and may serve (module docstring)."""
+    async def session(self, pool: str | None, record: RequestRecord, scope: str,
+                      messages: Sequence[Mapping[str, Any]], header: str | None) -> tuple[AffinityPlan | None, str]:
+        """The request's session (None where ``pool`` has no affinity) and its backend ("" when none is known);
+        sets the record's ``session_id``."""
         if header is not None:
-            record.session_id = header[:MAX_SESSION_CHARS]
-        config = self.configs.get(decision.pool or "")
-        if config is None or decision.pool is None:
-            return decision, None
-        pool = decision.pool
+            header = header[:MAX_SESSION_CHARS]
+            record.session_id = header
+        config = self.configs.get(pool or "")
+        if config is None or pool is None:
+            return None, ""
         if header is not None:
-            key: str | None = explicit_session_key(pool, scope, header[:MAX_SESSION_CHARS])
+            key: str | None = explicit_session_key(pool, scope, header)
         else:
             prefix = conversation_prefix(messages) if config.derive else None
             key = session_digest(pool, scope, prefix) if prefix is not None else None
         found = await self._store(pool).get(f"aff:{key}") if key is not None else None
         backend, _, session = found.decode("utf-8", "replace").partition("\n") if found else ("", "", "")
-        session_id = (header[:MAX_SESSION_CHARS] if header is not None else
-                      session or session_digest(pool, scope, messages)[:32])
-        record.session_id = session_id
-        plan = AffinityPlan(pool, config, scope, session_id, key, header is None and config.derive, messages)
+        record.session_id = header if header is not None else session or session_digest(pool, scope, messages)[:32]
+        return AffinityPlan(pool, config, scope, record.session_id, key, header is None and config.derive,
+                            messages), backend
+
+    async def apply(
+        self, decision: RouteDecision, record: RequestRecord, scope: str, messages: Sequence[Mapping[str, Any]],
+        header: str | None, router_decides: bool,
+    ) -> tuple[RouteDecision, AffinityPlan | None]:
+        """``decision`` with the session's backend first when it has one and may serve (module docstring)."""
+        plan, backend = await self.session(decision.pool, record, scope, messages, header)
         if not backend or router_decides or (decision.ranking and decision.ranking[0].name == backend):
             return decision, plan
         sticky = next((b for b in decision.ranking if b.name == backend), None)
