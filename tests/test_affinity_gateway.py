@@ -65,6 +65,8 @@ def test_turn_two_goes_to_the_backend_of_turn_one_although_the_router_would_pick
     turn2 = next_turn(TURN1, first, "And another?")
     second = chat(gw, turn2)
     assert second.headers["x-poolgate-backend"] == "strong"  # cheapest would have picked cheap
+    assert second.headers["x-poolgate-affinity"] == "true"
+    assert second.headers["x-poolgate-session"] == first.headers["x-poolgate-session"]
     third = chat(gw, next_turn(turn2, second, "One more?"))
     assert third.headers["x-poolgate-backend"] == "strong"
     # a new conversation with the same system prompt is a first turn: the router's

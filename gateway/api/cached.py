@@ -57,6 +57,17 @@ def cache_headers(plan: CachePlan | None) -> dict[str, str]:
     return headers
 
 
+def answer_headers(plan: CachePlan | None, record: RequestRecord) -> dict[str, str]:
+    """What the cache and affinity add to an answer's headers (``x-poolgate-affinity: true`` when the session, not
+    the router, chose the backend; ``x-poolgate-session`` the session the turn belongs to)."""
+    headers = cache_headers(plan)
+    if record.session_id is not None:
+        headers["x-poolgate-session"] = record.session_id
+    if record.affinity:
+        headers["x-poolgate-affinity"] = "true"
+    return headers
+
+
 async def hit_answer(services: Services, record: RequestRecord, plan: CachePlan, chat: ChatRequest, started: float,
                      key: KeyRecord | None, headers: Mapping[str, str]) -> dict[str, Any]:
     """Answer from the cache: one row with ``cache`` set, cost 0 and the saving; no routing, no upstream call.
@@ -77,7 +88,7 @@ async def hit_answer(services: Services, record: RequestRecord, plan: CachePlan,
     services.finish(record)
     if session is not None:
         services.affinity.remember(session, record, entry.completion)
-    out = {"x-poolgate-request-id": record.id, "x-poolgate-cost-usd": f"{0.0:.8f}", **cache_headers(plan)}
+    out = {"x-poolgate-request-id": record.id, "x-poolgate-cost-usd": f"{0.0:.8f}", **answer_headers(plan, record)}
     if entry.backend:
         out["x-poolgate-backend"] = entry.backend
     if chat.stream:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.access_log import RECORD_STATE_KEY
-from gateway.api.cached import after_answer, cache_headers, cache_lookup, hit_answer, stick
+from gateway.api.cached import after_answer, answer_headers, cache_lookup, hit_answer, stick
 from gateway.api.request import ChatRequest
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
@@ -192,7 +192,7 @@ async def _serve(
     else:
         answer = await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
     answer.stream = after_answer(services, answer.parsed, answer.stream, record, cached, session)  # keep it
-    answer.headers.update(cache_headers(cached))
+    answer.headers.update(answer_headers(cached, record))
     return answer
 
 
