@@ -16,7 +16,8 @@ probability ``--near-dup`` sends it as a near duplicate (a prefix such as "Quest
 or lower case: the same question in other words only in the weakest sense; true paraphrases are not in the data).
 
 Per configuration: requests, exact and semantic hits, the cost the gateway charged (``x-poolgate-cost-usd``, 0 on a
-hit), the cost it saved (``x-poolgate-cache-saved-usd``), client-side latency p50/p99, and quality: the share of
+hit), the cost it saved (``x-poolgate-cache-saved-usd``), client-side latency p50/p99 (and p50 of hits and of
+misses apart), and quality: the share of
 answers the source grades correct (an answer is correct when it is a recorded answer *of the question that was
 asked* and the source graded it correct), and, of the semantic hits, the share that answered the question asked
 (a recorded answer of that very question) rather than a similar-looking other one. Prints a table, writes
@@ -126,6 +127,10 @@ def grade(store: ReplayStore, q: int, text: str) -> tuple[bool, bool]:
     return False, False
 
 
+def _p50(values: list[float]) -> float | None:
+    return percentile(values, 50) if values else None
+
+
 def summarize(name: str, store: ReplayStore, results: list[dict[str, Any]]) -> dict[str, Any]:
     graded = [grade(store, r["question"], r["text"]) for r in results]
     semantic = [g for r, g in zip(results, graded, strict=True) if r["cache"] == "hit-semantic"]
@@ -136,6 +141,8 @@ def summarize(name: str, store: ReplayStore, results: list[dict[str, Any]]) -> d
         "semantic_hits": len(semantic),
         "cost_usd": sum(r["cost_usd"] for r in results), "saved_usd": sum(r["saved_usd"] for r in results),
         "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+        "hit_p50_ms": _p50([r["latency_ms"] for r in results if r["cache"].startswith("hit")]),
+        "miss_p50_ms": _p50([r["latency_ms"] for r in results if not r["cache"].startswith("hit")]),
         "accuracy": sum(c for _, c in graded) / len(graded),
         "semantic_same_question": (sum(s for s, _ in semantic) / len(semantic)) if semantic else None,
         "semantic_correct": (sum(c for _, c in semantic) / len(semantic)) if semantic else None,
@@ -203,10 +210,11 @@ def main() -> None:
         return "-" if v is None else f"{v:.1%}"
 
     print(table(["config", "exact hits", "semantic hits", "cost $", "saved $", "cost vs off", "p50 ms", "p99 ms",
-                 "accuracy", "sem. same q", "sem. correct"],
+                 "hit p50", "miss p50", "accuracy", "sem. same q", "sem. correct"],
                 [[r["config"], str(r["exact_hits"]), str(r["semantic_hits"]), f"{r['cost_usd']:.4f}",
                   f"{r['saved_usd']:.4f}", pct(r["cost_usd"] / base), fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1),
-                  pct(r["accuracy"]), pct(r["semantic_same_question"]), pct(r["semantic_correct"])] for r in rows]))
+                  fmt(r["hit_p50_ms"], 1), fmt(r["miss_p50_ms"], 1), pct(r["accuracy"]),
+                  pct(r["semantic_same_question"]), pct(r["semantic_correct"])] for r in rows]))
     out = REPO / "benchmarks" / "results" / "cache.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "distinct_prompts": distinct, "rows": rows,

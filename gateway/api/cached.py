@@ -118,6 +118,8 @@ def after_answer(services: Services, parsed: dict[str, Any] | None, stream: Asyn
     if parsed is not None:
         _kept(services, record, cache, affinity, parsed)
     elif stream is not None:
+        # the relayed events spell the entry with SSE framing and per-chunk JSON around each delta: 4x its size
+        # keeps the streams of answers that fit an entry (a 2k-token answer streams ~0.4 MB), and bounds the rest
         limit = cache.config.max_entry_bytes * 4 if cache is not None and keep_cache else AFFINITY_STREAM_BYTES
         return _tap(services, stream, record, cache if keep_cache else None, affinity, limit)
     return stream
