@@ -260,6 +260,19 @@ def test_a_redis_cache_is_shared_by_two_gateways(fake_backends, gateway, tmp_pat
         drop_redis_prefix(url, prefix)
 
 
+def test_a_cache_whose_redis_is_unreachable_misses_and_never_fails_a_request(fake_backends, gateway, tmp_path):
+    from tests.servers import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: every connection is refused
+    gw = start(fake_backends, gateway, tmp_path, "{exact: true, semantic: {threshold: 0.97, encoder: minilm-static}}",
+               redis_url=dead, redis_retry_s=0.01)
+    c = client(gw)
+    for _ in range(3):
+        raw = ask(c)
+        assert raw.status_code == 200 and raw.headers["x-poolgate-cache"] == "miss"
+    assert len(gw.cheap.requests) == 3
+
+
 def test_pool_file_cache_options_are_validated_with_clear_errors():
     from gateway.pools import PoolFileError, parse_pool_file
 
