@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 
-from gateway.cache.store import MemoryKV, Vector
+from gateway.cache.store import MemoryKV, RedisKV, Vector
+from tests.conftest import drop_redis_prefix, redis_url, requires_redis
 
 
 class Clock:
@@ -55,3 +58,24 @@ async def test_vector_lists_are_bounded_per_list_and_in_all_and_drop_expired_vec
     await kv.push_vector("ctx-c", vec(9, ttl=1), 60, max_scan=10)
     clock.now += 2
     assert await kv.vectors("ctx-c", 10) == []
+
+
+@requires_redis
+async def test_redis_entries_of_one_tenant_and_pool_are_trimmed_to_max_entries_oldest_first():
+    url, prefix = redis_url(), f"pgtest-kv-{uuid.uuid4().hex[:8]}:"
+    assert url is not None
+    clock = Clock()
+    kv = RedisKV(url, prefix=prefix, clock=clock)
+    try:
+        for i in range(5):
+            clock.now += 1  # insertion order is the index's score
+            await kv.put(f"e{i}", b"v%d" % i, 60, index="idx", max_entries=3)
+        assert [await kv.get(f"e{i}") for i in range(5)] == [None, None, b"v2", b"v3", b"v4"]
+        item = Vector("k" * 64, np.arange(3, dtype=np.float32), clock.now + 60)
+        for _ in range(4):
+            await kv.push_vector("vec", item, 60, max_scan=2)
+        found = await kv.vectors("vec", 10)
+        assert len(found) == 2 and found[0].key == "k" * 64 and found[0].vector.tolist() == [0.0, 1.0, 2.0]
+    finally:
+        await kv.close()
+        drop_redis_prefix(url, prefix)
