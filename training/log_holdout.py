@@ -29,7 +29,7 @@ from routers.dataset import RoutingDataset
 from routers.objective import Flags, score
 from routers.pricing import call_costs_usd
 from training.from_logs import LabelledRow
-from training.off_policy import estimate, one_hot
+from training.off_policy import dr_difference, estimate, one_hot
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,30 @@ def holdout_events(split: TimeSplit, cards: list[ModelCard], default_output_toke
                          np.asarray([r.propensity for r in rows], dtype=np.float64), quality_model)
 
 
+def _models(events: HoldoutEvents, flags: Flags) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quality model, utility model, utility with the logged cells' observed labels), each ``[n, m]``."""
+    ds, n = events.dataset, len(events)
+    q_model = np.tile(events.quality_model, (n, 1))
+    q_logged = q_model.copy()
+    q_logged[np.arange(n), events.actions] = events.rewards
+    # utility is linear in each cell's own quality (lambda depends on costs only): the logged cell's utility is exact
+    u_model = score(Prediction(quality=q_model, cost_usd=ds.cost_usd), ds.cards, flags, ds.prompt_tokens).utility
+    u_logged = score(Prediction(quality=q_logged, cost_usd=ds.cost_usd), ds.cards, flags, ds.prompt_tokens).utility
+    return q_model, u_model, u_logged
+
+
+def compare_choices(choice: np.ndarray, other: np.ndarray, events: HoldoutEvents, flags: Flags, *, seed: int = 0,
+                    n_boot: int = 1000) -> dict[str, Any]:
+    """DR estimate of (``choice``'s utility - ``other``'s) on the same events, with its paired 95% interval
+    (:func:`training.off_policy.dr_difference`) and the share of events where the two policies disagree."""
+    _, u_model, u_logged = _models(events, flags)
+    idx, m = np.arange(len(events)), len(events.dataset.cards)
+    diff = dr_difference(events.actions, u_logged[idx, events.actions], events.propensities, one_hot(choice, m),
+                         one_hot(other, m), u_model, seed=seed, n_boot=n_boot)
+    return {"utility_diff": diff.value, "utility_diff_low": diff.low, "utility_diff_high": diff.high,
+            "disagreement": float(np.mean(np.asarray(choice) != np.asarray(other))), "n": len(events)}
+
+
 def evaluate_choices(choice: np.ndarray, events: HoldoutEvents, flags: Flags, *, seed: int = 0,
                      n_boot: int = 1000) -> dict[str, Any]:
     """Off-policy metrics of a deterministic policy that chose ``choice`` (backend index per event).
@@ -115,12 +139,7 @@ def evaluate_choices(choice: np.ndarray, events: HoldoutEvents, flags: Flags, *,
     ds, n = events.dataset, len(events)
     cards, m = ds.cards, len(ds.cards)
     idx = np.arange(n)
-    q_model = np.tile(events.quality_model, (n, 1))
-    q_logged = q_model.copy()
-    q_logged[idx, events.actions] = events.rewards
-    # utility is linear in each cell's own quality (lambda depends on costs only): the logged cell's utility is exact
-    u_model = score(Prediction(quality=q_model, cost_usd=ds.cost_usd), cards, flags, ds.prompt_tokens).utility
-    u_logged = score(Prediction(quality=q_logged, cost_usd=ds.cost_usd), cards, flags, ds.prompt_tokens).utility
+    q_model, u_model, u_logged = _models(events, flags)
     target = one_hot(choice, m)
     util = estimate(events.actions, u_logged[idx, events.actions], events.propensities, target, u_model,
                     seed=seed, n_boot=n_boot)

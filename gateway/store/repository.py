@@ -319,7 +319,8 @@ class LogRepository:
         labels = _labels()
         cols: list[Any] = [
             REQ.c.id, REQ.c.pool, REQ.c.key_id, REQ.c.router, REQ.c.router_version, REQ.c.backend, REQ.c.status,
-            REQ.c.shadow, func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
+            REQ.c.shadow, REQ.c.propensity, REQ.c.created_at,
+            func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
             func.coalesce(REQ.c.prompt_tokens, 0).label("prompt_tokens"),
             func.coalesce(REQ.c.completion_tokens, 0).label("completion_tokens"),
             func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), labels.c.score, self.dialect.day().label("day"),
@@ -333,6 +334,11 @@ class LogRepository:
         if ext is not None:
             query = query.outerjoin(ext, ext.c.rid == REQ.c.id)
         return window.where(query).subquery("r")
+
+    def requests_subquery(self, window: Window, prices: Prices) -> Subquery:
+        """The window's requests with the label that counts and their candidate extremes (one row each), for the
+        report's per-event readers (``gateway.store.estimates``)."""
+        return self._requests(window, prices)
 
     async def report_cells(self, window: Window, prices: Prices) -> list[ReportCell]:
         """The window's requests grouped as :class:`ReportCell` (one aggregate row per cell)."""
