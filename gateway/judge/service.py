@@ -10,7 +10,8 @@ and for each call:
   "judge:<pool>"``, ``pool`` the judged pool, ``backend`` the judge, no key. Reports and ``usage_totals`` count its
   cost like any row (group ``--by router`` shows it as ``judge``); it has no candidates, so it never enters the
   routing counterfactuals, and no label, so it never enters training;
-- add the cost to the pool's judge spend of the UTC day (``max_usd_per_day``; per gateway process);
+- add the cost to the pool's judge spend of the UTC day (``max_usd_per_day``; per gateway process, restored
+  at start from the judge's cost rows of the day in the database, :meth:`JudgeService.restore_spend`);
 - when the verdict has a score, upsert a ``source: judge`` feedback row (labeler = the judge backend, comment =
   its reason) once the judged request's own row is in the database, then tell ``on_label`` (the online router).
 
@@ -35,6 +36,7 @@ from gateway.proxy.dispatch import AllBackendsFailed, Dispatcher
 from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
 from gateway.store import LogWriter
+from gateway.store.estimates import judge_spend_since
 from gateway.store.repository import LogRepository
 from routers.pricing import cost_usd
 
@@ -92,6 +94,22 @@ class JudgeService:
 
     def spent_today(self, pool: str) -> float:
         return self.spend.get((pool, datetime.now(UTC).date()), 0.0)
+
+    async def restore_spend(self) -> None:
+        """Today's spend per judged pool from the judge's cost rows in the database, so a restart does not reset
+        the daily budget. Rows other replicas wrote count too (they share the database): the cap then holds for
+        the deployment up to what each replica spends after its start. A database error leaves the count at 0."""
+        if not self.judges:
+            return
+        today = datetime.now(UTC).date()
+        midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        try:
+            spent = await judge_spend_since(self.repository, midnight)
+        except Exception:  # the gateway must start without the log store; the budget then counts from here
+            log.exception("judge: could not read today's spend; counting from 0")
+            return
+        for pool in self.judges:
+            self.spend[(pool, today)] = max(self.spend.get((pool, today), 0.0), spent.get(pool, 0.0))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,12 +1,14 @@
-"""The report's per-event reads: the logged events the off-policy estimators use, and requests labelled by both a
-person and the judge. Separate from :mod:`gateway.store.repository`'s aggregates because estimators and agreement
-statistics need one row per request (the bootstrap resamples requests), so these read rows, capped."""
+"""The closed loop's reads beside :mod:`gateway.store.repository`'s aggregates: the logged events the report's
+off-policy estimators use and the requests labelled by both a person and the judge (one row per request: the
+bootstrap resamples requests, so these read rows, capped), and the judge's spend since a time (its daily budget
+survives a restart)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.store.repository import FB, REQ, LogRepository, Prices, Window
 
@@ -57,3 +59,13 @@ async def label_pairs(repo: LogRepository, window: Window) -> list[tuple[float, 
     async with repo.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [(float(a), float(b)) for a, b in rows]
+
+
+async def judge_spend_since(repo: LogRepository, since: datetime) -> dict[str, float]:
+    """Per judged pool: the cost of the judge's calls (its ``router = 'judge'`` rows) created at or after ``since``."""
+    query = (select(REQ.c.pool, func.coalesce(func.sum(REQ.c.cost_usd), 0.0))
+             .where(REQ.c.router == "judge", REQ.c.created_at >= since, REQ.c.pool.is_not(None))
+             .group_by(REQ.c.pool))
+    async with repo.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return {pool: float(total) for pool, total in rows}
