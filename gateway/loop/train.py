@@ -269,6 +269,10 @@ def promotion_verdict(cand: dict[str, Any], serving: dict[str, Any] | None, labe
                f"{cand['utility_high']:.4f}], ESS {cand['ess']:.1f}; serving {serving['utility']:.4f} ({label})")
     if low > 1e-12:
         return True, f"the difference's lower bound is above 0: {numbers}"
+    half, value = (diff["utility_diff_high"] - low) / 2, diff["utility_diff"]
+    if value > 0 and half > 0:  # the interval narrows as 1/sqrt(n): about how many events would resolve this gap
+        needed = diff["n"] * (half / value) ** 2
+        numbers += f"; to resolve a gap of {value:.4f} the holdout needs about {needed:.0f} events"
     return False, f"the difference's lower bound is not above 0: {numbers}"
 
 
