@@ -215,8 +215,13 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
     print(f"  {'policy':<22} {'judge quality':>13} {'$ / 100 req':>11} {'utility':>8} {'labels':>6}  "
           f"mix (mixtral / gpt-4)")
     results = {}
-    for name, router in (("learned " + live_version(db), None), ("always-cheapest", "cheapest"),
-                         ("always-strongest", "strongest")):
+    live = live_version(db)
+    policies: list[tuple[str, str | None]] = [("learned " + live, None)]
+    if args.mode == "explore" and live != "builtin":
+        # the pool keeps exploring after the promotion; naming the live router turns exploration off, so this row
+        # is what the learned router itself chose (the row above is the policy as served, exploration included)
+        policies = [("learned, as served", None), (f"{live}, no exploration", live.split()[0])]
+    for name, router in (*policies, ("always-cheapest", "cheapest"), ("always-strongest", "strongest")):
         ids = send(client, held_out, router)
         quality, cost100, labels, mix = summary(db, ids)
         results[router] = (quality, cost100, mix)

@@ -122,6 +122,9 @@ class JudgeConfig(BaseModel):
     queue_size: int = Field(default=1000, ge=1, le=100_000, description="answers waiting for the judge; when full, "
                             "new ones are dropped (counted), never waited for")
     concurrency: int = Field(default=2, ge=1, le=64, description="judge calls in flight at once")
+    pair_share: float = Field(default=0.0, ge=0, le=1, description="of the judged requests that exploration sent "
+                              "to another backend than the router's top choice, the fraction for which the top "
+                              "choice is also asked (off the request path, budgeted) and its answer judged too")
 
 
 class ExplorationConfig(BaseModel):

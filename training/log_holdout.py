@@ -47,13 +47,24 @@ class TimeSplit:
                 "holdout_without_propensity": len(self.holdout) - known}
 
 
+#: rows of this policy are the judge's counterfactual answers (``gateway.judge.service``, "Pairs"): no propensity
+PAIR_POLICY = "judge-pair"
+
+
 def time_split(rows: Sequence[LabelledRow], test_size: float) -> TimeSplit:
     """The newest ``test_size`` of ``rows`` (at least one, when there are two or more) as the holdout. Rows sharing
-    a timestamp keep their given order (the repository's: time, then request id), so the cut is reproducible."""
-    ordered = sorted(rows, key=lambda r: r.created_at)  # stable
+    a timestamp keep their given order (the repository's: time, then request id), so the cut is reproducible.
+
+    The judge's pair rows are not traffic: the cut is made on the others, pair rows older than it join the fitting
+    side (an observed cell for the backend the router did not send that prompt to) and newer ones are dropped (they
+    answer holdout prompts: fitting on them would leak the holdout into the candidate)."""
+    ordered = sorted((r for r in rows if r.policy != PAIR_POLICY), key=lambda r: r.created_at)  # stable
     n_hold = min(len(ordered) - 1, max(1, round(len(ordered) * test_size))) if len(ordered) >= 2 else 0
     cut = len(ordered) - n_hold
-    return TimeSplit(ordered[:cut], ordered[cut:], ordered[cut].created_at if n_hold else None)
+    cutoff = ordered[cut].created_at if n_hold else None
+    pairs = [r for r in rows if r.policy == PAIR_POLICY and (cutoff is None or r.created_at < cutoff)]
+    fit = sorted([*ordered[:cut], *pairs], key=lambda r: r.created_at)
+    return TimeSplit(fit, ordered[cut:], cutoff)
 
 
 @dataclass

@@ -183,7 +183,8 @@ async def _serve(
     services.tracing.annotate(request_id, {"gen_ai.response.model": str(answered_by or result.backend.model)})
     if result.stream is not None:
         return _stream_answer(services, chat, record, result, decision, started, prompt_tokens)
-    return await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
+    return await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text,
+                               chat.payload)
 
 
 def answer_text(parsed: dict[str, Any]) -> str:
@@ -200,7 +201,7 @@ def answer_text(parsed: dict[str, Any]) -> str:
 
 async def _plain_answer(
     services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
-    prompt_tokens: int, chat_prompt: str,
+    prompt_tokens: int, chat_prompt: str, payload: dict[str, Any] | None = None,
 ) -> ChatAnswer:
     latency_ms = (time.perf_counter() - started) * 1000
     headers = gateway_headers(record.id, decision, result.backend.name, None) | result.passed_headers
@@ -219,7 +220,9 @@ async def _plain_answer(
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
-    services.judge.offer(record, chat_prompt, text)  # queued for the pool's judge, if any: never waited for
+    # queued for the pool's judge, if any: never waited for (an explored request may also get its top choice's
+    # answer judged, from the same payload, off the request path)
+    services.judge.offer(record, chat_prompt, text, decision.top_choice, payload)
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
