@@ -47,7 +47,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pool_yaml(replay_url: str, cost_weight: float, mode: str, share: float) -> str:
+def pool_yaml(replay_url: str, cost_weight: float, mode: str, share: float, pair_share: float = 0.0) -> str:
     # online: the linucb bandit explores by itself; explore: cheapest with epsilon exploration (not allowed under
     # quality-first, so balanced with the same cost weight), then `poolgate train --promote` learns a knn router
     routing = ("router: linucb\n    objective: quality-first" if mode == "online" else
@@ -65,7 +65,7 @@ pools:
     members: [mixtral-8x7b, gpt-4-1106]
     {routing}
     flags: {{cost: {cost_weight}}}
-    judge: {{backend: judge, share: 1.0}}
+    judge: {{backend: judge, share: 1.0, pair_share: {pair_share}}}
 """
 
 
@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="GSM8K responses CSV or sample .jsonl for the replay backend "
                         "(default: the packaged 300-prompt sample; the full RouteLLM CSV has 1319)")
     parser.add_argument("--share", type=float, default=0.3, help="explore mode: the pool's epsilon share")
+    parser.add_argument("--pair-share", type=float, default=0.0,
+                        help="explore mode: the judge's pair_share (explored requests also get the router's top "
+                             "choice answered and judged: an observed cell for the other backend)")
     parser.add_argument("--test-size", type=float, default=0.25,
                         help="explore mode: poolgate train's time-ordered holdout share of the labelled logs")
     parser.add_argument("--mode", choices=["online", "explore"], default="online",
@@ -153,7 +156,7 @@ def main() -> None:
     db = work / "log.db"
     replay_port, gw_port = free_port(), free_port()
     replay_url, gw_url = f"http://127.0.0.1:{replay_port}", f"http://127.0.0.1:{gw_port}"
-    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight, args.mode, args.share))
+    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight, args.mode, args.share, args.pair_share))
     env = {**os.environ, "PYTHONPATH": str(REPO), "POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
            "POOLGATE_POOL_FILE": str(work / "pool.yaml"), "POOLGATE_STORE_PROMPTS": "true",
            "POOLGATE_ARTIFACTS_DIR": str(work / "artifacts"), "POOLGATE_ONLINE_SAVE_EVERY": str(args.save_every),
@@ -235,8 +238,14 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
     print(f"  {'same mix, at random':<22} {blind:>13.3f} {blind_cost:>11.4f} "
           f"{blind - args.cost_weight * blind_cost / 100:>8.3f}      -  (expected value, computed)")
     with sqlite3.connect(db) as conn:
-        n, usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE router = 'judge'").fetchone()
+        n, usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE router = 'judge' "
+                              "AND policy = 'judge'").fetchone()
+        pairs, pair_usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE policy = 'judge-pair'"
+                                       ).fetchone()
     print(f"judge calls: {n}, cost ${usd or 0:.4f} (logged as requests rows with router = policy = 'judge')")
+    if pairs:
+        print(f"pair calls (the top choice asked for explored requests): {pairs}, cost ${pair_usd or 0:.4f} "
+              "(rows with policy = 'judge-pair', no propensity)")
 
 
 def live_version(db: Path) -> str:
