@@ -231,8 +231,10 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
         utility = quality - args.cost_weight * cost100 / 100  # the objective's trade: quality - weight x USD a call
         print(f"  {name:<22} {quality:>13.3f} {cost100:>11.4f} {utility:>8.3f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0)}")
-    # what a context-blind policy sending the same share to gpt-4 at random would score on these prompts
-    share = results[None][2].get("gpt-4-1106", 0) / len(held_out)
+    # what a context-blind policy sending the same share to gpt-4 at random would score on these prompts (the
+    # learned router's own share: without exploration when that row was measured)
+    learned = policies[-1][1]
+    share = results[learned][2].get("gpt-4-1106", 0) / len(held_out)
     blind = (1 - share) * results["cheapest"][0] + share * results["strongest"][0]
     blind_cost = (1 - share) * results["cheapest"][1] + share * results["strongest"][1]
     print(f"  {'same mix, at random':<22} {blind:>13.3f} {blind_cost:>11.4f} "
