@@ -97,7 +97,7 @@ def terminal_view(rep: LogReport) -> list[RenderableType]:
         out.append(table)
     out += estimate_tables(rep)
     notes = ["* saved = 1 - cost / always-strongest cost; cheapest* / strongest* = counterfactual always-cheapest / "
-             "always-strongest cost (priced tokens, no interval; the off-policy table below is the estimate to "
+             "always-strongest cost (priced tokens, no interval; the off-policy table is the estimate to "
              "quote)", *rep.assumptions]
     out.append("\n".join(f"[dim]- {a}[/dim]" for a in notes))
     return out
