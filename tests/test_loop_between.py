@@ -10,11 +10,12 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from sqlalchemy import insert
 
-from gateway.loop.train import TrainRequest, train_from_logs
+from gateway.loop.train import TrainRequest, policy_choice, train_from_logs
 from gateway.pools import parse_pool_file
 from gateway.routing.artifacts import ArtifactStore, load_version
 from gateway.routing.service import member_cards
@@ -102,3 +103,14 @@ async def test_a_cost_aware_learned_router_is_promoted_and_lands_between_cheapes
     cost = {"cheap": (20 * 0.6 + 40 * 0.6) / 1e6, "strong": (20 * 10 + 40 * 30) / 1e6}
     assert quality > cheapest_quality + 0.3  # 1.0 vs 0.5 when it sends every proof to strong
     assert np.mean([cost[b] for b in names]) < 0.8 * cost["strong"]  # and the arithmetic to cheap
+
+    # the gate decides on the cards the gateway gives the router (its calibration's output lengths: 40 tokens here);
+    # the objective's 256-token default would price a strong call at $0.0079 instead of $0.0014, and at lambda 200
+    # (0.28 vs 1.58 of quality for a proof the cheap model gets wrong) judge a policy that would never serve
+    backends = [POOL.backend("cheap"), POOL.backend("strong")]
+    events = SimpleNamespace(dataset=SimpleNamespace(features=feats, cards=[b.card() for b in backends],
+                                                     prompt_tokens=np.full(len(fresh), 20.0)))
+    served = policy_choice(router, events, Flags(cost=200.0), backends)  # type: ignore[arg-type]
+    default_priced = policy_choice(router, events, Flags(cost=200.0))  # type: ignore[arg-type]
+    hard = np.asarray([h for _, h in fresh])
+    assert (served[hard] == 1).mean() > 0.8 and (default_priced == 0).all()
