@@ -13,6 +13,7 @@ from sqlalchemy import insert
 
 from gateway.loop.report import report_json, routing_report
 from gateway.loop.report_estimates import agreement, pool_estimate
+from gateway.loop.report_html import render_html
 from gateway.pools import parse_pool_file
 from gateway.store import Feedback, Request, make_engine, upgrade
 from gateway.store.estimates import Event
@@ -124,3 +125,5 @@ async def test_report_carries_the_estimates_and_the_agreement(db_url: str) -> No
     assert set(strong["cost_usd"]) >= {"ips", "snips", "dr", "ess", "match"}
     assert data["judge_agreement"]["n"] == 4 and data["estimates"]["auto"]["savings_vs_strongest"]["low"] is not None
     assert any("OFF-POLICY ESTIMATES" in line for line in data["assumptions"])
+    page = render_html(rep)
+    assert "Savings: OFF-POLICY ESTIMATES" in page and "judge vs user on 4 requests labelled by both" in page

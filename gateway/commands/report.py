@@ -103,44 +103,23 @@ def terminal_view(rep: LogReport) -> list[RenderableType]:
     return out
 
 
-def _iv(d: dict[str, float] | None, spec: str, scale: float = 1.0) -> str:
-    if d is None or d.get("value") is None or d["value"] != d["value"]:
-        return "-"
-    return (f"{format(scale * d['value'], spec)} [{format(scale * d['low'], spec)}, "
-            f"{format(scale * d['high'], spec)}]")
-
 
 def estimate_tables(rep: LogReport) -> list[RenderableType]:
     """The off-policy savings per pool and the judge-vs-user agreement (``gateway.loop.report_estimates``)."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from rich.table import Table
 
+    from gateway.loop.report_html import ESTIMATE_COLUMNS, agreement_line, estimate_cells
+
     out: list[RenderableType] = []
     if rep.estimates:
         capped = " (newest events only: cap reached)" if rep.events_capped else ""
         table = Table(title=f"savings, OFF-POLICY ESTIMATES (doubly robust, 95% bootstrap intervals){capped}",
                       title_justify="left")
-        for col in ("pool", "events", "labelled", "served $/1k", "served quality", "saved vs strongest",
-                    "strongest $/1k (ESS)", "strongest quality (ESS)", "extra vs cheapest $/1k",
-                    "cheapest quality (ESS)"):
+        for col in ESTIMATE_COLUMNS:
             table.add_column(col, justify="left" if col == "pool" else "right")
         for name, e in rep.estimates.items():
-            strong, cheap = e.references["always-strongest"], e.references["always-cheapest"]
-
-            def q(ref: object) -> str:
-                qual = getattr(ref, "quality", None)
-                return "-" if not qual else f"{_iv(qual['dr'], '.3f')} ({qual['ess']:.0f})"
-
-            table.add_row(name, str(e.events), str(e.labelled), f"{1000 * e.served_cost_usd:.4f}",
-                          "-" if e.served_quality != e.served_quality else f"{e.served_quality:.3f}",
-                          _iv(e.savings_vs_strongest, ".1%"),
-                          f"{_iv(strong.cost_usd['dr'], '.4f', 1000)} ({strong.cost_usd['ess']:.0f})", q(strong),
-                          _iv(e.extra_vs_cheapest_usd, ".4f", 1000), q(cheap))
+            table.add_row(*estimate_cells(name, e))
         out.append(table)
-    a = rep.judge_agreement
-    if a.n:
-        out.append(f"judge vs user on {a.n} requests labelled by both: mean |difference| {a.mean_abs_diff:.3f}, "
-                   f"agreement at 0.5 {a.agreement:.1%}, Cohen's kappa {a.kappa:.3f}, correlation {a.correlation:.3f}")
-    else:
-        out.append("judge vs user: no request in the window has both labels")
+    out.append(agreement_line(rep))
     return out
