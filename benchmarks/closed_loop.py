@@ -47,11 +47,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pool_yaml(replay_url: str, cost_weight: float, mode: str) -> str:
+def pool_yaml(replay_url: str, cost_weight: float, mode: str, share: float, pair_share: float = 0.0) -> str:
     # online: the linucb bandit explores by itself; explore: cheapest with epsilon exploration (not allowed under
     # quality-first, so balanced with the same cost weight), then `poolgate train --promote` learns a knn router
     routing = ("router: linucb\n    objective: quality-first" if mode == "online" else
-               "router: cheapest\n    objective: balanced\n    exploration: {policy: epsilon, share: 0.3, seed: 0}")
+               "router: cheapest\n    objective: balanced\n"
+               f"    exploration: {{policy: epsilon, share: {share}, seed: 0}}")
     return f"""
 backends:
   - {{name: mixtral-8x7b, base_url: "{replay_url}/mixtral-8x7b/v1", model: mixtral-8x7b,
@@ -64,7 +65,7 @@ pools:
     members: [mixtral-8x7b, gpt-4-1106]
     {routing}
     flags: {{cost: {cost_weight}}}
-    judge: {{backend: judge, share: 1.0}}
+    judge: {{backend: judge, share: 1.0, pair_share: {pair_share}}}
 """
 
 
@@ -130,6 +131,14 @@ def main() -> None:
     parser.add_argument("--cost-weight", type=float, default=25.0, help="the pool's cost flag (quality per USD)")
     parser.add_argument("--save-every", type=int, default=25, help="labels between saved online versions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="GSM8K responses CSV or sample .jsonl for the replay backend "
+                        "(default: the packaged 300-prompt sample; the full RouteLLM CSV has 1319)")
+    parser.add_argument("--share", type=float, default=0.3, help="explore mode: the pool's epsilon share")
+    parser.add_argument("--pair-share", type=float, default=0.0,
+                        help="explore mode: the judge's pair_share (explored requests also get the router's top "
+                             "choice answered and judged: an observed cell for the other backend)")
+    parser.add_argument("--test-size", type=float, default=0.25,
+                        help="explore mode: poolgate train's time-ordered holdout share of the labelled logs")
     parser.add_argument("--mode", choices=["online", "explore"], default="online",
                         help="online: the linucb router learns from the judge's labels as they arrive; explore: "
                              "cheapest with 30%% epsilon exploration, then poolgate train --router knn --promote")
@@ -137,7 +146,7 @@ def main() -> None:
     # why: the openai client is a benchmark dependency only (the SDK and tests use httpx)
     from openai import OpenAI
 
-    records = ReplayStore.load().records[:]
+    records = ReplayStore.load(args.data).records[:]
     random.Random(args.seed).shuffle(records)
     n_train = args.rounds * args.per_round
     if n_train + args.eval > len(records):
@@ -147,14 +156,15 @@ def main() -> None:
     db = work / "log.db"
     replay_port, gw_port = free_port(), free_port()
     replay_url, gw_url = f"http://127.0.0.1:{replay_port}", f"http://127.0.0.1:{gw_port}"
-    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight, args.mode))
+    (work / "pool.yaml").write_text(pool_yaml(replay_url, args.cost_weight, args.mode, args.share, args.pair_share))
     env = {**os.environ, "PYTHONPATH": str(REPO), "POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
            "POOLGATE_POOL_FILE": str(work / "pool.yaml"), "POOLGATE_STORE_PROMPTS": "true",
            "POOLGATE_ARTIFACTS_DIR": str(work / "artifacts"), "POOLGATE_ONLINE_SAVE_EVERY": str(args.save_every),
            "POOLGATE_SPOOL_DIR": str(work / "spool"), "POOLGATE_LOG_FLUSH_INTERVAL_S": "0.05",
            "POOLGATE_ROUTER_RELOAD_INTERVAL_S": "1", "POOLGATE_EMBEDDING_CACHE_DIR": str(work / "emb")}
+    data = ["--data", str(Path(args.data).resolve())] if args.data else []
     procs = [subprocess.Popen([sys.executable, "-m", "gateway.replay", "--host", "127.0.0.1", "--port",
-                               str(replay_port)], env=env, cwd=work)]
+                               str(replay_port), *data], env=env, cwd=work)]
     try:
         wait_http(f"{replay_url}/health", procs[0])
         procs.append(subprocess.Popen([sys.executable, "-c", "from gateway.cli import main; main()", "serve",
@@ -168,12 +178,12 @@ def main() -> None:
             proc.wait(timeout=20)
 
 
-def train_and_promote(env: dict[str, str], gw_url: str) -> None:
+def train_and_promote(env: dict[str, str], gw_url: str, test_size: float) -> None:
     """`poolgate train --router knn --promote` on the judge-labelled, explored logs; wait for the hot reload."""
     cmd = [sys.executable, "-c", "from gateway.cli import main; main()", "train", "--router", "knn", "--pool", "auto",
-           "--since", "1h", "--promote"]
+           "--since", "1h", "--test-size", str(test_size), "--promote"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    print("$ poolgate train --router knn --pool auto --since 1h --promote")
+    print(f"$ poolgate train --router knn --pool auto --since 1h --test-size {test_size} --promote")
     print("\n".join("  " + line for line in (out.stdout + out.stderr).strip().splitlines()))
     if "promotion:  LIVE" not in out.stdout:
         return  # the gate refused (it says why above): the pool keeps serving cheapest with exploration
@@ -189,7 +199,7 @@ def train_and_promote(env: dict[str, str], gw_url: str) -> None:
 def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[ReplayRecord],
         args: argparse.Namespace, env: dict[str, str], gw_url: str) -> None:
     what = ("router linucb (online, from nothing), quality-first" if args.mode == "online" else
-            "router cheapest with epsilon exploration (share 0.3), balanced")
+            f"router cheapest with epsilon exploration (share {args.share}), balanced")
     print(f"pool auto: {what}, cost weight {args.cost_weight}/USD; judge replay-judge on every answer; "
           f"{len(train)} training prompts, {len(held_out)} held out")
     print(f"{'requests':>9} {'judge quality':>13} {'$ / 100 req':>11} {'labels':>6}  mix (mixtral / gpt-4)  version")
@@ -203,28 +213,41 @@ def run(client: object, db: Path, train: list[ReplayRecord], held_out: list[Repl
         print(f"{seen:>9} {quality:>13.3f} {cost100:>11.4f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0):<12} {version}")
     if args.mode == "explore":
-        train_and_promote(env, gw_url)
+        train_and_promote(env, gw_url, args.test_size)
     print(f"held out ({len(held_out)} new prompts, each policy on the same ones):")
     print(f"  {'policy':<22} {'judge quality':>13} {'$ / 100 req':>11} {'utility':>8} {'labels':>6}  "
           f"mix (mixtral / gpt-4)")
     results = {}
-    for name, router in (("learned " + live_version(db), None), ("always-cheapest", "cheapest"),
-                         ("always-strongest", "strongest")):
+    live = live_version(db)
+    policies: list[tuple[str, str | None]] = [("learned " + live, None)]
+    if args.mode == "explore" and live != "builtin":
+        # the pool keeps exploring after the promotion; naming the live router turns exploration off, so this row
+        # is what the learned router itself chose (the row above is the policy as served, exploration included)
+        policies = [("learned, as served", None), (f"{live}, no exploration", live.split()[0])]
+    for name, router in (*policies, ("always-cheapest", "cheapest"), ("always-strongest", "strongest")):
         ids = send(client, held_out, router)
         quality, cost100, labels, mix = summary(db, ids)
         results[router] = (quality, cost100, mix)
         utility = quality - args.cost_weight * cost100 / 100  # the objective's trade: quality - weight x USD a call
         print(f"  {name:<22} {quality:>13.3f} {cost100:>11.4f} {utility:>8.3f} {labels:>6}  "
               f"{mix.get('mixtral-8x7b', 0):>7} / {mix.get('gpt-4-1106', 0)}")
-    # what a context-blind policy sending the same share to gpt-4 at random would score on these prompts
-    share = results[None][2].get("gpt-4-1106", 0) / len(held_out)
+    # what a context-blind policy sending the same share to gpt-4 at random would score on these prompts (the
+    # learned router's own share: without exploration when that row was measured)
+    learned = policies[-1][1]
+    share = results[learned][2].get("gpt-4-1106", 0) / len(held_out)
     blind = (1 - share) * results["cheapest"][0] + share * results["strongest"][0]
     blind_cost = (1 - share) * results["cheapest"][1] + share * results["strongest"][1]
     print(f"  {'same mix, at random':<22} {blind:>13.3f} {blind_cost:>11.4f} "
           f"{blind - args.cost_weight * blind_cost / 100:>8.3f}      -  (expected value, computed)")
     with sqlite3.connect(db) as conn:
-        n, usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE router = 'judge'").fetchone()
+        n, usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE router = 'judge' "
+                              "AND policy = 'judge'").fetchone()
+        pairs, pair_usd = conn.execute("SELECT count(*), sum(cost_usd) FROM requests WHERE policy = 'judge-pair'"
+                                       ).fetchone()
     print(f"judge calls: {n}, cost ${usd or 0:.4f} (logged as requests rows with router = policy = 'judge')")
+    if pairs:
+        print(f"pair calls (the top choice asked for explored requests): {pairs}, cost ${pair_usd or 0:.4f} "
+              "(rows with policy = 'judge-pair', no propensity)")
 
 
 def live_version(db: Path) -> str:

@@ -119,10 +119,14 @@ class JudgeConfig(BaseModel):
     backend: str = Field(min_length=1, description="the backend (of this file) that judges")
     share: float = Field(default=0.1, ge=0, le=1, description="fraction of answered requests sent to the judge")
     max_usd_per_day: float | None = Field(default=None, ge=0, description="judge spend cap per UTC day (this "
-                                          "gateway process); over it, requests go unjudged until the next day")
+                                          "gateway process, restored at start from the day's judge cost rows); "
+                                          "over it, requests go unjudged until the next day")
     queue_size: int = Field(default=1000, ge=1, le=100_000, description="answers waiting for the judge; when full, "
                             "new ones are dropped (counted), never waited for")
     concurrency: int = Field(default=2, ge=1, le=64, description="judge calls in flight at once")
+    pair_share: float = Field(default=0.0, ge=0, le=1, description="of the judged requests that exploration sent "
+                              "to another backend than the router's top choice, the fraction for which the top "
+                              "choice is also asked (off the request path, budgeted) and its answer judged too")
 
 
 class ExplorationConfig(BaseModel):

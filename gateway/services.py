@@ -80,6 +80,7 @@ class Services:
         await self.writer.start()
         await self.reloader.poll_once()
         self.reloader.start()
+        await self.judge.restore_spend()  # the day's judge budget survives a restart
         self.judge.start()
 
     async def stop(self) -> None:

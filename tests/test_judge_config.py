@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from sqlalchemy import insert
 
 from gateway.judge.rubric import VerdictError, judge_prompt, parse_judge_prompt, parse_verdict
 from gateway.judge.service import JudgeService
 from gateway.pools import PoolFileError, parse_pool_file
 from gateway.record import RequestRecord
+from gateway.store import Request, make_engine, upgrade
+from gateway.store.repository import LogRepository
 
 
 def pool_file(judge: str) -> str:
@@ -73,6 +78,46 @@ async def test_offer_stops_at_the_daily_budget_and_skips_failed_or_empty_answers
     judge.offer(failed, "q", "a")
     judge.offer(_record(2), "q", "")
     assert judge.counts["offered"] == 1
+
+
+async def test_todays_judge_spend_is_restored_from_the_database_at_start(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/log.db"
+    await asyncio.to_thread(upgrade, url)
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
+
+    def row(i: int, at: datetime, cost: float, router: str = "judge", pool: str = "p") -> dict[str, Any]:
+        return {"id": f"j{i}", "created_at": at, "pool": pool, "model_requested": f"judge:{pool}", "router": router,
+                "policy": router, "backend": "j", "candidates": [], "attempts": [], "status": "ok",
+                "http_status": 200, "stream": False, "prompt_tokens": 1, "completion_tokens": 1, "cost_usd": cost}
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(Request), [
+                row(1, midnight + timedelta(seconds=1), 0.004), row(2, now, 0.003),  # today: counts
+                row(3, midnight - timedelta(seconds=1), 0.5),  # yesterday's: not today's budget
+                row(4, now, 0.2, router="knn"),  # a routed request, not a judge call
+                row(5, now, 0.1, pool="other")])  # another pool's judge
+        pools = parse_pool_file(pool_file("      backend: j\n      share: 1.0\n      max_usd_per_day: 0.007"))
+        judge = JudgeService(pools, cast(Any, None), cast(Any, None), LogRepository(engine), rng=random.Random(0))
+        await judge.restore_spend()
+    finally:
+        await engine.dispose()
+    assert judge.spent_today("p") == pytest.approx(0.007)
+    judge.offer(_record(1), "q", "a")  # the budget is spent already: a restart does not reset it
+    assert judge.counts["over_budget"] == 1 and judge.queue.qsize() == 0
+
+
+async def test_restore_spend_without_a_database_counts_from_zero() -> None:
+    class Broken:
+        @property
+        def engine(self) -> Any:
+            raise OSError("database down")
+
+    judge = JudgeService(parse_pool_file(pool_file("      backend: j")), cast(Any, None), cast(Any, None),
+                         cast(Any, Broken()))
+    await judge.restore_spend()
+    assert judge.spent_today("p") == 0.0
 
 
 def test_rubric_round_trips_and_verdicts_are_checked() -> None:

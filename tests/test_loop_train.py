@@ -133,8 +133,10 @@ async def test_a_worse_candidate_is_registered_but_not_promoted_unless_forced(tm
     await seed_logs(url, 30)  # gpt-4 always right, mixtral always wrong; the pool serves strongest
     worse = await run_train(url, tmp_path, TrainRequest("random", "auto", promote=True, seed=3))
     assert not worse.promoted and worse.record.status == "candidate"
-    assert worse.candidate["utility_low"] < worse.serving["utility"] == pytest.approx(1.0)
-    assert "not promoted: lower bound does not beat the serving estimate" in worse.reason
+    assert worse.serving["utility"] == pytest.approx(1.0)
+    diff = worse.record.metrics["vs_serving"]  # paired: candidate - serving on the same events
+    assert diff["utility_diff_low"] <= 0 and diff["utility_diff"] < 0 < diff["disagreement"]
+    assert "not promoted: the difference's lower bound is not above 0" in worse.reason
     assert "--force" in worse.reason
     forced = await run_train(url, tmp_path, TrainRequest("random", "auto", promote=True, force=True, seed=3))
     assert forced.promoted and forced.record.status == "live" and forced.record.version == "v2"
@@ -149,16 +151,20 @@ async def test_a_candidate_whose_lower_bound_beats_the_serving_estimate_is_promo
     assert out.promoted and out.not_worse and out.serving_label == "cheapest builtin (pool file)"
     assert out.candidate["quality"] == pytest.approx(1.0) and out.candidate["mix"]["gpt-4-1106"] == 1.0
     assert out.candidate["utility_low"] > out.serving["utility"]
-    assert "lower bound beats the serving estimate" in out.reason
+    diff = out.record.metrics["vs_serving"]
+    assert diff["utility_diff_low"] > 0 and diff["disagreement"] == 1.0
+    assert diff["utility_diff"] == pytest.approx(out.candidate["utility"] - out.serving["utility"])
+    assert "the difference's lower bound is above 0" in out.reason
     m = out.record.metrics
     # the split is by time, fixed and recorded: the newest 15 of 60 rows (the last prompts) judge
     assert m["split"]["kind"] == "time-ordered" and m["split"]["holdout_events"] == 15 == out.n_test
     assert m["split"]["fit_rows"] == 45 and out.log_rows == 60
     assert m["references"]["always-cheapest"]["quality"] == pytest.approx(0.0) and m["flags"]["quality"] == 1.0
     again = await run_train(url, tmp_path, TrainRequest("best-single", "auto", promote=True))
-    # the same policy again: its lower bound cannot beat its own estimate, so the live version stays
+    # the same policy again: the paired difference is exactly 0 on every event, so the live version stays
     assert again.serving_label == "best-single v1 (live)" and not again.promoted and again.record.version == "v2"
-    assert "does not beat" in again.reason
+    assert again.record.metrics["vs_serving"]["utility_diff_low"] == 0.0
+    assert "is not above 0" in again.reason
 
 
 async def test_rows_without_propensity_are_left_out_of_the_holdout_and_block_promotion(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from gateway.routing.service import RoutingService
 from gateway.store import Request, make_engine, upgrade
 from gateway.store.repository import LogRepository
 from gateway.ui.data import Sources, load_dashboard
+from gateway.ui.render import pct, render
+from gateway.ui.views import build_charts
 from tests.test_loop_artifacts import fitted
 from tests.test_loop_report import POOL, row
 
@@ -46,7 +48,9 @@ async def test_the_dashboard_reads_every_panel_from_the_store(db_url: str, tmp_p
                 "candidates": [{"backend": c, "utility": 0.5} for c in r.candidates], "attempts": [],
                 "status": r.status, "http_status": 200 if r.status == "ok" else 502, "stream": False,
                 "latency_ms": r.latency_ms, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "cost_usd": r.cost_usd, "shadow": None} for r in rows])
+                "cost_usd": r.cost_usd, "shadow": None,
+                # routed with a known propensity: the overview's savings are the off-policy estimates of these
+                "propensity": 0.5 if r.status == "ok" else None, "policy": "router"} for r in rows])
         breakers = BreakerRegistry(failure_threshold=1, reset_after_s=60)
         breakers.get("strong").record_failure()
         artifacts = ArtifactStore(engine, tmp_path / "artifacts")
@@ -70,6 +74,11 @@ async def test_the_dashboard_reads_every_panel_from_the_store(db_url: str, tmp_p
     assert (team.name, team.budget_usd, team.logged_requests) == ("team-a", 1.0, 2)
     assert team.logged_cost_usd == pytest.approx(rows[0].cost_usd + rows[1].cost_usd)
     assert team.spent_usd == 0.0  # the in-process limiter counts spend it settled itself: none here
+    est = d.estimate  # the overview cards read the report's off-policy estimate of every pool together
+    assert est is not None and est.events == 3 and est.savings_vs_strongest is not None
+    html = render("panels.html", d=d, c=build_charts(d), windows=["1h"])
+    assert f'id="stat-savings">{pct(est.savings_vs_strongest["value"])}</p>' in html
+    assert "off-policy estimate" in html and "95% interval" in html
     (mix,) = d.mix
     assert mix.pool == "auto" and mix.backends == ["cheap", "strong"]
     assert [sum(col) for col in zip(*mix.counts, strict=True)] == [2, 1]  # successful requests only

@@ -108,6 +108,8 @@ class LabelledRow:
     created_at: datetime
     #: P(this backend chosen) when the request was routed (migration 0005); None: unknown (older rows, fallbacks)
     propensity: float | None = None
+    #: the row's policy; ``judge-pair`` rows are the judge's counterfactual answers (fitting only, never events)
+    policy: str | None = None
 
 
 @dataclass

@@ -29,7 +29,7 @@ from routers.dataset import RoutingDataset
 from routers.objective import Flags, score
 from routers.pricing import call_costs_usd
 from training.from_logs import LabelledRow
-from training.off_policy import estimate, one_hot
+from training.off_policy import dr_difference, estimate, one_hot
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,24 @@ class TimeSplit:
                 "holdout_without_propensity": len(self.holdout) - known}
 
 
+#: rows of this policy are the judge's counterfactual answers (``gateway.judge.service``, "Pairs"): no propensity
+PAIR_POLICY = "judge-pair"
+
+
 def time_split(rows: Sequence[LabelledRow], test_size: float) -> TimeSplit:
     """The newest ``test_size`` of ``rows`` (at least one, when there are two or more) as the holdout. Rows sharing
-    a timestamp keep their given order (the repository's: time, then request id), so the cut is reproducible."""
-    ordered = sorted(rows, key=lambda r: r.created_at)  # stable
+    a timestamp keep their given order (the repository's: time, then request id), so the cut is reproducible.
+
+    The judge's pair rows are not traffic: the cut is made on the others, pair rows older than it join the fitting
+    side (an observed cell for the backend the router did not send that prompt to) and newer ones are dropped (they
+    answer holdout prompts: fitting on them would leak the holdout into the candidate)."""
+    ordered = sorted((r for r in rows if r.policy != PAIR_POLICY), key=lambda r: r.created_at)  # stable
     n_hold = min(len(ordered) - 1, max(1, round(len(ordered) * test_size))) if len(ordered) >= 2 else 0
     cut = len(ordered) - n_hold
-    return TimeSplit(ordered[:cut], ordered[cut:], ordered[cut].created_at if n_hold else None)
+    cutoff = ordered[cut].created_at if n_hold else None
+    pairs = [r for r in rows if r.policy == PAIR_POLICY and (cutoff is None or r.created_at < cutoff)]
+    fit = sorted([*ordered[:cut], *pairs], key=lambda r: r.created_at)
+    return TimeSplit(fit, ordered[cut:], cutoff)
 
 
 @dataclass
@@ -104,6 +115,30 @@ def holdout_events(split: TimeSplit, cards: list[ModelCard], default_output_toke
                          np.asarray([r.propensity for r in rows], dtype=np.float64), quality_model)
 
 
+def _models(events: HoldoutEvents, flags: Flags) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quality model, utility model, utility with the logged cells' observed labels), each ``[n, m]``."""
+    ds, n = events.dataset, len(events)
+    q_model = np.tile(events.quality_model, (n, 1))
+    q_logged = q_model.copy()
+    q_logged[np.arange(n), events.actions] = events.rewards
+    # utility is linear in each cell's own quality (lambda depends on costs only): the logged cell's utility is exact
+    u_model = score(Prediction(quality=q_model, cost_usd=ds.cost_usd), ds.cards, flags, ds.prompt_tokens).utility
+    u_logged = score(Prediction(quality=q_logged, cost_usd=ds.cost_usd), ds.cards, flags, ds.prompt_tokens).utility
+    return q_model, u_model, u_logged
+
+
+def compare_choices(choice: np.ndarray, other: np.ndarray, events: HoldoutEvents, flags: Flags, *, seed: int = 0,
+                    n_boot: int = 1000) -> dict[str, Any]:
+    """DR estimate of (``choice``'s utility - ``other``'s) on the same events, with its paired 95% interval
+    (:func:`training.off_policy.dr_difference`) and the share of events where the two policies disagree."""
+    _, u_model, u_logged = _models(events, flags)
+    idx, m = np.arange(len(events)), len(events.dataset.cards)
+    diff = dr_difference(events.actions, u_logged[idx, events.actions], events.propensities, one_hot(choice, m),
+                         one_hot(other, m), u_model, seed=seed, n_boot=n_boot)
+    return {"utility_diff": diff.value, "utility_diff_low": diff.low, "utility_diff_high": diff.high,
+            "disagreement": float(np.mean(np.asarray(choice) != np.asarray(other))), "n": len(events)}
+
+
 def evaluate_choices(choice: np.ndarray, events: HoldoutEvents, flags: Flags, *, seed: int = 0,
                      n_boot: int = 1000) -> dict[str, Any]:
     """Off-policy metrics of a deterministic policy that chose ``choice`` (backend index per event).
@@ -115,12 +150,7 @@ def evaluate_choices(choice: np.ndarray, events: HoldoutEvents, flags: Flags, *,
     ds, n = events.dataset, len(events)
     cards, m = ds.cards, len(ds.cards)
     idx = np.arange(n)
-    q_model = np.tile(events.quality_model, (n, 1))
-    q_logged = q_model.copy()
-    q_logged[idx, events.actions] = events.rewards
-    # utility is linear in each cell's own quality (lambda depends on costs only): the logged cell's utility is exact
-    u_model = score(Prediction(quality=q_model, cost_usd=ds.cost_usd), cards, flags, ds.prompt_tokens).utility
-    u_logged = score(Prediction(quality=q_logged, cost_usd=ds.cost_usd), cards, flags, ds.prompt_tokens).utility
+    q_model, u_model, u_logged = _models(events, flags)
     target = one_hot(choice, m)
     util = estimate(events.actions, u_logged[idx, events.actions], events.propensities, target, u_model,
                     seed=seed, n_boot=n_boot)

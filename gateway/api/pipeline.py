@@ -190,7 +190,8 @@ async def _serve(
     if result.stream is not None:
         answer = _stream_answer(services, chat, record, result, decision, started, prompt_tokens)
     else:
-        answer = await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
+        answer = await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text,
+                                     chat.payload)
     answer.stream = after_answer(services, answer.parsed, answer.stream, record, cached, session)  # keep it
     answer.headers.update(answer_headers(cached, record))
     return answer
@@ -210,7 +211,7 @@ def answer_text(parsed: dict[str, Any]) -> str:
 
 async def _plain_answer(
     services: Services, record: RequestRecord, result: UpstreamResult, decision: RouteDecision, started: float,
-    prompt_tokens: int, chat_prompt: str,
+    prompt_tokens: int, chat_prompt: str, payload: dict[str, Any] | None = None,
 ) -> ChatAnswer:
     latency_ms = (time.perf_counter() - started) * 1000
     headers = gateway_headers(record.id, decision, result.backend.name, None) | result.passed_headers
@@ -229,7 +230,9 @@ async def _plain_answer(
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
-    services.judge.offer(record, chat_prompt, text)  # queued for the pool's judge, if any: never waited for
+    # queued for the pool's judge, if any: never waited for (an explored request may also get its top choice's
+    # answer judged, from the same payload, off the request path)
+    services.judge.offer(record, chat_prompt, text, decision.top_choice, payload)
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"

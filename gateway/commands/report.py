@@ -104,11 +104,34 @@ def terminal_view(rep: LogReport) -> list[RenderableType]:
             table.add_row(c.pool, str(c.requests), str(c.exact_hits), str(c.semantic_hits), _share(c.hit_rate),
                           f"{c.saved_usd:.6f}", f"{c.spent_usd:.6f}", _share(c.saved_share))
         out.append(table)
+    out += estimate_tables(rep)
     notes = ["* saved = 1 - cost / always-strongest cost; cheapest* / strongest* = counterfactual always-cheapest / "
-             "always-strongest cost", *rep.assumptions]
+             "always-strongest cost (priced tokens, no interval; the off-policy table is the estimate to "
+             "quote)", *rep.assumptions]
     out.append("\n".join(f"[dim]- {a}[/dim]" for a in notes))
     return out
 
 
 def _share(value: float) -> str:
     return "-" if value != value else f"{value:.1%}"  # NaN: nothing to divide by
+
+
+def estimate_tables(rep: LogReport) -> list[RenderableType]:
+    """The off-policy savings per pool and the judge-vs-user agreement (``gateway.loop.report_estimates``)."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from rich.table import Table
+
+    from gateway.loop.report_html import ESTIMATE_COLUMNS, agreement_line, estimate_cells
+
+    out: list[RenderableType] = []
+    if rep.estimates:
+        capped = " (newest events only: cap reached)" if rep.events_capped else ""
+        table = Table(title=f"savings, OFF-POLICY ESTIMATES (doubly robust, 95% bootstrap intervals){capped}",
+                      title_justify="left")
+        for col in ESTIMATE_COLUMNS:
+            table.add_column(col, justify="left" if col == "pool" else "right")
+        for name, e in rep.estimates.items():
+            table.add_row(*estimate_cells(name, e))
+        out.append(table)
+    out.append(agreement_line(rep))
+    return out

@@ -1,6 +1,7 @@
 """``poolgate train``: fit a router for a pool from the gateway's older logs (with feedback), compare it with the
 version now serving on the newest logs off-policy (doubly robust, with intervals), register it as a new version, and
-(``--promote``) make it live only if its utility's lower bound beats the serving version's estimate.
+(``--promote``) make it live only if the lower bound of the paired estimate of its utility minus the serving
+version's, on the same events, is above 0.
 
 Needs requests logged with prompt text: run the gateway with ``POOLGATE_STORE_PROMPTS=true``.
 """
@@ -105,8 +106,8 @@ def _check_pool_choice(pool_file: Path | None, demo_pool: bool, serving: Path | 
               help="share of the newest labelled log rows held out for the comparison")
 @click.option("--min-rows", type=click.IntRange(min=2), default=20, show_default=True,
               help="refuse to train on fewer labelled rows")
-@click.option("--promote", is_flag=True, help="make the new version live if its utility's lower bound beats the "
-              "serving version's estimate")
+@click.option("--promote", is_flag=True, help="make the new version live if the lower bound of its utility minus "
+              "the serving version's (paired, on the same holdout events) is above 0")
 @click.option("--force", is_flag=True, help="with --promote: make it live even if it is worse")
 @click.option("--note", default=None, help="free text stored with the version")
 @click.option("--pool-file", type=click.Path(dir_okay=False, path_type=Path), default=None,

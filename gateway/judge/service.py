@@ -10,11 +10,23 @@ and for each call:
   "judge:<pool>"``, ``pool`` the judged pool, ``backend`` the judge, no key. Reports and ``usage_totals`` count its
   cost like any row (group ``--by router`` shows it as ``judge``); it has no candidates, so it never enters the
   routing counterfactuals, and no label, so it never enters training;
-- add the cost to the pool's judge spend of the UTC day (``max_usd_per_day``; per gateway process);
+- add the cost to the pool's judge spend of the UTC day (``max_usd_per_day``; per gateway process, restored
+  at start from the judge's cost rows of the day in the database, :meth:`JudgeService.restore_spend`);
 - when the verdict has a score, upsert a ``source: judge`` feedback row (labeler = the judge backend, comment =
   its reason) once the judged request's own row is in the database, then tell ``on_label`` (the online router).
 
 A verdict of ``score: null`` (the judge cannot tell) writes no label. Failures are counted and logged, never raised.
+
+**Pairs** (``pair_share``): when exploration sent a judged request to another backend than the router's top
+choice, with probability ``pair_share`` the worker also sends the request's payload to the top choice (a second
+upstream call, off the request path, within the day's budget) and judges that answer too. The call is a
+``requests`` row of its own: ``router = "judge"``, ``policy = "judge-pair"``, ``model_requested =
+"judge-pair:<pool>"``, the top choice as ``backend``, the request's prompt text when it was stored, its cost at
+the backend's prices (counted in the judge's spend), and **no propensity**: nobody routed it, so the off-policy
+estimators and the promote gate's holdout never take it for logged traffic. Its judge label is a ``source: judge``
+feedback row on that row, so ``poolgate train`` sees an observed cell for the other backend on the same prompt
+(fitting side only, and only when older than the holdout's cut: :func:`training.log_holdout.time_split`); reports
+leave its label out of the pool's mean feedback (it is not an answer any client got).
 """
 
 from __future__ import annotations
@@ -28,13 +40,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
-from gateway.judge.rubric import VerdictError, judge_prompt, parse_verdict
-from gateway.pools import JudgeConfig, PoolFile
+from gateway.judge.rubric import Verdict, VerdictError, judge_prompt, parse_verdict
+from gateway.pools import BackendConfig, JudgeConfig, PoolFile
 from gateway.proxy.dispatch import AllBackendsFailed, Dispatcher
 from gateway.proxy.usage import parse_usage
 from gateway.record import RequestRecord
 from gateway.store import LogWriter
+from gateway.store.estimates import judge_spend_since
 from gateway.store.repository import LogRepository
 from routers.pricing import cost_usd
 
@@ -53,6 +67,10 @@ class JudgeItem:
     backend: str  # who answered
     question: str
     answer: str
+    #: pairwise judging: the router's top choice, asked with ``payload`` (None: no pair)
+    pair_backend: str | None = None
+    payload: dict[str, Any] | None = None
+    prompt_text: str | None = None  # the judged request's stored prompt text (None when prompts are not stored)
 
 
 class JudgeService:
@@ -69,12 +87,15 @@ class JudgeService:
         self.judges: dict[str, JudgeConfig] = {p.name: p.judge for p in pool_file.pools if p.judge is not None}
         size = max((j.queue_size for j in self.judges.values()), default=1)
         self.queue: asyncio.Queue[JudgeItem] = asyncio.Queue(maxsize=size)
-        self.counts: Counter[str] = Counter()  # offered, sampled_out, over_budget, dropped, scored, unknown, failed
+        # offered, sampled_out, over_budget, dropped, scored, unknown, failed; pairs: pair_asked, pair_scored,
+        # pair_failed, pair_over_budget
+        self.counts: Counter[str] = Counter()
         self.spend: dict[tuple[str, date], float] = {}
         self._workers: list[asyncio.Task[None]] = []
 
     # -- the request path: cheap, synchronous, never raises --------------------------------------------------
-    def offer(self, record: RequestRecord, question: str | None, answer: str | None) -> None:
+    def offer(self, record: RequestRecord, question: str | None, answer: str | None, top_choice: str | None = None,
+              payload: dict[str, Any] | None = None) -> None:
         judge = self.judges.get(record.pool or "")
         if judge is None or record.status != "ok" or not question or not answer or record.backend is None:
             return
@@ -85,13 +106,35 @@ class JudgeService:
         if judge.max_usd_per_day is not None and self.spent_today(record.pool or "") >= judge.max_usd_per_day:
             self.counts["over_budget"] += 1
             return
+        pair = None
+        explored = (record.policy or "").startswith("explore:")
+        if (explored and payload is not None and top_choice is not None and top_choice != record.backend
+                and judge.pair_share > 0 and self.rng.random() < judge.pair_share):
+            pair = top_choice
         try:
-            self.queue.put_nowait(JudgeItem(record.id, record.pool or "", record.backend, question, answer))
+            self.queue.put_nowait(JudgeItem(record.id, record.pool or "", record.backend, question, answer, pair,
+                                            payload if pair else None, record.prompt_text if pair else None))
         except asyncio.QueueFull:
             self.counts["dropped"] += 1
 
     def spent_today(self, pool: str) -> float:
         return self.spend.get((pool, datetime.now(UTC).date()), 0.0)
+
+    async def restore_spend(self) -> None:
+        """Today's spend per judged pool from the judge's cost rows in the database, so a restart does not reset
+        the daily budget. Rows other replicas wrote count too (they share the database): the cap then holds for
+        the deployment up to what each replica spends after its start. A database error leaves the count at 0."""
+        if not self.judges:
+            return
+        today = datetime.now(UTC).date()
+        midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        try:
+            spent = await judge_spend_since(self.repository, midnight)
+        except Exception:  # the gateway must start without the log store; the budget then counts from here
+            log.exception("judge: could not read today's spend; counting from 0")
+            return
+        for pool in self.judges:
+            self.spend[(pool, today)] = max(self.spend.get((pool, today), 0.0), spent.get(pool, 0.0))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,53 +170,101 @@ class JudgeService:
 
     # -- one judgment ----------------------------------------------------------------------------------------
     async def judge(self, item: JudgeItem) -> float | None:
-        """Judge one answer; returns the score written (None when none was)."""
-        config = self.judges[item.pool]
+        """Judge one answer (and, for a pair, the top choice's); returns the score written (None when none was)."""
+        verdict = await self._verdict(item.pool, item.question, item.answer, item.request_id)
+        score = await self._label(item, item.request_id, item.backend, verdict, "scored")
+        if item.pair_backend is not None:
+            await self._judge_pair(item)
+        return score
+
+    async def _verdict(self, pool: str, question: str, answer: str, about: str) -> Verdict | None:
+        """One judge call with its cost row and the day's spend; None when it failed or could not judge."""
+        config = self.judges[pool]
         backend = self.pool_file.backend(config.backend)
         payload = {"model": backend.model, "temperature": 0, "max_tokens": 200,
-                   "messages": [{"role": "user", "content": judge_prompt(item.question, item.answer)}]}
-        cost_row = RequestRecord(id=uuid.uuid4().hex, model_requested=f"judge:{item.pool}", stream=False,
-                                 pool=item.pool, router="judge", policy="judge", propensity=1.0, backend=backend.name)
+                   "messages": [{"role": "user", "content": judge_prompt(question, answer)}]}
+        cost_row = RequestRecord(id=uuid.uuid4().hex, model_requested=f"judge:{pool}", stream=False,
+                                 pool=pool, router="judge", policy="judge", propensity=1.0, backend=backend.name)
+        result = await self._call(backend, payload, cost_row)
+        if result is None:
+            return None
+        try:
+            verdict = parse_verdict(_content(result))
+        except VerdictError as exc:
+            self.counts["failed"] += 1
+            log.warning("judge %s on request %s: %s", backend.name, about, exc)
+            return None
+        if verdict.score is None:
+            self.counts["unknown"] += 1
+            return None
+        return verdict
+
+    async def _call(self, backend: BackendConfig, payload: dict[str, Any],
+                    row: RequestRecord) -> dict[str, Any] | None:
+        """POST ``payload`` to ``backend`` (no fallback), log ``row`` with the call's tokens and cost and add the
+        cost to the day's spend of ``row.pool``; returns the parsed answer (None when the call failed)."""
         started = asyncio.get_running_loop().time()
         try:
             result = await self.dispatcher.dispatch([backend], payload, stream=False, fallback=False)
         except AllBackendsFailed as exc:
-            cost_row.attempts = exc.attempts
-            cost_row.finish(status="error", http_status=exc.status, latency_ms=self._ms(started),
-                            error_type="judge_error", error_message=exc.message[:2000])
-            self.writer.submit(cost_row)
+            row.attempts = exc.attempts
+            row.finish(status="error", http_status=exc.status, latency_ms=self._ms(started),
+                       error_type="judge_error", error_message=exc.message[:2000])
+            self.writer.submit(row)
             self.counts["failed"] += 1
             return None
         usage = parse_usage(result.parsed.get("usage") if result.parsed else None)
         p_tok, c_tok = usage.prompt_tokens or 0, usage.completion_tokens or 0
         cost = cost_usd(backend, p_tok, c_tok)
-        cost_row.attempts = result.attempts
-        text = _content(result.parsed)
-        cost_row.finish(status="ok" if result.parsed is not None else "error", http_status=result.status,
-                        latency_ms=self._ms(started), prompt_tokens=p_tok, completion_tokens=c_tok,
-                        usage_estimated=not usage.complete, cost_usd=cost)
-        self.writer.submit(cost_row)
-        key = (item.pool, datetime.now(UTC).date())
+        row.attempts = result.attempts
+        row.finish(status="ok" if result.parsed is not None else "error", http_status=result.status,
+                   latency_ms=self._ms(started), prompt_tokens=p_tok, completion_tokens=c_tok,
+                   usage_estimated=not usage.complete, cost_usd=cost)
+        self.writer.submit(row)
+        key = (row.pool or "", datetime.now(UTC).date())
         self.spend[key] = self.spend.get(key, 0.0) + cost
-        try:
-            verdict = parse_verdict(text)
-        except VerdictError as exc:
+        if result.parsed is None:
             self.counts["failed"] += 1
-            log.warning("judge %s on request %s: %s", backend.name, item.request_id, exc)
+        return result.parsed
+
+    async def _label(self, item: JudgeItem, request_id: str, backend: str, verdict: Verdict | None,
+                     counter: str) -> float | None:
+        """Write ``verdict`` as the judge's label of ``request_id`` (once its row is in the database) and tell
+        ``on_label``; None when there is no verdict or no row."""
+        if verdict is None or verdict.score is None:
             return None
-        if verdict.score is None:
-            self.counts["unknown"] += 1
-            return None
-        if not await self._request_logged(item.request_id):
+        if not await self._request_logged(request_id):
             self.counts["failed"] += 1
-            log.warning("judge: request %s has no log row; its label is dropped", item.request_id)
+            log.warning("judge: request %s has no log row; its label is dropped", request_id)
             return None
-        await self.repository.upsert_feedback(item.request_id, verdict.score, verdict.reason or None,
-                                              backend.name, source="judge")
-        self.counts["scored"] += 1
+        judge_name = self.judges[item.pool].backend
+        await self.repository.upsert_feedback(request_id, verdict.score, verdict.reason or None, judge_name,
+                                              source="judge")
+        self.counts[counter] += 1
         if self.on_label is not None:
-            await self.on_label(item.pool, item.question, item.backend, verdict.score)
+            await self.on_label(item.pool, item.question, backend, verdict.score)
         return verdict.score
+
+    async def _judge_pair(self, item: JudgeItem) -> None:
+        """Ask the router's top choice the same request and judge its answer (module docstring, "Pairs")."""
+        assert item.pair_backend is not None and item.payload is not None
+        limit = self.judges[item.pool].max_usd_per_day
+        if limit is not None and self.spent_today(item.pool) >= limit:
+            self.counts["pair_over_budget"] += 1
+            return
+        backend = self.pool_file.backend(item.pair_backend)
+        body = {k: v for k, v in item.payload.items() if k not in ("stream", "stream_options")}
+        row = RequestRecord(id=uuid.uuid4().hex, model_requested=f"judge-pair:{item.pool}", stream=False,
+                            pool=item.pool, router="judge", policy="judge-pair", propensity=None,
+                            backend=backend.name, prompt_text=item.prompt_text)
+        parsed = await self._call(backend, body, row)
+        answer = _content(parsed)
+        if parsed is None or not answer or len(answer) > MAX_ANSWER_CHARS:
+            self.counts["pair_failed"] += 1
+            return
+        self.counts["pair_asked"] += 1
+        verdict = await self._verdict(item.pool, item.question, answer, row.id)
+        await self._label(item, row.id, backend.name, verdict, "pair_scored")
 
     async def _request_logged(self, request_id: str) -> bool:
         """The judged request's row is in the database (the label's foreign key), flushing the writer once."""

@@ -31,7 +31,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.loop.cache_report import CacheStats, cache_stats
+from gateway.loop.report_estimates import Agreement, PoolEstimate, agreement, estimates_by_pool
 from gateway.pools import PoolFile
+from gateway.store.estimates import MAX_EVENTS, Event, label_pairs, off_policy_events
 from gateway.store.repository import GROUPINGS, TOTAL, LogRepository, ReportCell, ShadowCell, TimeCell, Window
 from routers.pricing import token_cost_usd
 from training.metrics import tep
@@ -265,6 +267,12 @@ class LogReport:
     quality_by_backend: dict[str, dict[str, Any]]
     assumptions: list[str]
     cache: list[CacheStats] = field(default_factory=list)  # the response cache's hits and savings per pool
+    #: per pool (and ``total``): off-policy estimates of the references' cost and quality, and the savings
+    estimates: dict[str, PoolEstimate] = field(default_factory=dict)
+    #: judge vs user on requests both labelled
+    judge_agreement: Agreement = field(default_factory=Agreement)
+    #: the estimators read at most this many (newest) events; True when the window held more
+    events_capped: bool = False
 
 
 BUCKET_SECONDS: tuple[int, ...] = (10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
@@ -317,6 +325,8 @@ class ReportData:
     latency: dict[str, dict[str, tuple[int, dict[int, float]]]] = field(default_factory=dict)
     span: tuple[datetime, datetime] | None = None
     cache: Sequence[dict[str, Any]] = ()  # LogRepository.cache_totals
+    events: Sequence[Event] = ()  # per-request rows for the off-policy estimates (gateway.store.estimates)
+    label_pairs: Sequence[tuple[float, float]] = ()  # (user, judge) scores of requests both labelled
 
 
 async def fetch_report_data(repo: LogRepository, pool_file: PoolFile, by: str, window: Window) -> ReportData:
@@ -331,7 +341,8 @@ async def fetch_report_data(repo: LogRepository, pool_file: PoolFile, by: str, w
     quantiles = [q / 100.0 for q in PERCENTILES]
     latency = {g: await repo.latency_ranks(window, g, quantiles) for g in dict.fromkeys((by, "router", TOTAL))}
     return ReportData(await repo.report_cells(window, prices), await repo.shadow_cells(window, prices),
-                      await repo.time_cells(window, prices, width), latency, span, await repo.cache_totals(window))
+                      await repo.time_cells(window, prices, width), latency, span, await repo.cache_totals(window),
+                      await off_policy_events(repo, window, prices), await label_pairs(repo, window))
 
 
 async def routing_report(repo: LogRepository, pool_file: PoolFile, by: str = "pool", since: datetime | None = None,
@@ -366,10 +377,12 @@ def build_report(data: ReportData, pool_file: PoolFile, by: str = "pool",
     quality = {f"{p}/{b}": {"mean_feedback": q, "labelled": cf.quality_n[(p, b)]} for (p, b), q in cf.quality.items()}
     width, unit, per_unit = bucket_for(data.span)
     total = _grouped(data, TOTAL, cf)
+    estimates = estimates_by_pool(data.events, cf.prices, total=TOTAL)
     return LogReport(
         since, until, by, _grouped(data, by, cf), total[0] if total else GroupStats(TOTAL),
         _grouped(data, "router", cf), _timeline(data.time_cells, cf, width, per_unit), width, unit, dict(mix),
-        quality, ASSUMPTIONS, cache_stats(data.cache, pool_file),
+        quality, ASSUMPTIONS, cache_stats(data.cache, pool_file), estimates, agreement(data.label_pairs),
+        len(data.events) >= MAX_EVENTS,
     )
 
 
@@ -382,6 +395,10 @@ ASSUMPTIONS: list[str] = [
     "TEP = (dQ/Q_ref)/(dT/T_ref) against always-cheapest (EllieSQL), Q = mean feedback; in tokens and in USD",
     "savings vs always-strongest = 1 - cost / counterfactual always-strongest cost, on eligible requests "
     "(successful, pooled, priced backends)",
+    "OFF-POLICY ESTIMATES (estimates): the references' cost and quality from logged outcomes weighted by their "
+    "propensities (IPS, SNIPS, doubly robust), bootstrap 95% intervals and effective sample size; only observed "
+    "cells count; requests without a propensity (before migration 0005, fallbacks) are left out; quality rests "
+    "on the labelled requests, so labels that are not a random share of traffic bias it",
 ]
 
 

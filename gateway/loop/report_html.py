@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.loop.report import GroupStats, LogReport
+from gateway.loop.report_estimates import PoolEstimate
 from training.html import PALETTE, svg_plot
 from training.report import fmt_num, fmt_pct
 
@@ -39,6 +40,42 @@ def stat_cells(g: GroupStats) -> list[str]:
             fmt_pct(g.savings_vs_strongest),
             fmt_num(g.cheapest_cost_usd if g.eligible else math.nan, 6),
             fmt_num(g.strongest_cost_usd if g.eligible else math.nan, 6)]
+
+
+#: the off-policy savings table's columns (terminal and HTML)
+ESTIMATE_COLUMNS = ("pool", "events", "labelled", "served $/1k", "served quality", "saved vs strongest",
+                    "strongest $/1k (ESS)", "strongest quality (ESS)", "extra vs cheapest $/1k",
+                    "cheapest quality (ESS)")
+
+
+def _iv(d: dict[str, Any] | None, spec: str, scale: float = 1.0) -> str:
+    if d is None or d.get("value") is None or d["value"] != d["value"]:
+        return "-"
+    return (f"{format(scale * d['value'], spec)} [{format(scale * d['low'], spec)}, "
+            f"{format(scale * d['high'], spec)}]")
+
+
+def estimate_cells(name: str, e: PoolEstimate) -> list[str]:
+    """Pool (or ``total``) ``name``'s off-policy savings under :data:`ESTIMATE_COLUMNS` (DR value [95% interval],
+    ESS)."""
+    strong, cheap = e.references["always-strongest"], e.references["always-cheapest"]
+
+    def quality(q: dict[str, Any] | None) -> str:
+        return "-" if not q else f"{_iv(q['dr'], '.3f')} ({q['ess']:.0f})"
+
+    return [name, str(e.events), str(e.labelled), f"{1000 * e.served_cost_usd:.4f}",
+            fmt_num(e.served_quality, 3), _iv(e.savings_vs_strongest, ".1%"),
+            f"{_iv(strong.cost_usd['dr'], '.4f', 1000)} ({strong.cost_usd['ess']:.0f})", quality(strong.quality),
+            _iv(e.extra_vs_cheapest_usd, ".4f", 1000), quality(cheap.quality)]
+
+
+def agreement_line(report: LogReport) -> str:
+    a = report.judge_agreement
+    if not a.n:
+        return "judge vs user: no request in the window has both labels"
+    return (f"judge vs user on {a.n} requests labelled by both: mean |difference| {fmt_num(a.mean_abs_diff, 3)}, "
+            f"agreement at 0.5 {fmt_pct(a.agreement)}, Cohen's kappa {fmt_num(a.kappa, 3)}, "
+            f"correlation {fmt_num(a.correlation, 3)}")
 
 
 def shadow_cells(g: GroupStats) -> list[list[str]]:
@@ -132,6 +169,11 @@ def render_html(report: LogReport, extra: dict[str, Any] | None = None) -> str:
     if shadows:
         parts += ["<h2>Shadow routers (would-be choices on the same requests)</h2>",
                   _table(["group", "shadow", "n", "would-be $", "served $", "agreement", "quality (est.)"], shadows)]
+    if report.estimates:
+        capped = " (newest events only: cap reached)" if report.events_capped else ""
+        parts += [f"<h2>Savings: OFF-POLICY ESTIMATES (doubly robust, 95% bootstrap intervals){capped}</h2>",
+                  _table(ESTIMATE_COLUMNS, [estimate_cells(k, e) for k, e in report.estimates.items()])]
+    parts += [f"<p>{html.escape(agreement_line(report))}</p>"]
     quality = "\n".join(f"{k}: mean feedback {fmt_num(v['mean_feedback'])} over {v['labelled']} labelled requests"
                         for k, v in sorted(report.quality_by_backend.items()))
     parts += ["<h2>Estimates and assumptions</h2>",

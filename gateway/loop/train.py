@@ -10,8 +10,9 @@
    always-cheapest / always-strongest references on the holdout *events* off-policy
    (:func:`training.log_holdout.evaluate_choices`): doubly-robust utility with its bootstrap 95% interval, from
    the logged outcomes and their propensities only.
-5. Register the candidate; with ``promote`` make it live only when the lower bound of its utility beats the
-   serving version's estimate (or ``force``). ``reason`` says which numbers decided.
+5. Register the candidate; with ``promote`` make it live only when the lower bound of the paired DR estimate of
+   (candidate - serving) utility on the same events is above 0 (or ``force``). ``reason`` says which numbers
+   decided.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.pools import PoolConfig, PoolFile
+from gateway.pools import BackendConfig, PoolConfig, PoolFile
 from gateway.routing.artifacts import ArtifactError, ArtifactStore, VersionRecord, load_version
-from gateway.routing.service import load_router
+from gateway.routing.service import load_router, member_cards
 from gateway.store.repository import LogRepository
 from routers.base import Router
 from routers.baselines import CheapestRouter, StrongestRouter
@@ -49,7 +50,14 @@ from training.from_logs import (
     offline_rows,
 )
 from training.loaders import load_dataset
-from training.log_holdout import HoldoutEvents, TimeSplit, evaluate_choices, holdout_events, time_split
+from training.log_holdout import (
+    HoldoutEvents,
+    TimeSplit,
+    compare_choices,
+    evaluate_choices,
+    holdout_events,
+    time_split,
+)
 from training.train_router import attach_features
 
 log = logging.getLogger("poolgate.training")
@@ -103,14 +111,30 @@ def pool_flags(config: PoolConfig) -> Flags:
     return Flags.from_mapping(config.flags, base) if config.flags else base
 
 
-def evaluate_policy(router: Router, events: HoldoutEvents, flags: Flags, seed: int = 0) -> dict[str, Any]:
-    """Off-policy holdout metrics of ``router`` deciding with ``flags`` (``events.dataset`` has features attached):
-    see :func:`training.log_holdout.evaluate_choices`."""
+def policy_choice(router: Router, events: HoldoutEvents, flags: Flags,
+                  backends: Sequence[BackendConfig] | None = None) -> np.ndarray:
+    """The backend index ``router`` picks for each holdout event under ``flags`` (features attached).
+
+    With ``backends`` (the pool's members, in the holdout's order) it decides on the cards the gateway would give
+    it (:func:`gateway.routing.service.member_cards`: the router's learned member quality and output lengths), so
+    the gate judges the policy that would serve. Without them an unknown output length is the objective's default
+    (256 tokens), which for a verbose-priced backend is not the call the gateway would price."""
     data = events.dataset
     assert data.features is not None
-    cards, prompt = data.cards, np.asarray(data.prompt_tokens, dtype=np.float64)
-    choice = choose_batch(router.predict(data.features, cards), cards, flags, prompt, Calibration.of(router))
-    return evaluate_choices(choice, events, flags, seed=seed)
+    cards = data.cards
+    if backends is not None:
+        cards = member_cards(list(backends), router)
+        if [c.name for c in cards] != [c.name for c in data.cards]:
+            raise ValueError("policy_choice: backends must be the holdout's members, in its order")
+    prompt = np.asarray(data.prompt_tokens, dtype=np.float64)
+    return choose_batch(router.predict(data.features, cards), cards, flags, prompt, Calibration.of(router))
+
+
+def evaluate_policy(router: Router, events: HoldoutEvents, flags: Flags, seed: int = 0,
+                    backends: Sequence[BackendConfig] | None = None) -> dict[str, Any]:
+    """Off-policy holdout metrics of ``router`` deciding with ``flags`` (``events.dataset`` has features attached):
+    see :func:`training.log_holdout.evaluate_choices`."""
+    return evaluate_choices(policy_choice(router, events, flags, backends), events, flags, seed=seed)
 
 
 def _features(data: RoutingDataset, embeddings: bool, cache_dir: Path | None, encoder: str) -> RoutingDataset:
@@ -170,6 +194,8 @@ class Comparison:
     split: TimeSplit
     n_fit: int
     fit_observed_fraction: float
+    #: paired DR estimate of candidate - serving utility on the same events (None: serving not evaluated)
+    vs_serving: dict[str, Any] | None = None
 
 
 def _fit_side(gathered: GatheredData, split: TimeSplit, default_output_tokens: int, pool: str) -> LabelledData:
@@ -205,35 +231,49 @@ def fit_and_compare(
                           split, len(fit.dataset), float(fit.observed.mean()))
     events.dataset = _features(events.dataset, embeddings, cache_dir, encoder)
     flags = pool_flags(config)
-    cand = evaluate_policy(candidate, events, flags, req.seed)
-    refs = {"always-cheapest": evaluate_policy(CheapestRouter(), events, flags, req.seed),
-            "always-strongest": evaluate_policy(StrongestRouter(), events, flags, req.seed)}
+    members = gathered.backends
+    cand_choice = policy_choice(candidate, events, flags, members)
+    cand = evaluate_choices(cand_choice, events, flags, seed=req.seed)
+    refs = {"always-cheapest": evaluate_policy(CheapestRouter(), events, flags, req.seed, members),
+            "always-strongest": evaluate_policy(StrongestRouter(), events, flags, req.seed, members)}
     serve_metrics: dict[str, Any] | None = None
+    vs_serving: dict[str, Any] | None = None
     if serving is not None:
         try:
             if serving_encoder not in (None, encoder):  # the serving version sees its own encoder's embeddings
                 events.dataset = _features(replace(events.dataset, features=None), True, cache_dir, serving_encoder)
-            serve_metrics = evaluate_policy(serving, events, flags, req.seed)
+            serve_choice = policy_choice(serving, events, flags, members)
+            serve_metrics = evaluate_choices(serve_choice, events, flags, seed=req.seed)
+            vs_serving = compare_choices(cand_choice, serve_choice, events, flags, seed=req.seed)
         except Exception as exc:
             serving_error = f"{type(exc).__name__}: {exc}"
     if serve_metrics is None:
         label = f"{label} (could not be evaluated: {serving_error})"
     return Comparison(candidate, cand, serve_metrics, label, refs, split, len(fit.dataset),
-                      float(fit.observed.mean()))
+                      float(fit.observed.mean()), vs_serving)
 
 
-def promotion_verdict(cand: dict[str, Any], serving: dict[str, Any] | None, label: str) -> tuple[bool, str]:
-    """(beats, why): the candidate's DR utility lower bound must beat the serving version's DR estimate."""
+def promotion_verdict(cand: dict[str, Any], serving: dict[str, Any] | None, label: str,
+                      diff: dict[str, Any] | None = None) -> tuple[bool, str]:
+    """(beats, why): the lower bound of the paired DR estimate of (candidate - serving) utility, on the same
+    holdout events, must be above 0. Paired because the two policies share most of their noise: on an event where
+    both choose the same backend the difference is exactly 0, so the interval rests on where they disagree."""
     if cand.get("n", 0) == 0:
         return False, "no holdout events with a known propensity (log rows before migration 0005, or fallbacks)"
-    if serving is None:
+    if serving is None or diff is None:
         return False, f"the serving version could not be compared ({label})"
-    low, est = cand["utility_low"], serving["utility"]
-    numbers = (f"candidate DR utility {cand['utility']:.4f} [95% {low:.4f}, {cand['utility_high']:.4f}], "
-               f"ESS {cand['ess']:.1f} of {cand['n']} events; serving {est:.4f} ({label})")
-    if low > est + 1e-12:
-        return True, f"lower bound beats the serving estimate: {numbers}"
-    return False, f"lower bound does not beat the serving estimate: {numbers}"
+    low = diff["utility_diff_low"]
+    numbers = (f"candidate - serving DR utility {diff['utility_diff']:+.4f} [95% {low:+.4f}, "
+               f"{diff['utility_diff_high']:+.4f}] (they disagree on {100 * diff['disagreement']:.0f}% of "
+               f"{diff['n']} events); candidate {cand['utility']:.4f} [95% {cand['utility_low']:.4f}, "
+               f"{cand['utility_high']:.4f}], ESS {cand['ess']:.1f}; serving {serving['utility']:.4f} ({label})")
+    if low > 1e-12:
+        return True, f"the difference's lower bound is above 0: {numbers}"
+    half, value = (diff["utility_diff_high"] - low) / 2, diff["utility_diff"]
+    if value > 0 and half > 0:  # the interval narrows as 1/sqrt(n): about how many events would resolve this gap
+        needed = diff["n"] * (half / value) ** 2
+        numbers += f"; to resolve a gap of {value:.4f} the holdout needs about {needed:.0f} events"
+    return False, f"the difference's lower bound is not above 0: {numbers}"
 
 
 async def train_from_logs(
@@ -248,9 +288,10 @@ async def train_from_logs(
     live = (await store.live()).get(req.pool)
     cmp = fit_and_compare(gathered, req, config, live, base_dir, cache_dir, default_output_tokens)
     router, cand, serving, label = cmp.candidate, cmp.metrics, cmp.serving, cmp.serving_label
-    not_worse, why = promotion_verdict(cand, serving, label)
+    not_worse, why = promotion_verdict(cand, serving, label, cmp.vs_serving)
     metrics = {
         "heldout": cand, "serving": serving, "serving_label": label, "references": cmp.references,
+        "vs_serving": cmp.vs_serving,
         "split": cmp.split.as_dict(), "estimator": "doubly robust (reward model: per-backend mean of older rows)",
         "n_train": cmp.n_fit, "n_test": cand.get("n", 0), "log_rows": len(gathered.rows),
         "observed_fraction": cmp.fit_observed_fraction, "flags": pool_flags(config).as_dict(),

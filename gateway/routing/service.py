@@ -61,6 +61,8 @@ class RouteDecision:
     #: P(ranking[0] chosen) under ``policy`` ("router" or "explore:<name>"); 1.0 without exploration
     propensity: float = 1.0
     policy: str = ROUTER_POLICY
+    #: the router's top choice (``ranking[0]`` unless exploration drew another): what pairwise judging compares
+    top_choice: str | None = None
 
 
 def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Router, str]:
@@ -229,7 +231,7 @@ class RoutingService:
         ordered = [runtime.backends[i] for i in picked.order]
         return RouteDecision(
             runtime.config.name, name, version, ordered, candidates, flags, runtime.config.fallback, router_error,
-            picked.propensity, picked.policy,
+            picked.propensity, picked.policy, runtime.backends[ranking[0]].name,
         )
 
     @staticmethod

@@ -58,6 +58,9 @@ def _labels() -> Subquery:
     return select(FB.c.request_id, func.coalesce(user, judge).label("score")).group_by(FB.c.request_id
                                                                                          ).subquery("labels")
 
+#: policy of the judge's counterfactual calls (``gateway.judge.service``, "Pairs")
+JUDGE_PAIR = "judge-pair"
+
 #: (input, output) USD per 1M tokens of each backend, from the pool file
 Prices = Mapping[str, tuple[float, float]]
 
@@ -247,7 +250,7 @@ class LogRepository:
         labels = _labels()
         query = (
             select(REQ.c.prompt_text, REQ.c.backend, REQ.c.prompt_tokens, REQ.c.completion_tokens,
-                   REQ.c.created_at, REQ.c.propensity, labels.c.score)
+                   REQ.c.created_at, REQ.c.propensity, REQ.c.policy, labels.c.score)
             .join(labels, labels.c.request_id == REQ.c.id)
             .where(REQ.c.status == "ok", REQ.c.backend.is_not(None))
             .order_by(REQ.c.created_at, REQ.c.id)  # time order: the holdout is the newest traffic
@@ -256,7 +259,7 @@ class LogRepository:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         out = [LabelledRow(r.prompt_text, r.backend, int(r.prompt_tokens), int(r.completion_tokens), float(r.score),
-                           r.created_at, None if r.propensity is None else float(r.propensity))
+                           r.created_at, None if r.propensity is None else float(r.propensity), r.policy)
                for r in rows if r.prompt_text]
         return out, len(rows) - len(out)
 
@@ -334,10 +337,14 @@ class LogRepository:
         labels = _labels()
         cols: list[Any] = [
             REQ.c.id, REQ.c.pool, REQ.c.key_id, REQ.c.router, REQ.c.router_version, REQ.c.backend, REQ.c.status,
-            REQ.c.shadow, func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
+            REQ.c.shadow, REQ.c.propensity, REQ.c.created_at,
+            func.coalesce(REQ.c.latency_ms, 0.0).label("latency_ms"),
             func.coalesce(REQ.c.prompt_tokens, 0).label("prompt_tokens"),
             func.coalesce(REQ.c.completion_tokens, 0).label("completion_tokens"),
-            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), labels.c.score, self.dialect.day().label("day"),
+            func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"),
+            # a judge-pair row's label scores an answer no client got: not the pool's feedback
+            case((REQ.c.policy == JUDGE_PAIR, None), else_=labels.c.score).label("score"),
+            self.dialect.day().label("day"),
             self.dialect.epoch().label("epoch"),
         ]
         if ext is not None:
@@ -348,6 +355,11 @@ class LogRepository:
         if ext is not None:
             query = query.outerjoin(ext, ext.c.rid == REQ.c.id)
         return window.where(query).subquery("r")
+
+    def requests_subquery(self, window: Window, prices: Prices) -> Subquery:
+        """The window's requests with the label that counts and their candidate extremes (one row each), for the
+        report's per-event readers (``gateway.store.estimates``)."""
+        return self._requests(window, prices)
 
     async def report_cells(self, window: Window, prices: Prices) -> list[ReportCell]:
         """The window's requests grouped as :class:`ReportCell` (one aggregate row per cell)."""

@@ -14,6 +14,7 @@ from gateway.limits.base import Limiter, LimitsUnavailable, from_nano
 from gateway.limits.keys import KeyStore
 from gateway.loop.report import (
     PERCENTILES,
+    TOTAL,
     GroupStats,
     LogReport,
     ShadowStats,
@@ -21,6 +22,7 @@ from gateway.loop.report import (
     build_report,
     fetch_report_data,
 )
+from gateway.loop.report_estimates import PoolEstimate
 from gateway.pools import PoolFile
 from gateway.proxy.breaker import BreakerRegistry
 from gateway.routing.artifacts import ArtifactStore, VersionRecord
@@ -93,6 +95,11 @@ class Dashboard:
     @property
     def total(self) -> GroupStats:
         return self.report.total
+
+    @property
+    def estimate(self) -> PoolEstimate | None:
+        """The off-policy savings of every pool together (``poolgate report``'s table), None without events."""
+        return self.report.estimates.get(TOTAL)
 
 
 def mix_series(cells: list[TimeCell], width_s: int, pools: list[str]) -> list[MixSeries]:
