@@ -47,16 +47,30 @@ class _RefError(ValueError):
 
 
 class BackendConfig(BaseModel):
-    """One OpenAI-compatible upstream model."""
+    """One upstream model: an OpenAI-compatible endpoint, or (``api: anthropic``) an Anthropic Messages API one,
+    which serves ``POST /v1/messages`` passed through untouched and is left out of every other route."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1 (api: anthropic: the "
+                          "Messages API's, e.g. https://api.anthropic.com/v1)")
+    api: Literal["openai", "anthropic"] = Field(
+        default="openai", description="the API the backend speaks: openai (chat completions, completions, "
+        "embeddings) or anthropic (Messages; requests to /v1/messages are passed through untouched)")
     model: str = Field(min_length=1, description="upstream model id sent to the backend")
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
     input_price: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens")
     output_price: float = Field(default=0.0, ge=0, description="USD per 1M completion tokens")
+    cached_input_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M prompt tokens read from the provider's prompt cache "
+        "(prompt_tokens_details.cached_tokens, Anthropic cache_read_input_tokens); default: input_price")
+    cache_write_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M prompt tokens written to the provider's prompt cache "
+        "(Anthropic cache_creation_input_tokens); default: input_price")
+    reasoning_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M reasoning tokens (completion_tokens_details.reasoning_tokens, "
+        "part of the completion tokens); default: output_price")
     size_b: float | None = Field(default=None, gt=0, description="parameters, billions")
     release_date: date | None = None
     context_window: int | None = Field(default=None, gt=0)
@@ -90,6 +104,19 @@ class BackendConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(KNOWN_CAPABILITIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _api_serves_capabilities(self) -> BackendConfig:
+        if self.api == "anthropic" and "embeddings" in self.capabilities:
+            raise ValueError(f"backend {self.name!r}: api anthropic serves /v1/messages only, not embeddings")
+        return self
+
+    def serves(self) -> str:
+        """What the backend serves, in words (``poolgate pools validate``)."""
+        if self.api == "anthropic":
+            return ("api anthropic: POST /v1/messages passed through untouched; left out of routing for "
+                    "/v1/chat/completions, /v1/responses, /v1/completions and /v1/embeddings")
+        return "api openai: every route (/v1/messages translated to chat completions)"
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -211,6 +238,9 @@ class PoolFile(BaseModel):
             if p.judge is not None and p.judge.backend not in names:
                 raise _RefError(("pools", i, "judge"),
                                 f"pool {p.name!r}: judge backend {p.judge.backend!r} is not a backend in this file")
+            if p.judge is not None and self.backend(p.judge.backend).api != "openai":
+                raise _RefError(("pools", i, "judge"), f"pool {p.name!r}: judge backend {p.judge.backend!r} must "
+                                "be api openai (the judge asks in chat completions)")
             for key, r in [("router", p.router), *(("shadow_routers", r) for r in p.shadow_routers)]:
                 if r not in ROUTERS:
                     raise _RefError(("pools", i, key), f"pool {p.name!r}: unknown router {r!r}; "
@@ -308,7 +338,8 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
 
     Errors: a learned router with no ``artifact:`` (every request would fall back to cheapest), an artifact
     file that is not there. Warnings: an ``api_key_env`` variable not set here (requests would go upstream
-    unauthenticated; it may well be set where the gateway runs)."""
+    unauthenticated; it may well be set where the gateway runs), a pool of ``api: anthropic`` members only (it
+    serves ``/v1/messages`` alone)."""
     # why: the registry imports a router's module (a learned one may load numpy or torch) only for this check
     from routers.base import RouterError
     from routers.registry import build_router
@@ -335,6 +366,10 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
                                  "version (poolgate train --promote)"))
         elif not (p.artifact if p.artifact.is_absolute() else path.resolve().parent / p.artifact).exists():
             errors.append(at(("pools", i, "artifact"), f"no such file {p.artifact}"))
+    for i, p in enumerate(pf.pools):
+        if all(pf.backend(m).api == "anthropic" for m in p.members):
+            warnings.append(at(("pools", i, "members"), f"pool {p.name!r} has only api: anthropic members: it "
+                               "serves POST /v1/messages only (other routes answer 400 unsupported_route)"))
     for i, b in enumerate(pf.backends):
         if b.api_key_env and b.api_key_env not in os.environ:
             warnings.append(at(("backends", i, "api_key_env"), f"{b.api_key_env} is not set here: requests to "

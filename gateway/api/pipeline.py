@@ -24,15 +24,15 @@ from gateway.access_log import RECORD_STATE_KEY
 from gateway.api.request import ChatRequest
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
-from gateway.proxy.dispatch import AllBackendsFailed, UpstreamResult
+from gateway.proxy.dispatch import AllBackendsFailed, NativeRequest, UpstreamResult
 from gateway.proxy.streaming import EventStreamResponse, StreamOutcome, relay
 from gateway.proxy.tokens import count_tokens_off_loop
-from gateway.proxy.usage import parse_usage
+from gateway.proxy.usage import detail_fields, parse_usage_of
 from gateway.record import RequestRecord
-from gateway.routing.service import RouteDecision
+from gateway.routing.service import OPENAI_ONLY, RouteDecision
 from gateway.services import Services
 from gateway.tracing import route_attributes
-from routers.pricing import cost_usd
+from routers.pricing import message_text, usage_cost_usd
 
 
 def refuse_if_log_down(services: Services) -> None:
@@ -71,6 +71,7 @@ class ChatAnswer:
     body: bytes = b""
     parsed: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    api: str = "openai"  # the answering backend's: "anthropic" is a passed-through Messages answer or stream
 
     def error_fields(self) -> tuple[str, str, str | None, str | None]:
         """(message, type, param, code) of an error answer, the gateway's or a relayed backend's."""
@@ -128,24 +129,27 @@ def finish_error(
 
 
 async def run_chat(
-    services: Services, key: KeyRecord | None, chat: ChatRequest, started: float, request: Request
+    services: Services, key: KeyRecord | None, chat: ChatRequest, started: float, request: Request,
+    native: NativeRequest | None = None,
 ) -> ChatAnswer:
     """Admit, route and dispatch ``chat``; the answer, with its log row handed on (plain, error) or handed on when
-    the stream ends. The record is on ``request.state`` for the access log; the request has its trace span."""
+    the stream ends. The record is on ``request.state`` for the access log; the request has its trace span.
+    With ``native`` (a Messages request as sent), ``api: anthropic`` backends may serve it too, passed through."""
     request_id = uuid.uuid4().hex
     record = new_record(request_id, chat, services)
     setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
     services.tracing.start_request(request_id, chat.model, chat.payload, chat.stream)
     try:
         with services.tracing.request_context(request_id):
-            return await _serve(services, key, chat, record, started)
+            return await _serve(services, key, chat, record, started, native)
     except BaseException as exc:  # a bug or a cancelled task: end the span rather than keep it open for ever
         services.tracing.abandon(request_id, exc)
         raise
 
 
 async def _serve(
-    services: Services, key: KeyRecord | None, chat: ChatRequest, record: RequestRecord, started: float
+    services: Services, key: KeyRecord | None, chat: ChatRequest, record: RequestRecord, started: float,
+    native: NativeRequest | None = None,
 ) -> ChatAnswer:
     """Admit, route, dispatch and answer one parsed chat request (inside its trace span)."""
     request_id = record.id
@@ -160,12 +164,14 @@ async def _serve(
                 chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
                 request_flags=chat.request_flags, router_override=chat.router_override,
                 key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
+                apis=OPENAI_ONLY if native is None else native.apis(),
             )
             if span is not None:
                 span.set_attributes(route_attributes(decision))
         record_decision(record, decision)
         services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
-        result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
+        result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback,
+                                                    native=native)
     except GatewayError as exc:
         finish_error(services, record, started, exc.status, exc.type, exc.message)
         return ChatAnswer(exc.status, gateway_headers(request_id, decision, None, None), error=exc)
@@ -187,7 +193,10 @@ async def _serve(
 
 
 def answer_text(parsed: dict[str, Any]) -> str:
-    """The content of every choice's message (what completion tokens are counted from without usage)."""
+    """The content of every choice's message, or an Anthropic answer's text blocks (what completion tokens are
+    counted from without usage)."""
+    if isinstance(parsed.get("content"), list):
+        return message_text(parsed["content"])
     choices = parsed.get("choices")
     parts = []
     for choice in choices if isinstance(choices, list) else ():
@@ -209,13 +218,14 @@ async def _plain_answer(
                       error_message=result.body[:2000].decode("utf-8", "replace"))
         services.finish(record)
         return ChatAnswer(result.status, headers, body=result.body)
-    usage = parse_usage(result.parsed.get("usage"))
+    usage = parse_usage_of(result.backend.api, result.parsed.get("usage"))
     text = answer_text(result.parsed)
-    p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
     c_tok = usage.completion_tokens if usage.completion_tokens is not None else (
         await count_tokens_off_loop(text))  # an answer of up to 16 MiB: not on the event loop
-    cost = cost_usd(result.backend, p_tok, c_tok)
-    record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
+    tokens = usage.settled(prompt_tokens, c_tok)
+    cost = usage_cost_usd(result.backend, tokens)
+    record.finish(status="ok", http_status=result.status, prompt_tokens=tokens.prompt_tokens,
+                  completion_tokens=tokens.completion_tokens, **detail_fields(tokens),
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
@@ -223,7 +233,7 @@ async def _plain_answer(
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
-    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed)
+    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed, api=result.backend.api)
 
 
 def _stream_answer(
@@ -234,15 +244,17 @@ def _stream_answer(
     stream_span = services.tracing.start_child(record.id, "poolgate.stream", {"poolgate.backend": backend.name})
 
     def on_finish(out: StreamOutcome) -> None:
-        usage = parse_usage(out.usage)
-        p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
-        c_tok = usage.completion_tokens if usage.completion_tokens is not None else out.counted_completion_tokens()
+        usage = parse_usage_of(backend.api, out.usage)
+        tokens = usage.settled(prompt_tokens, usage.completion_tokens if usage.completion_tokens is not None
+                               else out.counted_completion_tokens())
+        c_tok = tokens.completion_tokens
         error_type = None
         if out.error:
             error_type = "client_disconnected" if out.client_disconnected else out.error_code
         record.finish(
-            status="error" if out.error else "ok", http_status=200, prompt_tokens=p_tok, completion_tokens=c_tok,
-            usage_estimated=not usage.complete, cost_usd=cost_usd(backend, p_tok, c_tok),
+            status="error" if out.error else "ok", http_status=200, prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=c_tok, **detail_fields(tokens), usage_estimated=not usage.complete,
+            cost_usd=usage_cost_usd(backend, tokens),
             latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
             error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
@@ -258,5 +270,5 @@ def _stream_answer(
     headers = gateway_headers(record.id, decision, backend.name, estimate) | result.passed_headers
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
-    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)
-    return ChatAnswer(200, headers, stream=body)
+    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber, backend.api)
+    return ChatAnswer(200, headers, stream=body, api=backend.api)

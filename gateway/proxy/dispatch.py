@@ -63,6 +63,25 @@ class UpstreamResult:
     scrubber: Scrubber = NO_SECRET
 
 
+@dataclass(frozen=True)
+class NativeRequest:
+    """A request as the client sent it in a backend's own API, for backends that speak it (``api: anthropic``:
+    ``POST /v1/messages`` passed through): ``body`` goes upstream untouched but for ``model`` (the backend's),
+    ``headers`` (``anthropic-version``, ``anthropic-beta``) with it; the client's key never does."""
+
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    only: bool = False  # the request uses what only the backend's own API has (``thinking``, ``top_k``, ...)
+
+    def apis(self) -> frozenset[str]:
+        """The backend ``api`` values that may serve this request."""
+        return frozenset({"anthropic"}) if self.only else frozenset({"openai", "anthropic"})
+
+
+#: the Messages API version sent when the client named none
+ANTHROPIC_VERSION = "2023-06-01"
+
+
 @dataclass
 class AllBackendsFailed(Exception):
     """No ranked backend answered; ``status`` is what the client gets (502 or 503)."""
@@ -98,12 +117,26 @@ class Dispatcher:
             body["stream_options"] = opts
         return orjson.dumps(body)
 
+    @staticmethod
+    def native_exchange(native: NativeRequest, backend: BackendConfig) -> tuple[str, bytes, dict[str, str]]:
+        """(URL, body, headers) of a pass-through request to an ``api: anthropic`` backend."""
+        body = {k: v for k, v in native.body.items() if k != "poolgate"}
+        body["model"] = backend.model
+        headers = {"anthropic-version": native.headers.get("anthropic-version") or ANTHROPIC_VERSION}
+        if native.headers.get("anthropic-beta"):
+            headers["anthropic-beta"] = native.headers["anthropic-beta"]
+        key = backend.api_key()
+        if key:
+            headers["x-api-key"] = key
+        return f"{backend.base_url}/messages", orjson.dumps(body), headers
+
     async def dispatch(
         self, ranking: list[BackendConfig], payload: dict[str, Any], stream: bool, fallback: bool = True,
-        path: str = "chat/completions",
+        path: str = "chat/completions", native: NativeRequest | None = None,
     ) -> UpstreamResult:
         """Try ``ranking`` in order with ``payload`` POSTed to ``<base_url>/<path>`` (``embeddings`` for
-        ``/v1/embeddings``); the first usable answer, else :class:`AllBackendsFailed`."""
+        ``/v1/embeddings``), or ``native`` to a backend of another ``api`` (routing ranks only backends the
+        request can go to); the first usable answer, else :class:`AllBackendsFailed`."""
         attempts: list[dict[str, Any]] = []
         tried = ranking if fallback else ranking[:1]
         skipped_open = 0
@@ -113,7 +146,7 @@ class Dispatcher:
                 skipped_open += 1
                 attempts.append({"backend": backend.name, "status": None, "error": "circuit open", "latency_ms": 0.0})
                 continue
-            result = await self._try_backend(backend, payload, stream, attempts, path)
+            result = await self._try_backend(backend, payload, stream, attempts, path, native)
             if result is not None:
                 return result
         last = next((a["error"] for a in reversed(attempts) if a["error"]), "no backend available")
@@ -135,19 +168,23 @@ class Dispatcher:
 
     async def _try_backend(
         self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]],
-        path: str = "chat/completions",
+        path: str = "chat/completions", native: NativeRequest | None = None,
     ) -> UpstreamResult | None:
         breaker = self.breakers.get(backend.name)
-        content = self.upstream_payload(payload, backend, stream)
         # a stream is relayed as raw bytes, so it must come uncompressed; a whole answer is decoded on reading
         headers = {"content-type": "application/json", "accept-encoding": "identity" if stream else "gzip, deflate"}
         key = backend.api_key()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        if backend.api == "anthropic" and native is not None:
+            url, content, own = self.native_exchange(native, backend)
+            headers.update(own)
+        else:
+            content = self.upstream_payload(payload, backend, stream)
+            url = f"{backend.base_url}/{path}"
+            if key:
+                headers["authorization"] = f"Bearer {key}"
         scrubber = Scrubber(key)
         timeouts = Timeouts(connect=backend.connect_timeout_s, read=backend.read_timeout_s, total=backend.timeout_s,
                             pool=self.pool_timeout_s)
-        url = f"{backend.base_url}/{path}"
         for i in range(backend.retries + 1):
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
