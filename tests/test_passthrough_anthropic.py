@@ -1,0 +1,191 @@
+"""``api: anthropic`` backends: ``POST /v1/messages`` passed through untouched to a real fake Anthropic Messages API
+on loopback (tests/costfakes.py), with the real ``anthropic`` SDK pointed at poolgate; plain, streamed, tools; one
+log row per request with the exact usage (cache reads and writes) and cost; other routes leave such backends out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+from tests.conftest import backend_yaml
+from tests.costfakes import FakeAnthropic
+from tests.dbutil import wait_rows
+from tests.servers import ServerThread
+
+MASTER = "mk-pass"
+CLAUDE = {"input_price": 3.0, "output_price": 15.0, "cached_input_price": 0.3, "cache_write_price": 3.75}
+#: the fake's usage: 20 uncached input, 50 read from the cache, 30 written to it, 15 output
+EXACT = (20 * 3.0 + 50 * 0.3 + 30 * 3.75 + 15 * 15.0) / 1e6
+WEATHER = {"name": "get_weather", "description": "Current weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def pool_yaml(claude_url: str, gpt_url: str) -> str:
+    return f"""
+backends:
+  - name: claude
+    api: anthropic
+    base_url: {claude_url}/v1
+    model: claude-upstream
+    api_key_env: POOLGATE_TEST_ANTHROPIC_KEY
+    retries: 0
+{"".join(f"    {k}: {v}{chr(10)}" for k, v in CLAUDE.items())}
+{backend_yaml("gpt", gpt_url, input_price=5.0, output_price=20.0, retries=0)}
+pools:
+  - name: mixed
+    members: [claude, gpt]
+    router: cheapest
+  - name: claude-only
+    members: [claude]
+  - name: gpt-only
+    members: [gpt]
+"""
+
+
+@pytest.fixture
+def gw(fake_backends: Any, gateway: Any, tmp_path: Path, monkeypatch: Any) -> Any:
+    monkeypatch.setenv("POOLGATE_TEST_ANTHROPIC_KEY", "sk-ant-backend")
+    fake = FakeAnthropic()
+    upstream = ServerThread(fake.app).__enter__()
+    gpt, gs = fake_backends("gpt")
+    server = gateway(pool_yaml(upstream.url, gs.url), auth_enabled=True, master_key=MASTER)
+    server.fake, server.gpt, server.db = fake, gpt, f"sqlite+aiosqlite:///{tmp_path}/gw.db"
+    server.pool_text = pool_yaml(upstream.url, gs.url)
+    yield server
+    upstream.__exit__(None, None, None)
+
+
+def new_key(gw: Any) -> str:
+    r = httpx.post(f"{gw.url}/admin/keys", json={"name": "team"}, headers={"authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["secret"])
+
+
+def client(gw: Any, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+
+
+def assert_exact_row(row: dict[str, Any], stream: bool) -> None:
+    assert (row["backend"], row["status"], row["stream"]) == ("claude", "ok", stream), row
+    assert (row["prompt_tokens"], row["cached_tokens"], row["cache_write_tokens"], row["completion_tokens"]) == \
+        (100, 50, 30, 15), row
+    assert row["usage_estimated"] is False and row["cost_usd"] == pytest.approx(EXACT, rel=1e-9)
+
+
+def test_plain_message_is_passed_through_untouched_with_the_backends_key(gw: Any) -> None:
+    key = new_key(gw)
+    raw = client(gw, key).messages.with_raw_response.create(
+        model="mixed", max_tokens=64, system=[{"type": "text", "text": "Be brief.",
+                                               "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "Hi"}], extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+    assert raw.headers["x-poolgate-backend"] == "claude" and raw.headers["x-poolgate-cost-usd"] == f"{EXACT:.8f}"
+    assert orjson.loads(raw.http_response.content)["id"] == "msg_01"  # the backend's answer, not a translation
+    msg = raw.parse()
+    assert msg.content[0].text == "Hello from Claude" and msg.stop_reason == "end_turn"
+    assert (msg.usage.cache_read_input_tokens, msg.usage.cache_creation_input_tokens) == (50, 30)
+    sent, headers = gw.fake.requests[0], gw.fake.headers[0]
+    # untouched but for the model: cache_control, the system blocks, as the client sent them
+    assert sent == {"model": "claude-upstream", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}],
+                    "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]}
+    assert headers["x-api-key"] == "sk-ant-backend"
+    assert headers["anthropic-version"] == raw.http_response.request.headers["anthropic-version"]  # the SDK's
+    assert headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    assert "authorization" not in headers and key not in str(headers)  # the client's key never goes upstream
+    rows = wait_rows(gw.db, 1)
+    assert len(rows) == 1
+    assert_exact_row(rows[0], stream=False)
+
+
+def test_stream_is_relayed_as_is_and_logged_with_exact_usage(gw: Any) -> None:
+    key = new_key(gw)
+    with client(gw, key).messages.stream(model="claude-only", max_tokens=64,
+                                         messages=[{"role": "user", "content": "Hi"}]) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert final.id == "msg_01" and final.content[0].text == "Hello from Claude"
+    assert (final.usage.cache_read_input_tokens, final.usage.output_tokens) == (50, 15)
+    raw = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+                     json={"model": "claude-only", "max_tokens": 64, "stream": True,
+                           "messages": [{"role": "user", "content": "Hi"}]})
+    assert raw.text.count("event: ") == 9 and "event: ping" in raw.text  # every upstream event, as it came
+    assert gw.fake.requests[-1]["stream"] is True and "stream_options" not in gw.fake.requests[-1]
+    rows = wait_rows(gw.db, 2)
+    assert len(rows) == 2
+    for row in rows:
+        assert_exact_row(row, stream=True)
+
+
+def test_tools_plain_and_streamed(gw: Any) -> None:
+    key = new_key(gw)
+    c = client(gw, key)
+    msg = c.messages.create(model="claude-only", max_tokens=64, tools=[WEATHER],
+                            messages=[{"role": "user", "content": "Weather in Oslo?"}])
+    assert msg.stop_reason == "tool_use"
+    call = msg.content[-1]
+    assert call.type == "tool_use" and call.name == "get_weather" and call.input == {"city": "Oslo"}
+    assert gw.fake.requests[0]["tools"] == [WEATHER]
+    follow = c.messages.create(model="claude-only", max_tokens=64, tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "12 C"}]}])
+    assert follow.content[-1].type == "tool_use"
+    assert gw.fake.requests[1]["messages"][2]["content"][0]["type"] == "tool_result"
+    with c.messages.stream(model="claude-only", max_tokens=64, tools=[WEATHER],
+                           messages=[{"role": "user", "content": "Weather in Oslo?"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[-1].type == "tool_use" and final.content[-1].input == {"city": "Oslo"}
+    rows = wait_rows(gw.db, 3)
+    assert len(rows) == 3
+    for row in rows:
+        assert_exact_row(row, stream=row["stream"])
+
+
+def test_messages_only_parameters_go_to_anthropic_members_only(gw: Any) -> None:
+    key = new_key(gw)
+    c = client(gw, key)
+    hi = [{"role": "user", "content": "Hi"}]
+    msg = c.messages.create(model="mixed", max_tokens=64, extra_body={"top_k": 5}, messages=hi)
+    assert msg.content[0].text == "Hello from Claude" and gw.fake.requests[0]["top_k"] == 5
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        c.messages.create(model="gpt-only", max_tokens=64, extra_body={"top_k": 5}, messages=hi)
+    assert "top_k" in bad.value.body["error"]["message"] and "api: anthropic" in bad.value.body["error"]["message"]
+    assert gw.gpt.requests == []
+
+
+def test_other_routes_leave_anthropic_backends_out_with_the_reason(gw: Any) -> None:
+    key = new_key(gw)
+    oa = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    raw = oa.chat.completions.with_raw_response.create(model="mixed", messages=[{"role": "user", "content": "Hi"}])
+    assert raw.headers["x-poolgate-backend"] == "gpt"  # claude is cheaper, but speaks Messages only
+    with pytest.raises(openai.BadRequestError) as bad:
+        oa.chat.completions.create(model="claude-only", messages=[{"role": "user", "content": "Hi"}])
+    assert bad.value.code == "unsupported_route" and "/v1/messages" in bad.value.message
+    with pytest.raises(openai.BadRequestError):
+        oa.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Hi"}])
+    assert gw.fake.requests == []
+    rows = wait_rows(gw.db, 1)
+    served = next(r for r in rows if r["backend"] == "gpt")
+    claude = next(c for c in served["candidates"] if c["backend"] == "claude")
+    assert claude["feasible"] is False and "only /v1/messages" in claude["excluded"]
+
+
+def test_pools_validate_accepts_and_describes_anthropic_backends(gw: Any, tmp_path: Path) -> None:
+    path = tmp_path / "pool.yaml"
+    path.write_text(gw.pool_text)
+    result = CliRunner().invoke(main, ["pools", "validate", str(path)], env={"POOLGATE_TEST_ANTHROPIC_KEY": "x"})
+    assert result.exit_code == 0, result.output
+    assert "backend claude: api anthropic: POST /v1/messages passed through" in result.output
+    assert "pool 'claude-only' has only api: anthropic members" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(gw.pool_text.replace("    api: anthropic\n", "    api: anthropic\n    capabilities: [embeddings]\n"))
+    result = CliRunner().invoke(main, ["pools", "validate", str(bad)])
+    assert result.exit_code == 2 and "api anthropic serves /v1/messages only" in result.output
