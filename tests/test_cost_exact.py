@@ -4,6 +4,7 @@ over a real fake backend on loopback (tests/costfakes.py), with the real openai 
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from typing import Any
 
@@ -11,7 +12,9 @@ import anthropic
 import httpx
 import openai
 import pytest
+from click.testing import CliRunner
 
+from gateway.cli import main
 from gateway.metrics import iter_samples
 from tests.conftest import backend_yaml, wait_until
 from tests.costfakes import DetailedOpenAI
@@ -45,6 +48,8 @@ pools:
 """
             gw = gateway(pool, auth_enabled=True, master_key=MASTER)
             gw.db = f"sqlite+aiosqlite:///{tmp_path}/gw.db"
+            gw.pool_path = tmp_path / "pool.yaml"
+            gw.pool_path.write_text(pool)
             return gw
 
         yield start
@@ -85,6 +90,18 @@ def test_cached_and_reasoning_tokens_give_the_exact_dollars_in_row_header_budget
     assert tokens == {"prompt": 200, "completion": 80, "cached": 120, "reasoning": 50}
     cost = [v for s, v in iter_samples(text, "poolgate_cost_usd_total") if s["backend"] == "det"]
     assert cost == [pytest.approx(2 * exact, rel=1e-9)]
+    # the report: the same tokens, and their share of the cost (60 cached x 0.5 and 25 reasoning x 4 per 1M, each
+    # of 330 per 1M: 9.1 % and 30.3 %)
+    out = CliRunner().invoke(main, ["report", "--since", "1d", "--json", "--pool-file", str(gw.pool_path)],
+                             env={"POOLGATE_DATABASE_URL": gw.db})
+    assert out.exit_code == 0, out.output
+    total = json.loads(out.output)["total"]
+    assert (total["cached_tokens"], total["cache_write_tokens"], total["reasoning_tokens"]) == (120, 0, 50)
+    assert total["cached_cost_usd"] == pytest.approx(120 * 0.5e-6) and total["reasoning_cost_usd"] == \
+        pytest.approx(50 * 4e-6)
+    table = CliRunner().invoke(main, ["report", "--since", "1d", "--pool-file", str(gw.pool_path)],
+                               env={"POOLGATE_DATABASE_URL": gw.db, "COLUMNS": "250"})
+    assert table.exit_code == 0 and "120 (9.1%)" in table.output and "50 (30.3%)" in table.output, table.output
 
 
 def test_cache_writes_are_priced_and_translated_to_messages_and_responses_usage(serve: Any) -> None:

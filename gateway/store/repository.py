@@ -112,6 +112,9 @@ class ReportCell(Requester):
     cost_usd: float
     labelled: int
     score_sum: float
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it
+    reasoning_tokens: int = 0  # of completion_tokens
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,9 @@ class LogRepository:
             func.coalesce(REQ.c.prompt_tokens, 0).label("prompt_tokens"),
             func.coalesce(REQ.c.completion_tokens, 0).label("completion_tokens"),
             func.coalesce(REQ.c.cost_usd, 0.0).label("cost_usd"), labels.c.score, self.dialect.day().label("day"),
-            self.dialect.epoch().label("epoch"),
+            self.dialect.epoch().label("epoch"), func.coalesce(REQ.c.cached_tokens, 0).label("cached_tokens"),
+            func.coalesce(REQ.c.cache_write_tokens, 0).label("cache_write_tokens"),
+            func.coalesce(REQ.c.reasoning_tokens, 0).label("reasoning_tokens"),
         ]
         if ext is not None:
             cols += [ext.c.cheapest, ext.c.strongest]
@@ -340,7 +345,8 @@ class LogRepository:
         dims = (r.c.pool, r.c.key_id, r.c.router, r.c.router_version, r.c.backend, r.c.status, r.c.day,
                 r.c.cheapest, r.c.strongest)
         query = select(*dims, func.count(), func.sum(r.c.prompt_tokens), func.sum(r.c.completion_tokens),
-                       func.sum(r.c.cost_usd), func.count(r.c.score), func.coalesce(func.sum(r.c.score), 0.0)
+                       func.sum(r.c.cost_usd), func.count(r.c.score), func.coalesce(func.sum(r.c.score), 0.0),
+                       func.sum(r.c.cached_tokens), func.sum(r.c.cache_write_tokens), func.sum(r.c.reasoning_tokens),
                        ).group_by(*dims)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
