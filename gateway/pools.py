@@ -1,4 +1,5 @@
-"""The pool file: backends (OpenAI-compatible endpoints with their attributes) and pools over them.
+"""The pool file: backends (OpenAI-compatible endpoints, or ``api: anthropic`` Messages API ones, with their
+attributes and prices) and pools over them.
 
 YAML, validated by pydantic. Errors name the bad key and its line. Strings may use ``${VAR}`` or
 ``${VAR:-default}``, expanded from the environment when the file is read. API keys are never inline:

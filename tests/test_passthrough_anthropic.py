@@ -189,3 +189,10 @@ def test_pools_validate_accepts_and_describes_anthropic_backends(gw: Any, tmp_pa
     bad.write_text(gw.pool_text.replace("    api: anthropic\n", "    api: anthropic\n    capabilities: [embeddings]\n"))
     result = CliRunner().invoke(main, ["pools", "validate", str(bad)])
     assert result.exit_code == 2 and "api anthropic serves /v1/messages only" in result.output
+
+
+def test_health_probe_speaks_the_messages_api_to_anthropic_backends(gw: Any) -> None:
+    resp = httpx.get(f"{gw.url}/admin/pools/health", headers={"authorization": f"Bearer {MASTER}"})
+    claude = next(b for b in resp.json()["backends"] if b["backend"] == "claude")
+    assert claude["ok"] is True and claude["probe"] == "chat", claude  # no /models here: a 1-token message
+    assert gw.fake.headers[-1]["x-api-key"] == "sk-ant-backend" and gw.fake.requests[-1]["max_tokens"] == 1
