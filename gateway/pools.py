@@ -49,7 +49,8 @@ class _RefError(ValueError):
 
 class BackendConfig(BaseModel):
     """One upstream model: an OpenAI-compatible endpoint, or (``api: anthropic``) an Anthropic Messages API one,
-    which serves ``POST /v1/messages`` passed through untouched and is left out of every other route."""
+    to which ``POST /v1/messages`` is passed through untouched and chat requests are translated
+    (``gateway.translate.to_anthropic``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,7 +59,7 @@ class BackendConfig(BaseModel):
                           "Messages API's, e.g. https://api.anthropic.com/v1)")
     api: Literal["openai", "anthropic"] = Field(
         default="openai", description="the API the backend speaks: openai (chat completions, completions, "
-        "embeddings) or anthropic (Messages; requests to /v1/messages are passed through untouched)")
+        "embeddings) or anthropic (Messages: /v1/messages passed through untouched, chat requests translated)")
     model: str = Field(min_length=1, description="upstream model id sent to the backend")
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
     input_price: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens")
@@ -115,8 +116,9 @@ class BackendConfig(BaseModel):
     def serves(self) -> str:
         """What the backend serves, in words (``poolgate pools validate``)."""
         if self.api == "anthropic":
-            return ("api anthropic: POST /v1/messages passed through untouched; left out of routing for "
-                    "/v1/chat/completions, /v1/responses, /v1/completions and /v1/embeddings")
+            return ("api anthropic: POST /v1/messages passed through untouched; /v1/chat/completions, /v1/responses "
+                    "and /v1/completions translated to Messages (not with n > 1, logprobs, response_format, "
+                    "logit_bias, audio); no embeddings")
         return "api openai: every route (/v1/messages translated to chat completions)"
 
     def api_key(self) -> str | None:
@@ -239,9 +241,6 @@ class PoolFile(BaseModel):
             if p.judge is not None and p.judge.backend not in names:
                 raise _RefError(("pools", i, "judge"),
                                 f"pool {p.name!r}: judge backend {p.judge.backend!r} is not a backend in this file")
-            if p.judge is not None and self.backend(p.judge.backend).api != "openai":
-                raise _RefError(("pools", i, "judge"), f"pool {p.name!r}: judge backend {p.judge.backend!r} must "
-                                "be api openai (the judge asks in chat completions)")
             for key, r in [("router", p.router), *(("shadow_routers", r) for r in p.shadow_routers)]:
                 if r not in ROUTERS:
                     raise _RefError(("pools", i, key), f"pool {p.name!r}: unknown router {r!r}; "
@@ -339,8 +338,7 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
 
     Errors: a learned router with no ``artifact:`` (every request would fall back to cheapest), an artifact
     file that is not there. Warnings: an ``api_key_env`` variable not set here (requests would go upstream
-    unauthenticated; it may well be set where the gateway runs), a pool of ``api: anthropic`` members only (it
-    serves ``/v1/messages`` alone)."""
+    unauthenticated; it may well be set where the gateway runs)."""
     # why: the registry imports a router's module (a learned one may load numpy or torch) only for this check
     from routers.base import RouterError
     from routers.registry import build_router
@@ -367,10 +365,6 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
                                  "version (poolgate train --promote)"))
         elif not (p.artifact if p.artifact.is_absolute() else path.resolve().parent / p.artifact).exists():
             errors.append(at(("pools", i, "artifact"), f"no such file {p.artifact}"))
-    for i, p in enumerate(pf.pools):
-        if all(pf.backend(m).api == "anthropic" for m in p.members):
-            warnings.append(at(("pools", i, "members"), f"pool {p.name!r} has only api: anthropic members: it "
-                               "serves POST /v1/messages only (other routes answer 400 unsupported_route)"))
     for i, b in enumerate(pf.backends):
         if b.api_key_env and b.api_key_env not in os.environ:
             warnings.append(at(("backends", i, "api_key_env"), f"{b.api_key_env} is not set here: requests to "

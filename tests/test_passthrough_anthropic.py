@@ -1,9 +1,11 @@
 """``api: anthropic`` backends: ``POST /v1/messages`` passed through untouched to a real fake Anthropic Messages API
 on loopback (tests/costfakes.py), with the real ``anthropic`` SDK pointed at poolgate; plain, streamed, tools; one
-log row per request with the exact usage (cache reads and writes) and cost; other routes leave such backends out."""
+log row per request with the exact usage (cache reads and writes) and cost; chat completions (and the Responses
+API over them) translated to Messages for such backends, unless they use what Messages has no equivalent for."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -161,21 +163,66 @@ def test_messages_only_parameters_go_to_anthropic_members_only(gw: Any) -> None:
     assert gw.gpt.requests == []
 
 
-def test_other_routes_leave_anthropic_backends_out_with_the_reason(gw: Any) -> None:
+def test_chat_completions_are_translated_to_messages_plain_streamed_and_with_tools(gw: Any) -> None:
     key = new_key(gw)
     oa = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
-    raw = oa.chat.completions.with_raw_response.create(model="mixed", messages=[{"role": "user", "content": "Hi"}])
-    assert raw.headers["x-poolgate-backend"] == "gpt"  # claude is cheaper, but speaks Messages only
+    raw = oa.chat.completions.with_raw_response.create(model="mixed", messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert raw.headers["x-poolgate-backend"] == "claude" and raw.headers["x-poolgate-cost-usd"] == f"{EXACT:.8f}"
+    done = raw.parse()
+    assert done.choices[0].message.content == "Hello from Claude" and done.choices[0].finish_reason == "stop"
+    assert (done.usage.prompt_tokens, done.usage.prompt_tokens_details.cached_tokens,
+            done.usage.completion_tokens) == (100, 50, 15)
+    assert gw.fake.requests[0] == {"model": "claude-upstream", "max_tokens": 4096, "system": "Be brief.",
+                                   "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}
+    assert gw.fake.headers[0]["x-api-key"] == "sk-ant-backend" and key not in str(gw.fake.headers[0])
+    chunks = list(oa.chat.completions.create(model="claude-only", stream=True, stream_options={"include_usage": True},
+                                             messages=[{"role": "user", "content": "Hi"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from Claude"
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 100
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": WEATHER["description"],
+                                               "parameters": WEATHER["input_schema"]}}]
+    ask = [{"role": "user", "content": "Weather in Oslo?"}]
+    called = oa.chat.completions.create(model="claude-only", messages=ask, tools=tools, tool_choice="required")
+    call = called.choices[0].message.tool_calls[0]
+    assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    assert gw.fake.requests[-1]["tools"] == [WEATHER] and gw.fake.requests[-1]["tool_choice"] == {"type": "any"}
+    follow = [*ask, called.choices[0].message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": "12 C"}]
+    oa.chat.completions.create(model="claude-only", messages=follow, tools=tools)
+    assert [m["role"] for m in gw.fake.requests[-1]["messages"]] == ["user", "assistant", "user"]
+    assert gw.fake.requests[-1]["messages"][1]["content"][-1] == {"type": "tool_use", "id": "toolu_01",
+                                                                   "name": "get_weather", "input": {"city": "Oslo"}}
+    assert gw.fake.requests[-1]["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "toolu_01",
+                                                               "content": "12 C"}]
+    streamed = list(oa.chat.completions.create(model="claude-only", messages=ask, tools=tools, stream=True))
+    deltas = [tc for c in streamed if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id == "toolu_01" and deltas[0].function.name == "get_weather"
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}
+    assert [c.choices[0].finish_reason for c in streamed if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    resp = oa.responses.create(model="claude-only", input="Hi")
+    assert resp.output_text == "Hello from Claude" and resp.usage.input_tokens_details.cached_tokens == 50
+    rows = wait_rows(gw.db, 6)  # plain, streamed, tool call, its follow-up, streamed tool call, Responses
+    assert len(rows) == 6
+    for row in rows:
+        assert_exact_row(row, stream=row["stream"])
+
+
+def test_chat_parameters_without_a_messages_equivalent_leave_anthropic_backends_out(gw: Any) -> None:
+    key = new_key(gw)
+    oa = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    hi = [{"role": "user", "content": "Hi"}]
+    raw = oa.chat.completions.with_raw_response.create(model="mixed", messages=hi, logprobs=True)
+    assert raw.headers["x-poolgate-backend"] == "gpt"  # claude is cheaper, but has no logprobs
     with pytest.raises(openai.BadRequestError) as bad:
-        oa.chat.completions.create(model="claude-only", messages=[{"role": "user", "content": "Hi"}])
-    assert bad.value.code == "unsupported_route" and "/v1/messages" in bad.value.message
-    with pytest.raises(openai.BadRequestError):
-        oa.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Hi"}])
+        oa.chat.completions.create(model="claude-only", messages=hi, n=2)
+    assert bad.value.code == "unsupported_route" and "n > 1" in bad.value.message
     assert gw.fake.requests == []
     rows = wait_rows(gw.db, 1)
     served = next(r for r in rows if r["backend"] == "gpt")
     claude = next(c for c in served["candidates"] if c["backend"] == "claude")
-    assert claude["feasible"] is False and "only /v1/messages" in claude["excluded"]
+    assert claude["feasible"] is False and "logprobs" in claude["excluded"]
 
 
 def test_pools_validate_accepts_and_describes_anthropic_backends(gw: Any, tmp_path: Path) -> None:
@@ -184,7 +231,7 @@ def test_pools_validate_accepts_and_describes_anthropic_backends(gw: Any, tmp_pa
     result = CliRunner().invoke(main, ["pools", "validate", str(path)], env={"POOLGATE_TEST_ANTHROPIC_KEY": "x"})
     assert result.exit_code == 0, result.output
     assert "backend claude: api anthropic: POST /v1/messages passed through" in result.output
-    assert "pool 'claude-only' has only api: anthropic members" in result.output
+    assert "/v1/chat/completions, /v1/responses and /v1/completions translated to Messages" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text(gw.pool_text.replace("    api: anthropic\n", "    api: anthropic\n    capabilities: [embeddings]\n"))
     result = CliRunner().invoke(main, ["pools", "validate", str(bad)])

@@ -32,6 +32,7 @@ from gateway.record import RequestRecord
 from gateway.routing.service import OPENAI_ONLY, RouteDecision
 from gateway.services import Services
 from gateway.tracing import route_attributes
+from gateway.translate.to_anthropic import untranslatable
 from routers.pricing import message_text, usage_cost_usd
 
 
@@ -99,6 +100,12 @@ class ChatAnswer:
         return Response(self.body, status_code=self.status, media_type="application/json", headers=self.headers)
 
 
+def chat_apis(payload: dict[str, Any]) -> frozenset[str]:
+    """The backend ``api`` values that may serve a chat request: ``api: anthropic`` ones (translated) unless it
+    uses what the Messages API has no equivalent for (``gateway.translate.to_anthropic.untranslatable``)."""
+    return OPENAI_ONLY if untranslatable(payload) else frozenset({"openai", "anthropic"})
+
+
 def new_record(request_id: str, chat: ChatRequest, services: Services) -> RequestRecord:
     return RequestRecord(id=request_id, model_requested=chat.model, stream=chat.stream,
                          prompt_text=chat.prompt_text if services.settings.store_prompts else None)
@@ -164,7 +171,7 @@ async def _serve(
                 chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
                 request_flags=chat.request_flags, router_override=chat.router_override,
                 key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
-                apis=OPENAI_ONLY if native is None else native.apis(),
+                apis=native.apis() if native is not None else chat_apis(chat.payload),
             )
             if span is not None:
                 span.set_attributes(route_attributes(decision))
@@ -218,7 +225,7 @@ async def _plain_answer(
                       error_message=result.body[:2000].decode("utf-8", "replace"))
         services.finish(record)
         return ChatAnswer(result.status, headers, body=result.body)
-    usage = parse_usage_of(result.backend.api, result.parsed.get("usage"))
+    usage = parse_usage_of(result.api, result.parsed.get("usage"))
     text = answer_text(result.parsed)
     c_tok = usage.completion_tokens if usage.completion_tokens is not None else (
         await count_tokens_off_loop(text))  # an answer of up to 16 MiB: not on the event loop
@@ -233,7 +240,7 @@ async def _plain_answer(
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
-    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed, api=result.backend.api)
+    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed, api=result.api)
 
 
 def _stream_answer(
@@ -244,7 +251,7 @@ def _stream_answer(
     stream_span = services.tracing.start_child(record.id, "poolgate.stream", {"poolgate.backend": backend.name})
 
     def on_finish(out: StreamOutcome) -> None:
-        usage = parse_usage_of(backend.api, out.usage)
+        usage = parse_usage_of(result.api, out.usage)
         tokens = usage.settled(prompt_tokens, usage.completion_tokens if usage.completion_tokens is not None
                                else out.counted_completion_tokens())
         c_tok = tokens.completion_tokens
@@ -270,5 +277,5 @@ def _stream_answer(
     headers = gateway_headers(record.id, decision, backend.name, estimate) | result.passed_headers
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
-    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber, backend.api)
-    return ChatAnswer(200, headers, stream=body, api=backend.api)
+    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber, result.api)
+    return ChatAnswer(200, headers, stream=body, api=result.api)

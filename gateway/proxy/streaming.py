@@ -153,6 +153,9 @@ class _EventSplitter:
         return b"".join(self.parts)
 
 
+EventSplitter = _EventSplitter  # for translators of other event streams (``gateway.translate.to_anthropic``)
+
+
 async def relay(
     chunks: AsyncIterator[bytes],
     response: UpstreamResponse | None,

@@ -64,9 +64,11 @@ class RouteDecision:
 
 
 OPENAI_ONLY = frozenset({"openai"})
-#: what a backend of each ``api`` serves (the reason an excluded candidate gives)
-API_ROUTES = {"openai": "api openai: serves the OpenAI routes, not pass-through /v1/messages",
-              "anthropic": "api anthropic: serves only /v1/messages (passed through)"}
+#: why a backend of each ``api`` cannot serve a request that leaves it out (the excluded candidate's reason)
+API_ROUTES = {"openai": "api openai: the request uses Messages-only parameters (thinking, top_k, ...) that only an "
+                        "api: anthropic backend serves",
+              "anthropic": "api anthropic: the request needs what the Messages API has no equivalent for (n > 1, "
+                           "logprobs, response_format, logit_bias, audio; embeddings)"}
 
 
 def _wrong_api(model: str, backends: list[BackendConfig]) -> GatewayError:
@@ -181,8 +183,8 @@ class RoutingService:
     ) -> RouteDecision:
         """Rank backends for one request. Flags: request > key > pool preset (each validated); then
         ``adjust_flags`` (the key's budget pressure on the cost weight), which the request cannot override.
-        Only backends whose ``api`` is in ``apis`` may serve (an ``api: anthropic`` backend serves only
-        ``/v1/messages``); the others stay in the candidates, infeasible, with the reason."""
+        Only backends whose ``api`` is in ``apis`` may serve (``gateway.api.pipeline.chat_apis``); the others
+        stay in the candidates, infeasible, with the reason."""
         runtime = self.runtimes.get(model)
         if runtime is None:
             backend = self._backends.get(model)
