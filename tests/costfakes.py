@@ -7,7 +7,8 @@ only when asked for with ``stream_options.include_usage``, as OpenAI does).
 
 :class:`FakeAnthropic` is an Anthropic Messages API: ``POST /v1/messages`` answers a message (text, or a
 ``tool_use`` block of the first tool offered) with Anthropic's usage (``input_tokens`` without the cache reads
-and writes), and streams the Messages event sequence. Both keep every request's body and headers.
+and writes; ``usage`` replaces it with any value, for hostile answers), and streams the Messages event sequence.
+Both keep every request's body and headers.
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ class FakeAnthropic:
     """An Anthropic Messages API on loopback. Usage: ``input`` uncached input tokens, ``read`` cache reads,
     ``written`` cache writes, ``output`` output tokens."""
 
-    def __init__(self, input_tokens: int = 20, read: int = 50, written: int = 30, output: int = 15) -> None:
-        self.usage = {"input_tokens": input_tokens, "cache_creation_input_tokens": written,
-                      "cache_read_input_tokens": read, "output_tokens": output}
+    def __init__(self, input_tokens: int = 20, read: int = 50, written: int = 30, output: int = 15,
+                 usage: Any = None) -> None:
+        self.usage = usage if usage is not None else {
+            "input_tokens": input_tokens, "cache_creation_input_tokens": written, "cache_read_input_tokens": read,
+            "output_tokens": output}
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"])])
@@ -105,7 +108,7 @@ class FakeAnthropic:
         return StreamingResponse(self._stream(body, content, stop), media_type="text/event-stream")
 
     async def _stream(self, body: dict[str, Any], content: list[dict[str, Any]], stop: str) -> AsyncIterator[bytes]:
-        start_usage = {**self.usage, "output_tokens": 1}
+        start_usage = {**self.usage, "output_tokens": 1} if isinstance(self.usage, dict) else self.usage
         yield sse("message_start", {"type": "message_start", "message": {
             "id": "msg_01", "type": "message", "role": "assistant", "model": body["model"], "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
@@ -127,5 +130,6 @@ class FakeAnthropic:
                                                       "delta": {"type": "input_json_delta", "partial_json": part}})
             yield sse("content_block_stop", {"type": "content_block_stop", "index": i})
         yield sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                    "usage": {"output_tokens": self.usage["output_tokens"]}})
+                                    "usage": {"output_tokens": self.usage.get("output_tokens")}
+                                    if isinstance(self.usage, dict) else self.usage})
         yield sse("message_stop", {"type": "message_stop"})

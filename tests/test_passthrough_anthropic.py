@@ -243,3 +243,33 @@ def test_health_probe_speaks_the_messages_api_to_anthropic_backends(gw: Any) -> 
     claude = next(b for b in resp.json()["backends"] if b["backend"] == "claude")
     assert claude["ok"] is True and claude["probe"] == "chat", claude  # no /models here: a 1-token message
     assert gw.fake.headers[-1]["x-api-key"] == "sk-ant-backend" and gw.fake.requests[-1]["max_tokens"] == 1
+
+
+@pytest.mark.parametrize("usage", [
+    "lots", [1, 2], {"input_tokens": -3, "output_tokens": 15}, {"input_tokens": 20, "output_tokens": 10**13},
+    {"input_tokens": 20, "output_tokens": 15, "cache_read_input_tokens": "50"},
+    {"input_tokens": 20, "output_tokens": 15, "cache_creation_input_tokens": -1},
+])
+def test_implausible_anthropic_usage_is_not_believed(gateway: Any, tmp_path: Path, monkeypatch: Any,
+                                                     usage: Any) -> None:
+    monkeypatch.setenv("POOLGATE_TEST_ANTHROPIC_KEY", "sk-ant-backend")
+    fake = FakeAnthropic(usage=usage)
+    with ServerThread(fake.app) as upstream:
+        gw = gateway(pool_yaml(upstream.url, "http://127.0.0.1:9"), auth_enabled=True, master_key=MASTER)
+        key = new_key(gw)
+        hi = [{"role": "user", "content": "Hi"}]
+        msg = client(gw, key).messages.create(model="claude-only", max_tokens=64, messages=hi)
+        assert msg.content[0].text == "Hello from Claude"  # the answer is relayed whatever its usage says
+        # passed through untouched, bad usage included (the SDK's stream reader chokes on a non-object one)
+        raw = httpx.post(f"{gw.url}/v1/messages", headers={"x-api-key": key},
+                         json={"model": "claude-only", "max_tokens": 64, "stream": True, "messages": hi})
+        assert raw.status_code == 200 and '"text":" Claude"' in raw.text and "event: message_stop" in raw.text
+        chat = httpx.post(f"{gw.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "claude-only", "messages": hi})
+        assert chat.status_code == 200 and chat.headers["x-poolgate-cost-estimated"] == "true"
+        rows = wait_rows(f"sqlite+aiosqlite:///{tmp_path}/gw.db", 3)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["status"] == "ok" and row["usage_estimated"] is True, row
+        assert 0 <= row["cached_tokens"] + row["cache_write_tokens"] <= row["prompt_tokens"] < 10**9
+        assert 0 < row["completion_tokens"] < 10**9 and row["cost_usd"] < 1.0
