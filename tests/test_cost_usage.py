@@ -69,8 +69,8 @@ def test_chat_requests_translate_to_messages() -> None:
         "messages": [{"role": "system", "content": "S1"}, {"role": "developer", "content": "S2"},
                      {"role": "user", "content": [{"type": "text", "text": "look"}, {
                          "type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
-                     {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
-                         "name": "f", "arguments": '{"x": 1}'}}]},
+                     {"role": "assistant", "content": None, "tool_calls": [
+                         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
                      {"role": "tool", "tool_call_id": "c1", "content": "done"},
                      {"role": "user", "content": "and?"}],
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
