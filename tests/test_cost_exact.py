@@ -99,6 +99,9 @@ def test_cached_and_reasoning_tokens_give_the_exact_dollars_in_row_header_budget
     assert (total["cached_tokens"], total["cache_write_tokens"], total["reasoning_tokens"]) == (120, 0, 50)
     assert total["cached_cost_usd"] == pytest.approx(120 * 0.5e-6) and total["reasoning_cost_usd"] == \
         pytest.approx(50 * 4e-6)
+    totals = httpx.get(f"{gw.url}/admin/report", headers=ADMIN).json()
+    det = next(r for r in totals["rows"] if r["backend"] == "det")
+    assert (det["cached_tokens"], det["reasoning_tokens"]) == (120, 50) and totals["totals"]["cached_tokens"] == 120
     table = CliRunner().invoke(main, ["report", "--since", "1d", "--pool-file", str(gw.pool_path)],
                                env={"POOLGATE_DATABASE_URL": gw.db, "COLUMNS": "250"})
     assert table.exit_code == 0 and "120 (9.1%)" in table.output and "50 (30.3%)" in table.output, table.output
