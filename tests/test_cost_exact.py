@@ -37,7 +37,7 @@ def usd(prompt: int, cached: int, written: int, completion: int, reasoning: int,
 @pytest.fixture
 def serve(gateway: Any, tmp_path: Any) -> Any:
     with ExitStack() as stack:
-        def start(fake: DetailedOpenAI, prices: dict[str, float]) -> Any:
+        def start(fake: DetailedOpenAI, prices: dict[str, float], db: str | None = None) -> Any:
             upstream = stack.enter_context(ServerThread(fake.app))
             pool = f"""
 backends:
@@ -46,8 +46,8 @@ pools:
   - name: auto
     members: [det]
 """
-            gw = gateway(pool, auth_enabled=True, master_key=MASTER)
-            gw.db = f"sqlite+aiosqlite:///{tmp_path}/gw.db"
+            gw = gateway(pool, auth_enabled=True, master_key=MASTER, **({"database_url": db} if db else {}))
+            gw.db = db or f"sqlite+aiosqlite:///{tmp_path}/gw.db"
             gw.pool_path = tmp_path / "pool.yaml"
             gw.pool_path.write_text(pool)
             return gw
@@ -65,8 +65,9 @@ def spent(gw: Any, key: dict[str, Any]) -> float:
     return float(httpx.get(f"{gw.url}/admin/keys/{key['id']}", headers=ADMIN).json()["usage"]["spent_usd"])
 
 
-def test_cached_and_reasoning_tokens_give_the_exact_dollars_in_row_header_budget_and_metrics(serve: Any) -> None:
-    gw = serve(DetailedOpenAI(prompt=100, cached=60, completion=40, reasoning=25), PRICES)
+def test_cached_and_reasoning_tokens_give_the_exact_dollars_in_row_header_budget_and_metrics(
+        serve: Any, db_url: str) -> None:  # the log store on SQLite and on PostgreSQL
+    gw = serve(DetailedOpenAI(prompt=100, cached=60, completion=40, reasoning=25), PRICES, db_url)
     exact = usd(100, 60, 0, 40, 25, PRICES)
     assert exact == pytest.approx(330e-6)  # 40x2 + 60x0.5 + 15x8 + 25x4, per 1M
     key = new_key(gw, budget_usd=1.0, period="day")
