@@ -100,3 +100,21 @@ def test_messages_answers_translate_to_chat_and_bad_usage_is_left_out() -> None:
     assert choice["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": '{"x":1}'}
     assert chat["usage"]["prompt_tokens"] == 8 and chat["usage"]["prompt_tokens_details"]["cached_tokens"] == 5
     assert "usage" not in answer_to_chat({"content": "junk", "usage": {"input_tokens": -1, "output_tokens": 2}})
+
+
+async def test_a_hostile_messages_stream_translates_without_raising() -> None:
+    from gateway.translate.to_anthropic import stream_to_chat
+
+    events = [b'event: message_start\ndata: {"type":"message_start","message":"oops"}\n\n',
+              b'data: {"type":"content_block_start","index":[1],"content_block":{"type":"tool_use"}}\n\n',
+              b'data: {"type":"content_block_delta","index":{},"delta":{"type":"input_json_delta"}}\n\n',
+              b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}\n\n',
+              b"data: not json\n\n", b'data: [1, 2]\n\n',
+              b'data: {"type":"message_delta","delta":"x","usage":[3]}\n\n', b'data: {"type":"message_stop"}\n\n']
+
+    async def upstream():  # type: ignore[no-untyped-def]
+        for e in events:
+            yield e
+
+    out = b"".join([chunk async for chunk in stream_to_chat(upstream())])
+    assert b'"content":"hi"' in out and out.endswith(b"data: [DONE]\n\n") and b'"usage"' not in out
