@@ -192,6 +192,15 @@ def cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) ->
     return token_cost_usd(float(prompt_tokens), float(completion_tokens), backend.input_price, backend.output_price)
 
 
+def worst_cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) -> float:
+    """The most these tokens can cost at ``backend``: every prompt token at the dearest of its input, cached-input
+    and cache-write prices, every completion token at the dearer of its output and reasoning prices (what a
+    limit reserves before the answer says which kind each token is)."""
+    cached, write, reasoning = detail_prices(backend)
+    return token_cost_usd(float(prompt_tokens), float(completion_tokens), max(backend.input_price, cached, write),
+                          max(backend.output_price, reasoning))
+
+
 def usage_cost_usd(backend: Priced, usage: TokenUsage) -> float:
     """USD of one call to ``backend`` with these counts, cached and reasoning tokens at the backend's own prices
     (:func:`token_cost_usd`, :func:`detail_prices`)."""

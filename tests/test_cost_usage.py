@@ -118,3 +118,21 @@ async def test_a_hostile_messages_stream_translates_without_raising() -> None:
 
     out = b"".join([chunk async for chunk in stream_to_chat(upstream())])
     assert b'"content":"hi"' in out and out.endswith(b"data: [DONE]\n\n") and b'"usage"' not in out
+
+
+def test_a_limit_reserves_every_token_at_its_sides_dearest_price() -> None:
+    from gateway.limits.tenancy import Tenancy
+    from gateway.settings import Settings
+    from routers.pricing import worst_cost_usd
+
+    dear = parse_pool_file("""
+backends:
+  - {name: r, base_url: "http://127.0.0.1:9/v1", model: r, input_price: 3, output_price: 8, cache_write_price: 3.75,
+     reasoning_price: 12}
+pools:
+  - {name: p, members: [r]}
+""")
+    assert worst_cost_usd(dear.backend("r"), 100, 10) == pytest.approx((100 * 3.75 + 10 * 12) / 1e6)
+    tenancy = Tenancy(Settings(), dear, None, None)  # type: ignore[arg-type]  # estimate needs no service
+    assert tenancy.estimate("p", {"max_tokens": 10}, 100) == (110, pytest.approx((100 * 3.75 + 10 * 12) / 1e6))
+    assert worst_cost_usd(POOL.backend("b"), 100, 10) == pytest.approx((100 * 2 + 10 * 8) / 1e6)
