@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.cache.config import AffinityConfig, CacheConfig
 from routers.base import ModelCard
 from routers.exploration import Exploration
 from routers.registry import ROUTERS
@@ -189,6 +190,9 @@ class PoolConfig(BaseModel):
         "undeclared context window passes min_context")
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     judge: JudgeConfig | None = None
+    cache: CacheConfig | None = Field(default=None, description="response cache (README, 'Response cache and "
+                                      "session affinity'); None: off")
+    affinity: AffinityConfig | None = Field(default=None, description="session affinity; None: off")
 
     @field_validator("judge")
     @classmethod

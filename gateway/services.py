@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.cache.service import ResponseCache
+from gateway.cache.store import RedisKV
 from gateway.finish import RequestFinisher
 from gateway.judge.service import JudgeService
 from gateway.limits import make_limiter
@@ -27,6 +29,7 @@ from gateway.proxy.breaker import BreakerRegistry
 from gateway.proxy.dispatch import Dispatcher
 from gateway.proxy.http1 import Http1Transport
 from gateway.proxy.upstream import Transport, limits_from
+from gateway.routing.affinity import SessionAffinity
 from gateway.routing.artifacts import ArtifactStore
 from gateway.routing.embedding import Embedders
 from gateway.routing.reload import RouterReloader
@@ -67,6 +70,8 @@ class Services:
     online: OnlineLearner  # labels update the live online router (gateway.loop.online)
     judge: JudgeService  # a share of answers scored by the pool's judge, off the request path (gateway.judge)
     sessions: DashboardSessions  # the dashboard's login sessions (gateway.ui.session)
+    cache: ResponseCache  # pools' response caches (gateway.cache.service), in Redis when the gateway has it
+    affinity: SessionAffinity  # conversations stick to their backend (gateway.routing.affinity), same Redis
 
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
@@ -84,6 +89,8 @@ class Services:
         await self.reloader.stop()
         await self.shadow.drain()
         await self.tenancy.close()
+        await self.affinity.drain()
+        await self.cache.close()  # after affinity's writes: it owns the Redis client both use
         await self.limiter.close()
         await self.writer.stop()
         await self.upstream.aclose()
@@ -125,6 +132,9 @@ def build_services(
                             max_stream_bytes=settings.max_stream_bytes,
                             pool_timeout_s=settings.upstream_pool_timeout_s, tracing=tracing)
     online = OnlineLearner(routing, artifacts, reloader, settings.online_save_every)
+    cache_redis = RedisKV(settings.redis_url, prefix=settings.redis_key_prefix, timeout_s=settings.redis_timeout_s,
+                          retry_s=settings.redis_retry_s, max_connections=settings.redis_max_connections
+                          ) if settings.redis_url else None
     return Services(
         settings=settings, pool_file=pool_file, engine=engine, writer=writer, repository=repository,
         embedders=embedders, routing=routing, shadow=shadow, artifacts=artifacts, reloader=reloader,
@@ -133,4 +143,6 @@ def build_services(
         finish=RequestFinisher(shadow, metrics, tenancy, writer, tracing), tracing=tracing, online=online,
         sessions=DashboardSessions(), responses=ResponseStore(settings.response_store_entries),
         judge=JudgeService(pool_file, dispatcher, writer, repository, on_label=online.learn),
+        cache=ResponseCache(pool_file, embedders.embed, routing.encoder_of, metrics.registry, cache_redis),
+        affinity=SessionAffinity(pool_file, breakers, cache_redis),
     )

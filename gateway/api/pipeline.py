@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.access_log import RECORD_STATE_KEY
+from gateway.api.cached import after_answer, answer_headers, cache_lookup, hit_answer, stick
 from gateway.api.request import ChatRequest
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
@@ -32,7 +33,7 @@ from gateway.record import RequestRecord
 from gateway.routing.service import OPENAI_ONLY, RouteDecision
 from gateway.services import Services
 from gateway.tracing import route_attributes
-from gateway.translate.to_anthropic import untranslatable
+from gateway.translate.to_anthropic import answer_to_chat, untranslatable
 from routers.pricing import message_text, usage_cost_usd
 
 
@@ -148,7 +149,7 @@ async def run_chat(
     services.tracing.start_request(request_id, chat.model, chat.payload, chat.stream)
     try:
         with services.tracing.request_context(request_id):
-            return await _serve(services, key, chat, record, started, native)
+            return await _serve(services, key, chat, record, started, request.headers, native)
     except BaseException as exc:  # a bug or a cancelled task: end the span rather than keep it open for ever
         services.tracing.abandon(request_id, exc)
         raise
@@ -156,7 +157,7 @@ async def run_chat(
 
 async def _serve(
     services: Services, key: KeyRecord | None, chat: ChatRequest, record: RequestRecord, started: float,
-    native: NativeRequest | None = None,
+    request_headers: Mapping[str, str], native: NativeRequest | None = None,
 ) -> ChatAnswer:
     """Admit, route, dispatch and answer one parsed chat request (inside its trace span)."""
     request_id = record.id
@@ -165,6 +166,11 @@ async def _serve(
         # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
         quick = chat.quick_prompt_tokens()
         admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
+        # None: the pool has no cache, or the request uses Messages-only parameters its chat form (the key) lacks
+        cached = None if native is not None and native.only else await cache_lookup(services, key, chat,
+                                                                                    request_headers)
+        if cached is not None and cached.hit is not None:  # no routing, no upstream call
+            return ChatAnswer(200, **await hit_answer(services, record, cached, chat, started, key, request_headers))
         prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
         with services.tracing.span("poolgate.route") as span:
             decision = await services.routing.route(
@@ -176,6 +182,7 @@ async def _serve(
             if span is not None:
                 span.set_attributes(route_attributes(decision))
         record_decision(record, decision)
+        decision, session = await stick(services, decision, record, key, chat, request_headers)  # affinity
         services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
         result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback,
                                                     native=native)
@@ -195,8 +202,13 @@ async def _serve(
     answered_by = (result.parsed or {}).get("model") if result.parsed is not None else None
     services.tracing.annotate(request_id, {"gen_ai.response.model": str(answered_by or result.backend.model)})
     if result.stream is not None:
-        return _stream_answer(services, chat, record, result, decision, started, prompt_tokens)
-    return await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
+        answer = _stream_answer(services, chat, record, result, decision, started, prompt_tokens)
+    else:
+        answer = await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text)
+    kept = answer_to_chat(answer.parsed) if answer.api == "anthropic" and answer.parsed is not None else answer.parsed
+    answer.stream = after_answer(services, kept, answer.stream, record, cached, session)  # keep it (in chat form)
+    answer.headers.update(answer_headers(cached, record))
+    return answer
 
 
 def answer_text(parsed: dict[str, Any]) -> str:

@@ -37,6 +37,9 @@ class ChatRequest:
     required_capabilities: frozenset[str]
     request_flags: dict[str, Any] | None
     router_override: str | None
+    #: ``poolgate.cache`` / ``poolgate.affinity`` of the body (None when absent; ``gateway.api.cached``)
+    cache_opt: bool | None = None
+    affinity_opt: bool | None = None
 
     def quick_prompt_tokens(self) -> TokenCount:
         """Cheap count to admit the request with (exact when small, else from the size): no tokenizing work
@@ -107,6 +110,7 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
     check_fields(CHAT_FIELDS, body)  # types and ranges of what gateway.api.schema publishes
     opts = body.get("stream_options")
     flags, router = _extension(body.get("poolgate"), header_flags)
+    switches = _switches(body.get("poolgate"))
     return ChatRequest(
         payload=body,
         model=model,
@@ -117,6 +121,8 @@ def parse_chat_request(body: Any, header_flags: str | None = None) -> ChatReques
         required_capabilities=_capabilities(body, messages),
         request_flags=flags,
         router_override=router,
+        cache_opt=switches.get("cache"),
+        affinity_opt=switches.get("affinity"),
     )
 
 
@@ -148,8 +154,8 @@ def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | Non
     router = None
     if ext is not None:
         if not isinstance(ext, dict):
-            raise _bad("'poolgate' must be an object with 'flags' and/or 'router'", "poolgate")
-        unknown = set(ext) - {"flags", "router"}
+            raise _bad("'poolgate' must be an object with 'flags', 'router', 'cache' and/or 'affinity'", "poolgate")
+        unknown = set(ext) - {"flags", "router", *SWITCHES}
         if unknown:
             raise _bad(f"unknown poolgate field(s) {sorted(unknown)}", f"poolgate.{sorted(unknown)[0]}")
         body_flags = ext.get("flags")
@@ -161,6 +167,22 @@ def _extension(ext: Any, header_flags: str | None) -> tuple[dict[str, Any] | Non
         if router is not None and not isinstance(router, str):
             raise _bad("'poolgate.router' must be a string", "poolgate.router")
     return (flags or None), router
+
+
+#: ``poolgate`` body fields that turn a per-request feature off (false) or ask for it (true)
+SWITCHES = ("cache", "affinity")
+
+
+def _switches(ext: Any) -> dict[str, bool]:
+    """``poolgate.cache`` and ``poolgate.affinity``, each a boolean when given (``_extension`` checked the rest)."""
+    out = {}
+    for name in SWITCHES if isinstance(ext, dict) else ():
+        value = ext.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise _bad(f"'poolgate.{name}' must be a boolean", f"poolgate.{name}")
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def _routing_text(messages: list[dict[str, Any]]) -> str:

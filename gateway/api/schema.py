@@ -27,10 +27,13 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "tool_choice": {},
         "poolgate": {
             "type": "object",
-            "description": "routing extension: flags (weights and constraints) and router choice",
+            "description": "routing extension: flags (weights and constraints), router choice, and the switches "
+                           "of the pool's response cache and session affinity",
             "properties": {
                 "flags": {"type": "object"},
                 "router": {"type": "string"},
+                "cache": {"type": ["boolean", "null"]},
+                "affinity": {"type": ["boolean", "null"]},
             },
             "additionalProperties": False,
         },

@@ -96,7 +96,20 @@ def terminal_view(rep: LogReport) -> list[RenderableType]:
         for row in shadows:
             table.add_row(*row)
         out.append(table)
+    if rep.cache:
+        table = Table(title="response cache (hits cost nothing upstream; saved = what the replayed answers cost)",
+                      title_justify="left")
+        for col in ("pool", "req", "exact hits", "semantic hits", "hit rate", "saved $", "spent $", "saved share"):
+            table.add_column(col, justify="left" if col == "pool" else "right")
+        for c in rep.cache:
+            table.add_row(c.pool, str(c.requests), str(c.exact_hits), str(c.semantic_hits), _share(c.hit_rate),
+                          f"{c.saved_usd:.6f}", f"{c.spent_usd:.6f}", _share(c.saved_share))
+        out.append(table)
     notes = ["* saved = 1 - cost / always-strongest cost; cheapest* / strongest* = counterfactual always-cheapest / "
              "always-strongest cost", *rep.assumptions]
     out.append("\n".join(f"[dim]- {a}[/dim]" for a in notes))
     return out
+
+
+def _share(value: float) -> str:
+    return "-" if value != value else f"{value:.1%}"  # NaN: nothing to divide by

@@ -48,14 +48,15 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--encoder", type=click.Choice(["minilm", "minilm-static"]), default=None,
               help="sentence encoder of the embeddings [default: POOLGATE_EMBEDDING_ENCODER or minilm-static]; "
                    "see docs/encoders.md")
-@click.option("--candidates", default=",".join(("knn", "category", "complexity", "tryage")), show_default=True,
-              help="with --router auto: the comma-separated routers to choose among")
+@click.option("--candidates", default=None,
+              help="with --router auto: the comma-separated routers to choose among "
+                   "[default: training.select.DEFAULT_CANDIDATES, i.e. knn,category,complexity,tryage]")
 @click.option("--select-protocol", type=click.Choice(["kfold", "loto"]), default="kfold", show_default=True,
               help="with --router auto: grouped 3-fold or leave-one-task-out on the training data")
 def train_offline(
     router_name: str, dataset_name: str, out: Path | None, seed: int, limit: int | None,
     params: tuple[str, ...], cache_dir: Path | None, calibration: str, encoder: str | None,
-    candidates: str, select_protocol: str,
+    candidates: str | None, select_protocol: str,
 ) -> None:
     """Fit ROUTER on all rows of DATASET and save it as one artifact file that a pool file can load.
 
@@ -102,14 +103,14 @@ def train_offline(
     click.echo(f"pool entry:\n    router: {router_name}\n    artifact: {result.path}")
 
 
-def _select(data: Any, candidates: str, protocol: str, seed: int, cache: Path | None, encoder: str,
+def _select(data: Any, candidates: str | None, protocol: str, seed: int, cache: Path | None, encoder: str,
             calibration: str) -> Any:
     """Run the selection protocol (:mod:`training.select`) on ``data`` and print what each candidate scored."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from training.features import Featurizer
-    from training.select import select_router
+    from training.select import DEFAULT_CANDIDATES, select_router
 
-    names = [c.strip() for c in candidates.split(",") if c.strip()]
+    names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else list(DEFAULT_CANDIDATES)
     featurizer = Featurizer(cache_dir=cache, disk_cache=cache is not None, encoder=encoder)
     selection = select_router(data, names, protocol=protocol, seed=seed, calibration=calibration,
                               featurizer=featurizer)

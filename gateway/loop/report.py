@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gateway.loop.cache_report import CacheStats, cache_stats
 from gateway.pools import PoolFile
 from gateway.store.repository import GROUPINGS, TOTAL, LogRepository, ReportCell, ShadowCell, TimeCell, Window
 from routers.pricing import detail_prices, token_cost_usd
@@ -284,6 +285,7 @@ class LogReport:
     mix: dict[str, dict[str, int]]
     quality_by_backend: dict[str, dict[str, Any]]
     assumptions: list[str]
+    cache: list[CacheStats] = field(default_factory=list)  # the response cache's hits and savings per pool
 
 
 BUCKET_SECONDS: tuple[int, ...] = (10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
@@ -335,6 +337,7 @@ class ReportData:
     #: grouping (or ``total``) -> group key -> (requests, {rank: latency ms}) around each percentile
     latency: dict[str, dict[str, tuple[int, dict[int, float]]]] = field(default_factory=dict)
     span: tuple[datetime, datetime] | None = None
+    cache: Sequence[dict[str, Any]] = ()  # LogRepository.cache_totals
 
 
 async def fetch_report_data(repo: LogRepository, pool_file: PoolFile, by: str, window: Window) -> ReportData:
@@ -349,7 +352,7 @@ async def fetch_report_data(repo: LogRepository, pool_file: PoolFile, by: str, w
     quantiles = [q / 100.0 for q in PERCENTILES]
     latency = {g: await repo.latency_ranks(window, g, quantiles) for g in dict.fromkeys((by, "router", TOTAL))}
     return ReportData(await repo.report_cells(window, prices), await repo.shadow_cells(window, prices),
-                      await repo.time_cells(window, prices, width), latency, span)
+                      await repo.time_cells(window, prices, width), latency, span, await repo.cache_totals(window))
 
 
 async def routing_report(repo: LogRepository, pool_file: PoolFile, by: str = "pool", since: datetime | None = None,
@@ -387,7 +390,7 @@ def build_report(data: ReportData, pool_file: PoolFile, by: str = "pool",
     return LogReport(
         since, until, by, _grouped(data, by, cf), total[0] if total else GroupStats(TOTAL),
         _grouped(data, "router", cf), _timeline(data.time_cells, cf, width, per_unit), width, unit, dict(mix),
-        quality, ASSUMPTIONS,
+        quality, ASSUMPTIONS, cache_stats(data.cache, pool_file),
     )
 
 

@@ -150,6 +150,12 @@ class RoutingService:
         routers = [r for rt in self.runtimes.values() for r in (rt.router, *rt.shadows.values())]
         return {r.encoder_ for r in routers if r.requires_embeddings and r.is_fitted}
 
+    def encoder_of(self, pool: str) -> str | None:
+        """The encoder ``pool``'s router embeds requests with now (None: it embeds nothing, or no such pool)."""
+        runtime = self.runtimes.get(pool)
+        router = runtime.router if runtime is not None else None
+        return router.encoder_ if router is not None and router.requires_embeddings and router.is_fitted else None
+
     def load(self) -> None:
         """Build every pool's runtime (raises :class:`RouterError` naming a bad artifact)."""
         self.runtimes = {p.name: build_runtime(self.pool_file, p, self.base_dir) for p in self.pool_file.pools}

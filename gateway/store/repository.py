@@ -293,6 +293,21 @@ class LogRepository:
             r["mean_latency_ms"] = round(float(r["mean_latency_ms"] or 0.0), 2)
         return rows
 
+    # -- the response cache's savings (the routing report's "cache" section) --------------------------
+    async def cache_totals(self, window: Window) -> list[dict[str, Any]]:
+        """Per pool and cache result (``exact``, ``semantic``, None for the requests it did not answer): requests,
+        USD saved (``cache_saved_usd``: what the replayed answers had cost) and USD spent upstream."""
+        cols = (REQ.c.pool, REQ.c.cache)
+        query = window.where(select(*cols, func.count().label("requests"),
+                                    func.sum(REQ.c.cache_saved_usd).label("saved_usd"),
+                                    func.sum(REQ.c.cost_usd).label("cost_usd")).group_by(*cols).order_by(*cols))
+        async with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
+        for r in rows:
+            r["requests"], r["saved_usd"] = int(r["requests"]), float(r["saved_usd"] or 0.0)
+            r["cost_usd"] = float(r["cost_usd"] or 0.0)
+        return rows
+
     # -- the routing report ---------------------------------------------------------------------------
     async def span(self, window: Window) -> tuple[datetime, datetime] | None:
         """The first and last creation time in the window (None when it holds no request)."""
