@@ -273,3 +273,32 @@ def test_implausible_anthropic_usage_is_not_believed(gateway: Any, tmp_path: Pat
         assert row["status"] == "ok" and row["usage_estimated"] is True, row
         assert 0 <= row["cached_tokens"] + row["cache_write_tokens"] <= row["prompt_tokens"] < 10**9
         assert 0 < row["completion_tokens"] < 10**9 and row["cost_usd"] < 1.0
+
+
+def test_a_cached_pass_through_answer_is_served_again_without_an_upstream_call(gateway: Any, tmp_path: Path,
+                                                                              monkeypatch: Any) -> None:
+    monkeypatch.setenv("POOLGATE_TEST_ANTHROPIC_KEY", "sk-ant-backend")
+    fake = FakeAnthropic()
+    with ServerThread(fake.app) as upstream:
+        text = pool_yaml(upstream.url, "http://127.0.0.1:9").replace(
+            "  - name: claude-only\n    members: [claude]\n", "  - name: claude-only\n    members: [claude]\n"
+            "    cache: {exact: true}\n")
+        gw = gateway(text, auth_enabled=True, master_key=MASTER)
+        key = new_key(gw)
+        hi = [{"role": "user", "content": "Hi"}]
+        # temperature 0: a sampled answer is not reused unless the pool says so
+        first = client(gw, key).messages.create(model="claude-only", max_tokens=64, messages=hi,
+                                               extra_body={"temperature": 0})
+        again = client(gw, key).messages.with_raw_response.create(model="claude-only", max_tokens=64, messages=hi,
+                                                                  extra_body={"temperature": 0})
+        assert again.headers["x-poolgate-cache"] == "hit-exact" and len(fake.requests) == 1
+        assert again.parse().content[0].text == first.content[0].text == "Hello from Claude"
+        chat = httpx.post(f"{gw.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "claude-only", "max_tokens": 64, "messages": hi, "temperature": 0})
+        assert chat.json()["choices"][0]["message"]["content"] == "Hello from Claude"  # the chat form was kept
+        thinking = client(gw, key).messages.create(model="claude-only", max_tokens=64, messages=hi,
+                                                   extra_body={"temperature": 0, "top_k": 3})
+        assert thinking.content[0].text == "Hello from Claude" and fake.requests[-1]["top_k"] == 3  # not a hit
+        rows = wait_rows(f"sqlite+aiosqlite:///{tmp_path}/gw.db", 4)
+    assert sorted(r["cache"] or "" for r in rows) == ["", "", "exact", "exact"]
+    assert next(r for r in rows if r["cache"] is None and r["stream"] is False)["cost_usd"] == pytest.approx(EXACT)
