@@ -7,7 +7,9 @@ Breaker states and the log queue are read at scrape time.
 
 Series: ``poolgate_requests_total{pool,backend,status}``, ``poolgate_overhead_seconds`` (gateway time before the
 client's first byte, minus upstream time), ``poolgate_upstream_seconds{backend}`` (per attempt),
-``poolgate_ttft_seconds{pool,backend}`` (streams), ``poolgate_tokens_total{pool,backend,kind}``,
+``poolgate_ttft_seconds{pool,backend}`` (streams), ``poolgate_tokens_total{pool,backend,kind}`` (kind: prompt,
+completion, and the parts of those the backend reported: cached and cache_write of the prompt, reasoning of the
+completion),
 ``poolgate_cost_usd_total{pool,backend}``, ``poolgate_routing_decisions_total{pool,router,backend}`` (the top-ranked
 backend), ``poolgate_breaker_state{backend,state}`` (1 for the current state), ``poolgate_log_queue_depth``,
 ``poolgate_log_spool_bytes``, ``poolgate_log_rows_at_risk_total{reason}`` (rows not journaled after a failed
@@ -99,7 +101,8 @@ class Metrics:
                                   ["backend"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("poolgate_ttft_seconds", "time to first token of streamed answers",
                               ["pool", "backend"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("poolgate_tokens", "tokens by pool, backend and kind (prompt, completion)",
+        self.tokens = Counter("poolgate_tokens", "tokens by pool, backend and kind (prompt, completion; "
+                              "cached, cache_write: parts of prompt; reasoning: part of completion)",
                               ["pool", "backend", "kind"], registry=r)
         self.cost = Counter("poolgate_cost_usd", "cost in USD by pool and backend", ["pool", "backend"], registry=r)
         self.decisions = Counter("poolgate_routing_decisions", "top-ranked backend per routing decision",
@@ -138,6 +141,10 @@ class Metrics:
             self.tokens.labels(pool, backend, "prompt").inc(record.prompt_tokens)
         if record.completion_tokens:
             self.tokens.labels(pool, backend, "completion").inc(record.completion_tokens)
+        for kind, count in (("cached", record.cached_tokens), ("cache_write", record.cache_write_tokens),
+                            ("reasoning", record.reasoning_tokens)):
+            if count:
+                self.tokens.labels(pool, backend, kind).inc(count)
         if record.cost_usd:
             self.cost.labels(pool, backend).inc(record.cost_usd)
         top = _top_candidate(record.candidates)

@@ -1,4 +1,5 @@
-"""The pool file: backends (OpenAI-compatible endpoints with their attributes) and pools over them.
+"""The pool file: backends (OpenAI-compatible endpoints, or ``api: anthropic`` Messages API ones, with their
+attributes and prices) and pools over them.
 
 YAML, validated by pydantic. Errors name the bad key and its line. Strings may use ``${VAR}`` or
 ``${VAR:-default}``, expanded from the environment when the file is read. API keys are never inline:
@@ -48,16 +49,31 @@ class _RefError(ValueError):
 
 
 class BackendConfig(BaseModel):
-    """One OpenAI-compatible upstream model."""
+    """One upstream model: an OpenAI-compatible endpoint, or (``api: anthropic``) an Anthropic Messages API one,
+    to which ``POST /v1/messages`` is passed through untouched and chat requests are translated
+    (``gateway.translate.to_anthropic``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:/-]+$")
-    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1 (api: anthropic: the "
+                          "Messages API's, e.g. https://api.anthropic.com/v1)")
+    api: Literal["openai", "anthropic"] = Field(
+        default="openai", description="the API the backend speaks: openai (chat completions, completions, "
+        "embeddings) or anthropic (Messages: /v1/messages passed through untouched, chat requests translated)")
     model: str = Field(min_length=1, description="upstream model id sent to the backend")
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
     input_price: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens")
     output_price: float = Field(default=0.0, ge=0, description="USD per 1M completion tokens")
+    cached_input_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M prompt tokens read from the provider's prompt cache "
+        "(prompt_tokens_details.cached_tokens, Anthropic cache_read_input_tokens); default: input_price")
+    cache_write_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M prompt tokens written to the provider's prompt cache "
+        "(Anthropic cache_creation_input_tokens); default: input_price")
+    reasoning_price: float | None = Field(
+        default=None, ge=0, description="USD per 1M reasoning tokens (completion_tokens_details.reasoning_tokens, "
+        "part of the completion tokens); default: output_price")
     size_b: float | None = Field(default=None, gt=0, description="parameters, billions")
     release_date: date | None = None
     context_window: int | None = Field(default=None, gt=0)
@@ -91,6 +107,20 @@ class BackendConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(KNOWN_CAPABILITIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _api_serves_capabilities(self) -> BackendConfig:
+        if self.api == "anthropic" and "embeddings" in self.capabilities:
+            raise ValueError(f"backend {self.name!r}: api anthropic serves /v1/messages only, not embeddings")
+        return self
+
+    def serves(self) -> str:
+        """What the backend serves, in words (``poolgate pools validate``)."""
+        if self.api == "anthropic":
+            return ("api anthropic: POST /v1/messages passed through untouched; /v1/chat/completions, /v1/responses "
+                    "and /v1/completions translated to Messages (not with n > 1, logprobs, response_format, "
+                    "logit_bias, audio); no embeddings")
+        return "api openai: every route (/v1/messages translated to chat completions)"
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None

@@ -80,17 +80,27 @@ class RequestRecord:
         error_type: str | None = None,
         error_message: str | None = None,
         response_text: str | None = None,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
-        """Set the request's outcome, once. Token counts must be non-negative (``gateway.proxy.usage`` checks
-        what backends report)."""
+        """Set the request's outcome, once. Token counts must be non-negative and the details parts of their
+        totals (``gateway.proxy.usage`` checks what backends report)."""
         if self.finished:
             raise RecordFinishedTwice(f"request record {self.id} finished twice")
         if prompt_tokens < 0 or completion_tokens < 0 or cost_usd < 0:
             raise ValueError(f"negative usage in record {self.id}: {prompt_tokens}, {completion_tokens}, {cost_usd}")
+        if not (0 <= cached_tokens + cache_write_tokens <= prompt_tokens and min(cached_tokens, cache_write_tokens) >= 0
+                and 0 <= reasoning_tokens <= completion_tokens):
+            raise ValueError(f"token details of record {self.id} are not parts of their totals: {cached_tokens} "
+                             f"cached + {cache_write_tokens} written of {prompt_tokens}, {reasoning_tokens} of "
+                             f"{completion_tokens}")
         self.status, self.http_status, self.latency_ms = status, http_status, latency_ms
         self.prompt_tokens, self.completion_tokens, self.usage_estimated = prompt_tokens, completion_tokens, \
             usage_estimated
         self.cost_usd, self.ttft_ms = cost_usd, ttft_ms
+        self.cached_tokens, self.cache_write_tokens, self.reasoning_tokens = cached_tokens, cache_write_tokens, \
+            reasoning_tokens
         self.error_type, self.error_message, self.response_text = error_type, error_message, response_text
         self.finished = True
 

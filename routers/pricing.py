@@ -2,7 +2,8 @@
 
 Every USD figure in poolgate (a log row's cost, the objective's expected cost, a limit's reservation, a data set's
 cost cells, the log report's counterfactuals) is :func:`token_cost_usd` of some token counts at list prices in USD
-per 1M tokens; :func:`cost_usd` and :func:`call_costs_usd` only feed it one backend or a batch.
+per 1M tokens (cached input, cache-write and reasoning tokens at their own prices when the backend has them);
+:func:`cost_usd`, :func:`usage_cost_usd` and :func:`call_costs_usd` only feed it one backend or a batch.
 
 Prompt tokens follow OpenAI's published recipe for chat models (openai-cookbook, "How to count tokens with
 tiktoken"): 3 tokens per message, plus the tokens of every string field (role, content, name; a ``name`` adds 1
@@ -134,11 +135,22 @@ Amount = TypeVar("Amount", float, np.ndarray)
 
 
 def token_cost_usd(prompt_tokens: Amount, completion_tokens: Amount, input_price: Amount,
-                   output_price: Amount) -> Amount:
-    """USD of a call: prompt tokens x input price + completion tokens x output price, prices per 1M tokens.
+                   output_price: Amount, *, cached_tokens: Amount | int = 0, cached_input_price: Amount | float = 0.0,
+                   cache_write_tokens: Amount | int = 0, cache_write_price: Amount | float = 0.0,
+                   reasoning_tokens: Amount | int = 0, reasoning_price: Amount | float = 0.0) -> Amount:
+    """USD of a call, prices per 1M tokens: prompt tokens x input price + completion tokens x output price, where
+    the prompt's ``cached_tokens`` (read from the provider's prompt cache) and ``cache_write_tokens`` (written to
+    it) are priced at ``cached_input_price`` and ``cache_write_price`` instead, and the completion's
+    ``reasoning_tokens`` at ``reasoning_price``.
 
-    Scalars or numpy arrays (broadcast as numpy does): the same formula for one call and for a batch."""
-    return (prompt_tokens * input_price + completion_tokens * output_price) / PRICE_UNIT_TOKENS
+    The counts follow OpenAI's convention: ``prompt_tokens`` includes the cached and cache-write tokens and
+    ``completion_tokens`` the reasoning tokens (``gateway.proxy.usage`` turns Anthropic's separate counts into this
+    form), so with no detail counts this is the plain two-price formula. Scalars or numpy arrays (broadcast as
+    numpy does): the same formula for one call and for a batch."""
+    plain_in = prompt_tokens - cached_tokens - cache_write_tokens
+    plain_out = completion_tokens - reasoning_tokens
+    return (plain_in * input_price + cached_tokens * cached_input_price + cache_write_tokens * cache_write_price
+            + plain_out * output_price + reasoning_tokens * reasoning_price) / PRICE_UNIT_TOKENS  # type: ignore[return-value]
 
 
 class Priced(Protocol):
@@ -151,9 +163,52 @@ class Priced(Protocol):
     def output_price(self) -> float: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """One call's token counts in OpenAI's convention: ``cached_tokens`` and ``cache_write_tokens`` are part of
+    ``prompt_tokens``, ``reasoning_tokens`` part of ``completion_tokens``."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def detail_prices(backend: Priced) -> tuple[float, float, float]:
+    """(cached input, cache write, reasoning) prices of ``backend``: its own where it has them (a pool file
+    backend's ``cached_input_price``, ``cache_write_price``, ``reasoning_price``), else its input price for the
+    first two and its output price for the third (what a provider that does not discount them charges)."""
+    def price(name: str, default: float) -> float:
+        value = getattr(backend, name, None)
+        return float(value) if isinstance(value, int | float) else default
+
+    return (price("cached_input_price", backend.input_price), price("cache_write_price", backend.input_price),
+            price("reasoning_price", backend.output_price))
+
+
 def cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) -> float:
     """USD of one call to ``backend`` with these token counts (:func:`token_cost_usd`)."""
     return token_cost_usd(float(prompt_tokens), float(completion_tokens), backend.input_price, backend.output_price)
+
+
+def worst_cost_usd(backend: Priced, prompt_tokens: float, completion_tokens: float) -> float:
+    """The most these tokens can cost at ``backend``: every prompt token at the dearest of its input, cached-input
+    and cache-write prices, every completion token at the dearer of its output and reasoning prices (what a
+    limit reserves before the answer says which kind each token is)."""
+    cached, write, reasoning = detail_prices(backend)
+    return token_cost_usd(float(prompt_tokens), float(completion_tokens), max(backend.input_price, cached, write),
+                          max(backend.output_price, reasoning))
+
+
+def usage_cost_usd(backend: Priced, usage: TokenUsage) -> float:
+    """USD of one call to ``backend`` with these counts, cached and reasoning tokens at the backend's own prices
+    (:func:`token_cost_usd`, :func:`detail_prices`)."""
+    cached, write, reasoning = detail_prices(backend)
+    return token_cost_usd(float(usage.prompt_tokens), float(usage.completion_tokens), backend.input_price,
+                          backend.output_price, cached_tokens=usage.cached_tokens, cached_input_price=cached,
+                          cache_write_tokens=usage.cache_write_tokens, cache_write_price=write,
+                          reasoning_tokens=usage.reasoning_tokens, reasoning_price=reasoning)
 
 
 def call_costs_usd(prompt_tokens: np.ndarray, completion_tokens: np.ndarray, models: Sequence[Priced]) -> np.ndarray:

@@ -187,6 +187,7 @@ async def report(
         await writer.flush()
     rows = await repository.usage_totals(since, until, key_id)
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "prompt_tokens", "completion_tokens",
+                                                  "cached_tokens", "cache_write_tokens", "reasoning_tokens",
                                                   "cost_usd")}
     return JSONResponse({"since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
                          "totals": totals, "rows": rows})

@@ -44,8 +44,10 @@ def _model_objects(routing: RoutingService, pool_file: PoolFile) -> list[dict[st
     for b in pool_file.backends:
         data.append({"id": b.name, "object": "model", "created": 0, "owned_by": "poolgate",
                      "poolgate": {"type": "backend", "upstream_model": b.model, "input_price": b.input_price,
-                                  "output_price": b.output_price, "context_window": b.context_window,
-                                  "capabilities": b.capabilities}})
+                                  "output_price": b.output_price, "cached_input_price": b.cached_input_price,
+                                  "cache_write_price": b.cache_write_price, "reasoning_price": b.reasoning_price,
+                                  "context_window": b.context_window, "capabilities": b.capabilities,
+                                  "api": b.api}})
     return data
 
 

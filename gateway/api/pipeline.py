@@ -25,15 +25,16 @@ from gateway.api.cached import after_answer, answer_headers, cache_lookup, hit_a
 from gateway.api.request import ChatRequest
 from gateway.errors import GatewayError
 from gateway.limits.keys import KeyRecord
-from gateway.proxy.dispatch import AllBackendsFailed, UpstreamResult
+from gateway.proxy.dispatch import AllBackendsFailed, NativeRequest, UpstreamResult
 from gateway.proxy.streaming import EventStreamResponse, StreamOutcome, relay
 from gateway.proxy.tokens import count_tokens_off_loop
-from gateway.proxy.usage import parse_usage
+from gateway.proxy.usage import detail_fields, parse_usage_of
 from gateway.record import RequestRecord
-from gateway.routing.service import RouteDecision
+from gateway.routing.service import OPENAI_ONLY, RouteDecision
 from gateway.services import Services
 from gateway.tracing import route_attributes
-from routers.pricing import cost_usd
+from gateway.translate.to_anthropic import answer_to_chat, untranslatable
+from routers.pricing import message_text, usage_cost_usd
 
 
 def refuse_if_log_down(services: Services) -> None:
@@ -72,6 +73,7 @@ class ChatAnswer:
     body: bytes = b""
     parsed: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    api: str = "openai"  # the answering backend's: "anthropic" is a passed-through Messages answer or stream
 
     def error_fields(self) -> tuple[str, str, str | None, str | None]:
         """(message, type, param, code) of an error answer, the gateway's or a relayed backend's."""
@@ -97,6 +99,12 @@ class ChatAnswer:
         if self.stream is not None:
             return EventStreamResponse(self.stream, headers=self.headers)
         return Response(self.body, status_code=self.status, media_type="application/json", headers=self.headers)
+
+
+def chat_apis(payload: dict[str, Any]) -> frozenset[str]:
+    """The backend ``api`` values that may serve a chat request: ``api: anthropic`` ones (translated) unless it
+    uses what the Messages API has no equivalent for (``gateway.translate.to_anthropic.untranslatable``)."""
+    return OPENAI_ONLY if untranslatable(payload) else frozenset({"openai", "anthropic"})
 
 
 def new_record(request_id: str, chat: ChatRequest, services: Services) -> RequestRecord:
@@ -129,17 +137,19 @@ def finish_error(
 
 
 async def run_chat(
-    services: Services, key: KeyRecord | None, chat: ChatRequest, started: float, request: Request
+    services: Services, key: KeyRecord | None, chat: ChatRequest, started: float, request: Request,
+    native: NativeRequest | None = None,
 ) -> ChatAnswer:
     """Admit, route and dispatch ``chat``; the answer, with its log row handed on (plain, error) or handed on when
-    the stream ends. The record is on ``request.state`` for the access log; the request has its trace span."""
+    the stream ends. The record is on ``request.state`` for the access log; the request has its trace span.
+    With ``native`` (a Messages request as sent), ``api: anthropic`` backends may serve it too, passed through."""
     request_id = uuid.uuid4().hex
     record = new_record(request_id, chat, services)
     setattr(request.state, RECORD_STATE_KEY, record)  # the access log's line reads routing and usage from it
     services.tracing.start_request(request_id, chat.model, chat.payload, chat.stream)
     try:
         with services.tracing.request_context(request_id):
-            return await _serve(services, key, chat, record, started, request.headers)
+            return await _serve(services, key, chat, record, started, request.headers, native)
     except BaseException as exc:  # a bug or a cancelled task: end the span rather than keep it open for ever
         services.tracing.abandon(request_id, exc)
         raise
@@ -147,7 +157,7 @@ async def run_chat(
 
 async def _serve(
     services: Services, key: KeyRecord | None, chat: ChatRequest, record: RequestRecord, started: float,
-    request_headers: Mapping[str, str],
+    request_headers: Mapping[str, str], native: NativeRequest | None = None,
 ) -> ChatAnswer:
     """Admit, route, dispatch and answer one parsed chat request (inside its trace span)."""
     request_id = record.id
@@ -156,7 +166,9 @@ async def _serve(
         # admitted on a cheap count first: a key over its limits costs no tokenizing (a 4 MB word: seconds)
         quick = chat.quick_prompt_tokens()
         admitted = await services.tenancy.admit(key, chat.model, chat.payload, quick.tokens, record)
-        cached = await cache_lookup(services, key, chat, request_headers)  # None: the pool has no cache
+        # None: the pool has no cache, or the request uses Messages-only parameters its chat form (the key) lacks
+        cached = None if native is not None and native.only else await cache_lookup(services, key, chat,
+                                                                                    request_headers)
         if cached is not None and cached.hit is not None:  # no routing, no upstream call
             return ChatAnswer(200, **await hit_answer(services, record, cached, chat, started, key, request_headers))
         prompt_tokens = quick.tokens if not quick.estimated else (await chat.prompt_tokens()).tokens
@@ -165,13 +177,15 @@ async def _serve(
                 chat.model, chat.prompt_text, prompt_tokens, chat.required_capabilities,
                 request_flags=chat.request_flags, router_override=chat.router_override,
                 key_flags=admitted.key_flags, adjust_flags=admitted.adjust_flags,
+                apis=native.apis() if native is not None else chat_apis(chat.payload),
             )
             if span is not None:
                 span.set_attributes(route_attributes(decision))
         record_decision(record, decision)
         decision, session = await stick(services, decision, record, key, chat, request_headers)  # affinity
         services.shadow.start(request_id, decision, chat.prompt_text, prompt_tokens)  # computed while it answers
-        result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback)
+        result = await services.dispatcher.dispatch(decision.ranking, chat.payload, chat.stream, decision.fallback,
+                                                    native=native)
     except GatewayError as exc:
         finish_error(services, record, started, exc.status, exc.type, exc.message)
         return ChatAnswer(exc.status, gateway_headers(request_id, decision, None, None), error=exc)
@@ -192,13 +206,17 @@ async def _serve(
     else:
         answer = await _plain_answer(services, record, result, decision, started, prompt_tokens, chat.prompt_text,
                                      chat.payload)
-    answer.stream = after_answer(services, answer.parsed, answer.stream, record, cached, session)  # keep it
+    kept = answer_to_chat(answer.parsed) if answer.api == "anthropic" and answer.parsed is not None else answer.parsed
+    answer.stream = after_answer(services, kept, answer.stream, record, cached, session)  # keep it (in chat form)
     answer.headers.update(answer_headers(cached, record))
     return answer
 
 
 def answer_text(parsed: dict[str, Any]) -> str:
-    """The content of every choice's message (what completion tokens are counted from without usage)."""
+    """The content of every choice's message, or an Anthropic answer's text blocks (what completion tokens are
+    counted from without usage)."""
+    if isinstance(parsed.get("content"), list):
+        return message_text(parsed["content"])
     choices = parsed.get("choices")
     parts = []
     for choice in choices if isinstance(choices, list) else ():
@@ -220,13 +238,14 @@ async def _plain_answer(
                       error_message=result.body[:2000].decode("utf-8", "replace"))
         services.finish(record)
         return ChatAnswer(result.status, headers, body=result.body)
-    usage = parse_usage(result.parsed.get("usage"))
+    usage = parse_usage_of(result.api, result.parsed.get("usage"))
     text = answer_text(result.parsed)
-    p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
     c_tok = usage.completion_tokens if usage.completion_tokens is not None else (
         await count_tokens_off_loop(text))  # an answer of up to 16 MiB: not on the event loop
-    cost = cost_usd(result.backend, p_tok, c_tok)
-    record.finish(status="ok", http_status=result.status, prompt_tokens=p_tok, completion_tokens=c_tok,
+    tokens = usage.settled(prompt_tokens, c_tok)
+    cost = usage_cost_usd(result.backend, tokens)
+    record.finish(status="ok", http_status=result.status, prompt_tokens=tokens.prompt_tokens,
+                  completion_tokens=tokens.completion_tokens, **detail_fields(tokens),
                   usage_estimated=not usage.complete, cost_usd=cost, latency_ms=latency_ms,
                   response_text=text if services.settings.store_responses else None)
     services.finish(record)
@@ -236,7 +255,7 @@ async def _plain_answer(
     headers["x-poolgate-cost-usd"] = f"{cost:.8f}"
     if not usage.complete:
         headers["x-poolgate-cost-estimated"] = "true"
-    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed)
+    return ChatAnswer(result.status, headers, body=result.body, parsed=result.parsed, api=result.api)
 
 
 def _stream_answer(
@@ -247,15 +266,17 @@ def _stream_answer(
     stream_span = services.tracing.start_child(record.id, "poolgate.stream", {"poolgate.backend": backend.name})
 
     def on_finish(out: StreamOutcome) -> None:
-        usage = parse_usage(out.usage)
-        p_tok = usage.prompt_tokens if usage.prompt_tokens is not None else prompt_tokens
-        c_tok = usage.completion_tokens if usage.completion_tokens is not None else out.counted_completion_tokens()
+        usage = parse_usage_of(result.api, out.usage)
+        tokens = usage.settled(prompt_tokens, usage.completion_tokens if usage.completion_tokens is not None
+                               else out.counted_completion_tokens())
+        c_tok = tokens.completion_tokens
         error_type = None
         if out.error:
             error_type = "client_disconnected" if out.client_disconnected else out.error_code
         record.finish(
-            status="error" if out.error else "ok", http_status=200, prompt_tokens=p_tok, completion_tokens=c_tok,
-            usage_estimated=not usage.complete, cost_usd=cost_usd(backend, p_tok, c_tok),
+            status="error" if out.error else "ok", http_status=200, prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=c_tok, **detail_fields(tokens), usage_estimated=not usage.complete,
+            cost_usd=usage_cost_usd(backend, tokens),
             latency_ms=(time.perf_counter() - started) * 1000, ttft_ms=out.ttft_ms, error_type=error_type,
             error_message=out.error, response_text=out.text() if services.settings.store_responses else None,
         )
@@ -271,5 +292,5 @@ def _stream_answer(
     headers = gateway_headers(record.id, decision, backend.name, estimate) | result.passed_headers
     headers["x-poolgate-cost-estimated"] = "true"
     assert result.stream is not None
-    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber)
-    return ChatAnswer(200, headers, stream=body)
+    body = relay(result.stream, result.response, started, chat.wants_usage, on_finish, result.scrubber, result.api)
+    return ChatAnswer(200, headers, stream=body, api=result.api)

@@ -37,6 +37,9 @@ def validate(file: Path, strict: bool) -> None:
     click.echo(f"{file}: ok — {len(pf.backends)} backends, {len(pf.pools)} pools")
     for p in pf.pools:
         click.echo(f"  pool {p.name}: {', '.join(p.members)} (router {p.router}, objective {p.objective})")
+    for b in pf.backends:
+        if b.api != "openai":
+            click.echo(f"  backend {b.name}: {b.serves()}")
 
 
 @pools.command("check")

@@ -59,8 +59,9 @@ def report(since: str, until: str | None, by: str, pool: str | None, html_path: 
 
 
 #: short headers for the terminal, in the order of gateway.loop.report_html.COLUMNS
-TERMINAL_COLUMNS = ("group", "req", "err", "tokens", "cost $", "$/1k req", "feedback (n)", "p50 ms", "p95 ms",
-                    "p99 ms", "TEP tok", "TEP $", "saved*", "cheapest* $", "strongest* $")
+TERMINAL_COLUMNS = ("group", "req", "err", "tokens", "cost $", "cached (%$)", "reasoning (%$)", "$/1k req",
+                    "feedback (n)", "p50 ms", "p95 ms", "p99 ms", "TEP tok", "TEP $", "saved*", "cheapest* $",
+                    "strongest* $")
 
 
 def terminal_view(rep: LogReport) -> list[RenderableType]:

@@ -45,12 +45,12 @@ from typing import Any
 from gateway.judge.rubric import Verdict, VerdictError, judge_prompt, parse_verdict
 from gateway.pools import BackendConfig, JudgeConfig, PoolFile
 from gateway.proxy.dispatch import AllBackendsFailed, Dispatcher
-from gateway.proxy.usage import parse_usage
+from gateway.proxy.usage import detail_fields, parse_usage
 from gateway.record import RequestRecord
 from gateway.store import LogWriter
 from gateway.store.estimates import judge_spend_since
 from gateway.store.repository import LogRepository
-from routers.pricing import cost_usd
+from routers.pricing import usage_cost_usd
 
 log = logging.getLogger("poolgate.judge")
 
@@ -214,12 +214,13 @@ class JudgeService:
             self.counts["failed"] += 1
             return None
         usage = parse_usage(result.parsed.get("usage") if result.parsed else None)
-        p_tok, c_tok = usage.prompt_tokens or 0, usage.completion_tokens or 0
-        cost = cost_usd(backend, p_tok, c_tok)
+        tokens = usage.settled(0, 0)  # a judge call without usage costs what it reported: nothing is guessed
+        p_tok, c_tok = tokens.prompt_tokens, tokens.completion_tokens
+        cost = usage_cost_usd(backend, tokens)
         row.attempts = result.attempts
         row.finish(status="ok" if result.parsed is not None else "error", http_status=result.status,
                    latency_ms=self._ms(started), prompt_tokens=p_tok, completion_tokens=c_tok,
-                   usage_estimated=not usage.complete, cost_usd=cost)
+                   **detail_fields(tokens), usage_estimated=not usage.complete, cost_usd=cost)
         self.writer.submit(row)
         key = (row.pool or "", datetime.now(UTC).date())
         self.spend[key] = self.spend.get(key, 0.0) + cost

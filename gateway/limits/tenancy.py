@@ -34,7 +34,7 @@ from gateway.pools import BackendConfig, PoolFile
 from gateway.record import RequestRecord
 from gateway.settings import Settings
 from routers.objective import Flags
-from routers.pricing import cost_usd
+from routers.pricing import worst_cost_usd
 
 log = logging.getLogger("poolgate.tenancy")
 
@@ -148,7 +148,8 @@ class Tenancy:
 
     def estimate(self, model: str, payload: Mapping[str, Any], prompt_tokens: int) -> tuple[int, float]:
         """(tokens, USD) reserved before dispatch: prompt tokens + max_tokens (or ``default_output_tokens``) per
-        choice, priced at the most expensive backend the request could reach."""
+        choice, priced at the most expensive backend the request could reach, at its dearest token prices (a cache
+        write or a reasoning token may cost more than a plain one: ``routers.pricing.worst_cost_usd``)."""
         out = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if isinstance(out, bool) or not isinstance(out, int) or out <= 0:
             out = self.settings.default_output_tokens
@@ -157,7 +158,7 @@ class Tenancy:
         out_tokens = out * choices
         backends: list[BackendConfig] = self._pool_backends.get(model) or (
             [self._backends[model]] if model in self._backends else [])
-        cost = max(cost_usd(b, prompt_tokens, out_tokens) for b in backends) if backends else 0.0
+        cost = max(worst_cost_usd(b, prompt_tokens, out_tokens) for b in backends) if backends else 0.0
         return prompt_tokens + out_tokens, cost
 
     def _pressure(self, reservation: Reservation) -> Callable[[Flags], Flags] | None:

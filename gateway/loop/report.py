@@ -35,7 +35,7 @@ from gateway.loop.report_estimates import Agreement, PoolEstimate, agreement, es
 from gateway.pools import PoolFile
 from gateway.store.estimates import MAX_EVENTS, Event, label_pairs, off_policy_events
 from gateway.store.repository import GROUPINGS, TOTAL, LogRepository, ReportCell, ShadowCell, TimeCell, Window
-from routers.pricing import token_cost_usd
+from routers.pricing import detail_prices, token_cost_usd
 from training.metrics import tep
 
 NAN = float("nan")
@@ -103,6 +103,7 @@ class Counterfactual:
 
     def __init__(self, cells: Sequence[ReportCell], pool_file: PoolFile) -> None:
         self.prices = {b.name: (b.input_price, b.output_price) for b in pool_file.backends}
+        self.detail_prices = {b.name: detail_prices(b) for b in pool_file.backends}
         comp: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         scores: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
         for c in cells:
@@ -133,6 +134,14 @@ class Counterfactual:
         p_in, p_out = self.prices[backend]
         return token_cost_usd(float(cell.prompt_tokens), self.completion(cell, backend), p_in, p_out)
 
+    def detail_costs(self, cell: ReportCell) -> tuple[float, float, float]:
+        """USD of the cell's cached, cache-write and reasoning tokens at its backend's pool file prices (0 for a
+        backend not in the file): the parts of its logged cost that those tokens make up."""
+        cached, write, reasoning = self.detail_prices.get(cell.backend or "", (0.0, 0.0, 0.0))
+        return (token_cost_usd(float(cell.cached_tokens), 0.0, cached, 0.0),
+                token_cost_usd(float(cell.cache_write_tokens), 0.0, write, 0.0),
+                token_cost_usd(0.0, float(cell.reasoning_tokens), 0.0, reasoning))
+
     def tokens(self, cell: TokenSums, backend: str) -> float:
         return cell.prompt_tokens + self.completion(cell, backend)
 
@@ -162,6 +171,12 @@ class GroupStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    cached_tokens: int = 0  # of prompt_tokens: read from the providers' prompt caches
+    cache_write_tokens: int = 0  # of prompt_tokens: written to them
+    reasoning_tokens: int = 0  # of completion_tokens
+    cached_cost_usd: float = 0.0  # the part of cost_usd that the cached tokens make up (pool file prices)
+    cache_write_cost_usd: float = 0.0
+    reasoning_cost_usd: float = 0.0
     labelled: int = 0
     mean_feedback: float = NAN
     latency_p50: float = NAN
@@ -209,6 +224,12 @@ def group_stats(key: str, cells: Sequence[ReportCell], shadows: Sequence[ShadowC
     g.prompt_tokens = sum(c.prompt_tokens for c in cells)
     g.completion_tokens = sum(c.completion_tokens for c in cells)
     g.cost_usd = float(sum(c.cost_usd for c in cells))
+    g.cached_tokens = sum(c.cached_tokens for c in cells)
+    g.cache_write_tokens = sum(c.cache_write_tokens for c in cells)
+    g.reasoning_tokens = sum(c.reasoning_tokens for c in cells)
+    parts = [cf.detail_costs(c) for c in cells]
+    g.cached_cost_usd, g.cache_write_cost_usd, g.reasoning_cost_usd = (float(sum(p[i] for p in parts))
+                                                                       for i in range(3))
     g.labelled = sum(c.labelled for c in cells)
     g.mean_feedback = sum(c.score_sum for c in cells) / g.labelled if g.labelled else NAN
     if latency is not None:
@@ -387,7 +408,9 @@ def build_report(data: ReportData, pool_file: PoolFile, by: str = "pool",
 
 
 ASSUMPTIONS: list[str] = [
-    "cost: logged USD (pool file prices x logged tokens); counterfactual cost: the same prompt tokens, and the "
+    "cost: logged USD (pool file prices x logged tokens; cached, cache-write and reasoning tokens at the "
+    "backend's cached_input_price, cache_write_price and reasoning_price); their cost share = those tokens at "
+    "those prices / cost; counterfactual cost: the same prompt tokens, and the "
     "other backend's mean completion tokens in this window, at pool file prices",
     "always-cheapest / always-strongest: each request's cheapest / dearest candidate by input + output price",
     "their quality and the shadows' quality are ESTIMATES: the mean feedback of requests that backend answered "

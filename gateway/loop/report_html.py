@@ -26,8 +26,15 @@ STYLE = (
     ".tot td{font-weight:bold}"
 )
 
-COLUMNS = ("group", "requests", "err %", "tokens", "cost $", "$/1k req", "feedback (n)", "p50 ms", "p95 ms",
+COLUMNS = ("group", "requests", "err %", "tokens", "cost $", "cached tok (% of $)", "reasoning tok (% of $)",
+           "$/1k req", "feedback (n)", "p50 ms", "p95 ms",
            "p99 ms", "TEP tok", "TEP $", "saved vs strongest", "always-cheapest $", "always-strongest $")
+
+
+def _part(tokens: int, cost: float, of: float, written: int = 0) -> str:
+    """``"1,200 (9.5%)"``: tokens of one kind and their share of the cost; cache writes as ``+N written``."""
+    share = fmt_pct(cost / of) if of > 0 else "-"
+    return f"{tokens:,}" + (f" +{written:,} written" if written else "") + f" ({share})"
 
 
 def stat_cells(g: GroupStats) -> list[str]:
@@ -35,7 +42,10 @@ def stat_cells(g: GroupStats) -> list[str]:
     per_1k = 1000 * g.cost_usd / g.requests if g.requests else math.nan
     feedback = f"{fmt_num(g.mean_feedback)} ({g.labelled})"
     return [g.key, str(g.requests), fmt_pct(g.error_rate), f"{g.prompt_tokens + g.completion_tokens:,}",
-            fmt_num(g.cost_usd, 6), fmt_num(per_1k, 4), feedback, fmt_num(g.latency_p50, 1),
+            fmt_num(g.cost_usd, 6),
+            _part(g.cached_tokens, g.cached_cost_usd + g.cache_write_cost_usd, g.cost_usd, g.cache_write_tokens),
+            _part(g.reasoning_tokens, g.reasoning_cost_usd, g.cost_usd), fmt_num(per_1k, 4), feedback,
+            fmt_num(g.latency_p50, 1),
             fmt_num(g.latency_p95, 1), fmt_num(g.latency_p99, 1), fmt_num(g.tep_tokens, 2), fmt_num(g.tep_usd, 2),
             fmt_pct(g.savings_vs_strongest),
             fmt_num(g.cheapest_cost_usd if g.eligible else math.nan, 6),

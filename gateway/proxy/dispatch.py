@@ -36,6 +36,7 @@ from gateway.proxy.scrub import NO_SECRET, Scrubber, scrub_secrets
 from gateway.proxy.upstream import Timeouts, Transport, UpstreamError, UpstreamResponse, describe
 from gateway.proxy.upstream_errors import relayed_error_body, upstream_message
 from gateway.tracing import Tracing
+from gateway.translate.to_anthropic import answer_to_chat, request_to_messages, stream_to_chat
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
@@ -61,6 +62,26 @@ class UpstreamResult:
     passed_headers: dict[str, str] = field(default_factory=dict)  # what the client also sees (_replay_signal)
     first_byte_at: float | None = None
     scrubber: Scrubber = NO_SECRET
+    api: str = "openai"  # the answer's shape: "anthropic" for a Messages answer passed through (``NativeRequest``)
+
+
+@dataclass(frozen=True)
+class NativeRequest:
+    """A request as the client sent it in a backend's own API, for backends that speak it (``api: anthropic``:
+    ``POST /v1/messages`` passed through): ``body`` goes upstream untouched but for ``model`` (the backend's),
+    ``headers`` (``anthropic-version``, ``anthropic-beta``) with it; the client's key never does."""
+
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    only: bool = False  # the request uses what only the backend's own API has (``thinking``, ``top_k``, ...)
+
+    def apis(self) -> frozenset[str]:
+        """The backend ``api`` values that may serve this request."""
+        return frozenset({"anthropic"}) if self.only else frozenset({"openai", "anthropic"})
+
+
+#: the Messages API version sent when the client named none
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass
@@ -98,12 +119,33 @@ class Dispatcher:
             body["stream_options"] = opts
         return orjson.dumps(body)
 
+    @staticmethod
+    def messages_exchange(backend: BackendConfig, payload: dict[str, Any], stream: bool,
+                          native: NativeRequest | None) -> tuple[str, bytes, dict[str, str]]:
+        """(URL, body, headers) of a request to an ``api: anthropic`` backend: ``native`` passed through (only
+        ``model`` replaced), else the chat ``payload`` translated (``gateway.translate.to_anthropic``)."""
+        if native is not None:
+            body = {k: v for k, v in native.body.items() if k != "poolgate"}
+            body["model"] = backend.model
+        else:
+            body = request_to_messages(payload, backend.model, stream)
+        client = native.headers if native is not None else {}
+        headers = {"anthropic-version": client.get("anthropic-version") or ANTHROPIC_VERSION}
+        if client.get("anthropic-beta"):
+            headers["anthropic-beta"] = client["anthropic-beta"]
+        key = backend.api_key()
+        if key:
+            headers["x-api-key"] = key
+        return f"{backend.base_url}/messages", orjson.dumps(body), headers
+
     async def dispatch(
         self, ranking: list[BackendConfig], payload: dict[str, Any], stream: bool, fallback: bool = True,
-        path: str = "chat/completions",
+        path: str = "chat/completions", native: NativeRequest | None = None,
     ) -> UpstreamResult:
         """Try ``ranking`` in order with ``payload`` POSTed to ``<base_url>/<path>`` (``embeddings`` for
-        ``/v1/embeddings``); the first usable answer, else :class:`AllBackendsFailed`."""
+        ``/v1/embeddings``); to an ``api: anthropic`` backend, ``native`` passed through or else ``payload``
+        translated to a Messages request (routing ranks only backends the request can go to); the first usable
+        answer, else :class:`AllBackendsFailed`."""
         attempts: list[dict[str, Any]] = []
         tried = ranking if fallback else ranking[:1]
         skipped_open = 0
@@ -113,7 +155,7 @@ class Dispatcher:
                 skipped_open += 1
                 attempts.append({"backend": backend.name, "status": None, "error": "circuit open", "latency_ms": 0.0})
                 continue
-            result = await self._try_backend(backend, payload, stream, attempts, path)
+            result = await self._try_backend(backend, payload, stream, attempts, path, native)
             if result is not None:
                 return result
         last = next((a["error"] for a in reversed(attempts) if a["error"]), "no backend available")
@@ -135,19 +177,23 @@ class Dispatcher:
 
     async def _try_backend(
         self, backend: BackendConfig, payload: dict[str, Any], stream: bool, attempts: list[dict[str, Any]],
-        path: str = "chat/completions",
+        path: str = "chat/completions", native: NativeRequest | None = None,
     ) -> UpstreamResult | None:
         breaker = self.breakers.get(backend.name)
-        content = self.upstream_payload(payload, backend, stream)
         # a stream is relayed as raw bytes, so it must come uncompressed; a whole answer is decoded on reading
         headers = {"content-type": "application/json", "accept-encoding": "identity" if stream else "gzip, deflate"}
         key = backend.api_key()
-        if key:
-            headers["authorization"] = f"Bearer {key}"
+        if backend.api == "anthropic":
+            url, content, own = self.messages_exchange(backend, payload, stream, native)
+            headers.update(own)
+        else:
+            content = self.upstream_payload(payload, backend, stream)
+            url = f"{backend.base_url}/{path}"
+            if key:
+                headers["authorization"] = f"Bearer {key}"
         scrubber = Scrubber(key)
         timeouts = Timeouts(connect=backend.connect_timeout_s, read=backend.read_timeout_s, total=backend.timeout_s,
                             pool=self.pool_timeout_s)
-        url = f"{backend.base_url}/{path}"
         for i in range(backend.retries + 1):
             if i:
                 await asyncio.sleep(BACKOFF_BASE_S * (2 ** (i - 1)))
@@ -165,6 +211,8 @@ class Dispatcher:
             if result is not None:
                 breaker.record_success()
                 result.backend, result.attempts, result.scrubber = backend, attempts, scrubber
+                if backend.api == "anthropic":
+                    _messages_answer(result, passed_through=native is not None)
                 return result
             if status is not None and status >= 400 and status not in RETRYABLE_STATUS:
                 # the client's mistake (or the backend's verdict on it): pass it through, no fallback
@@ -231,6 +279,18 @@ class Dispatcher:
             first_byte_at=first_at,
             passed_headers=_replay_signal(response),
         ), None, b""
+
+
+def _messages_answer(result: UpstreamResult, passed_through: bool) -> None:
+    """An ``api: anthropic`` backend's answer: as it is when the client's Messages request was passed through,
+    else translated to chat completions (``gateway.translate.to_anthropic``) for the chat pipeline."""
+    if passed_through:
+        result.api = "anthropic"
+    elif result.parsed is not None:
+        result.parsed = answer_to_chat(result.parsed)
+        result.body = orjson.dumps(result.parsed)
+    elif result.stream is not None:
+        result.stream = stream_to_chat(result.stream)
 
 
 def _attempt_attributes(backend: BackendConfig, retry: int) -> dict[str, Any]:

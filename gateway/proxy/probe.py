@@ -1,5 +1,6 @@
 """Backend health probes over the gateway's upstream transport (``GET /admin/pools/health``, ``poolgate pools
-check``): ``GET {base_url}/models``, or a 1-token chat completion where that route is missing (404/405).
+check``): ``GET {base_url}/models``, or a 1-token chat completion where that route is missing (404/405); for an
+``api: anthropic`` backend the same with its headers (``x-api-key``, ``anthropic-version``) and a 1-token message.
 
 What a backend says in an error reaches the operator, so it is scrubbed of the backend's key like every other
 upstream text (``gateway.proxy.scrub``).
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.pools import BackendConfig, PoolFile
+from gateway.proxy.dispatch import ANTHROPIC_VERSION
 from gateway.proxy.scrub import scrub_secrets
 from gateway.proxy.upstream import Timeouts, Transport, UpstreamError, describe
 
@@ -24,7 +26,10 @@ PROBE_MAX_BYTES = 1024 * 1024
 async def probe_backend(backend: BackendConfig, upstream: Transport, timeout_s: float = 10.0) -> dict[str, Any]:
     """One backend's health: status, which probe answered, latency, and the (scrubbed) error if any."""
     key = backend.api_key()
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+    native = backend.api == "anthropic"
+    headers = {"anthropic-version": ANTHROPIC_VERSION} if native else {}
+    if key:
+        headers["x-api-key" if native else "authorization"] = key if native else f"Bearer {key}"
     timeouts = Timeouts(connect=timeout_s, read=timeout_s, total=timeout_s, pool=timeout_s)
     started = time.perf_counter()
     method = "models"
@@ -33,7 +38,8 @@ async def probe_backend(backend: BackendConfig, upstream: Transport, timeout_s: 
         if status in (404, 405):
             method = "chat"
             ping = {"model": backend.model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-            status, body = await _exchange(upstream, "POST", f"{backend.base_url}/chat/completions",
+            path = "messages" if native else "chat/completions"
+            status, body = await _exchange(upstream, "POST", f"{backend.base_url}/{path}",
                                            {**headers, "content-type": "application/json"}, orjson.dumps(ping),
                                            timeouts)
         ok, error = status < 400, None

@@ -84,6 +84,9 @@ class StreamOutcome:
             except orjson.JSONDecodeError:
                 continue
             choices = data.get("choices") if isinstance(data, dict) else None
+            if isinstance(data, dict) and data.get("type") == "content_block_delta":  # an Anthropic stream's text
+                choices = [{"delta": {"content": (data.get("delta") or {}).get("text")}}] \
+                    if isinstance(data.get("delta"), dict) else None
             for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 piece = delta.get("content") if isinstance(delta, dict) else None
@@ -150,6 +153,9 @@ class _EventSplitter:
         return b"".join(self.parts)
 
 
+EventSplitter = _EventSplitter  # for translators of other event streams (``gateway.translate.to_anthropic``)
+
+
 async def relay(
     chunks: AsyncIterator[bytes],
     response: UpstreamResponse | None,
@@ -157,9 +163,12 @@ async def relay(
     client_wants_usage: bool,
     on_finish: Callable[[StreamOutcome], None],
     scrubber: Scrubber = NO_SECRET,
+    api: str = "openai",
 ) -> AsyncIterator[bytes]:
-    """Yield SSE bytes to the client; call ``on_finish`` once, before the last event, whatever happens."""
+    """Yield SSE bytes to the client; call ``on_finish`` once, before the last event, whatever happens. ``api``
+    anthropic: a Messages event stream, relayed as it is (``_inspect_anthropic``)."""
     out = StreamOutcome()
+    inspect = _inspect_anthropic if api == "anthropic" else _inspect
     splitter = _EventSplitter()
     finished = False
 
@@ -174,7 +183,7 @@ async def relay(
             events = splitter.feed(chunk)
             if not events:
                 continue
-            emit = [e + b"\n\n" for e in (_inspect(event, out, client_wants_usage, scrubber) for event in events)
+            emit = [e + b"\n\n" for e in (inspect(event, out, client_wants_usage, scrubber) for event in events)
                     if e is not None]
             if emit:
                 if out.ttft_ms is None:
@@ -183,12 +192,12 @@ async def relay(
                     finish()
                 yield b"".join(emit)
         last = splitter.rest()
-        if last.strip() and (kept := _inspect(last, out, client_wants_usage, scrubber)) is not None:
+        if last.strip() and (kept := inspect(last, out, client_wants_usage, scrubber)) is not None:
             if out.done:
                 finish()
             yield kept + b"\n\n"
         if not out.done:
-            out.error = "upstream ended the stream without [DONE]"
+            out.error = "upstream ended the stream without " + ("message_stop" if api == "anthropic" else "[DONE]")
             finish()
             yield error_event(out.error)
     except UpstreamError as exc:
@@ -232,6 +241,35 @@ def _inspect(event: bytes, out: StreamOutcome, client_wants_usage: bool, scrubbe
                 out.usage = parsed["usage"]
                 if not parsed.get("choices") and not client_wants_usage:
                     return None
+    return event
+
+
+def _inspect_anthropic(event: bytes, out: StreamOutcome, client_wants_usage: bool, scrubber: Scrubber) -> bytes:
+    """An Anthropic Messages event, relayed as it is (scrubbed): ``message_stop`` ends it; the usage is
+    message_start's ``message.usage`` updated by each message_delta's ``usage`` (output tokens are cumulative)."""
+    event = scrubber.answer(event)
+    if b'"error"' in event:
+        event = scrubber.error(event)
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        kind = parsed.get("type") if isinstance(parsed, dict) else None
+        if kind == "message_stop":
+            out.done = True
+        elif kind == "error":
+            out.error = "upstream sent an error event"
+        elif kind == "content_block_delta":
+            out.add_event(data)
+        elif kind in ("message_start", "message_delta"):
+            holder = parsed.get("message") if kind == "message_start" else parsed
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                out.usage = {**out.usage, **usage} if isinstance(out.usage, dict) else dict(usage)
     return event
 
 

@@ -65,6 +65,20 @@ class RouteDecision:
     top_choice: str | None = None
 
 
+OPENAI_ONLY = frozenset({"openai"})
+#: why a backend of each ``api`` cannot serve a request that leaves it out (the excluded candidate's reason)
+API_ROUTES = {"openai": "api openai: the request uses Messages-only parameters (thinking, top_k, ...) that only an "
+                        "api: anthropic backend serves",
+              "anthropic": "api anthropic: the request needs what the Messages API has no equivalent for (n > 1, "
+                           "logprobs, response_format, logit_bias, audio; embeddings)"}
+
+
+def _wrong_api(model: str, backends: list[BackendConfig]) -> GatewayError:
+    reasons = "; ".join(API_ROUTES[k] for k in sorted({b.api for b in backends}))
+    return GatewayError(400, f"model {model!r}: no member can serve this route ({reasons})", param="model",
+                        code="unsupported_route")
+
+
 def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Router, str]:
     """Instantiate (and load the artifact of) a pool's router; returns (router, version label)."""
     if config.artifact is None:
@@ -173,9 +187,12 @@ class RoutingService:
         key_flags: Mapping[str, Any] | None = None,
         router_override: str | None = None,
         adjust_flags: Callable[[Flags], Flags] | None = None,
+        apis: frozenset[str] = OPENAI_ONLY,
     ) -> RouteDecision:
         """Rank backends for one request. Flags: request > key > pool preset (each validated); then
-        ``adjust_flags`` (the key's budget pressure on the cost weight), which the request cannot override."""
+        ``adjust_flags`` (the key's budget pressure on the cost weight), which the request cannot override.
+        Only backends whose ``api`` is in ``apis`` may serve (``gateway.api.pipeline.chat_apis``); the others
+        stay in the candidates, infeasible, with the reason."""
         runtime = self.runtimes.get(model)
         if runtime is None:
             backend = self._backends.get(model)
@@ -184,6 +201,8 @@ class RoutingService:
                     404, f"model {model!r} is neither a pool nor a backend; see GET /v1/models",
                     param="model", code="model_not_found",
                 )
+            if backend.api not in apis:
+                raise _wrong_api(model, [backend])
             return RouteDecision(None, "direct", None, [backend], [{"backend": backend.name}], None, False,
                                  policy="direct")
         flags = runtime.base_flags
@@ -223,6 +242,13 @@ class RoutingService:
             }
             for j, card in enumerate(runtime.cards)
         ]
+        if any(b.api not in apis for b in runtime.backends):
+            ranking = [i for i in ranking if runtime.backends[i].api in apis]
+            for card, b in zip(candidates, runtime.backends, strict=True):
+                if b.api not in apis:
+                    card["feasible"], card["excluded"] = False, API_ROUTES[b.api]
+            if not ranking:
+                raise _wrong_api(model, runtime.backends)
         # a caller that names a router gets that router's choice: no exploration, and the row says who chose
         exploration = None if router_override else self._exploration(runtime)
         picked = choose(ranking, [float(scores.utility[0, i]) for i in ranking], exploration, runtime.rng)

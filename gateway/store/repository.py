@@ -50,6 +50,10 @@ FB: Table = Feedback.__table__  # type: ignore[assignment]
 _HUMAN_FIRST = FB.c.source.desc()
 
 
+#: the token columns that are parts of prompt_tokens / completion_tokens
+DETAIL_TOKENS = ("cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
 def _labels() -> Subquery:
     """One score per labelled request (``request_id``, ``score``): the human's (source ``user``) where there is
     one, else the judge's. Every reader of scores joins this, never ``feedback`` itself (two rows per request)."""
@@ -115,6 +119,9 @@ class ReportCell(Requester):
     cost_usd: float
     labelled: int
     score_sum: float
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens, written to it
+    reasoning_tokens: int = 0  # of completion_tokens
 
 
 @dataclass(frozen=True)
@@ -266,13 +273,15 @@ class LogRepository:
     # -- usage totals (GET /admin/report) -------------------------------------------------------------
     async def usage_totals(self, since: datetime | None, until: datetime | None,
                            key_id: str | None) -> list[dict[str, Any]]:
-        """Per (key, pool, backend): requests, errors, prompt and completion tokens, cost, mean latency."""
+        """Per (key, pool, backend): requests, errors, prompt and completion tokens (and of those: cached, cache
+        writes, reasoning), cost, mean latency."""
         cols = (REQ.c.key_id, REQ.c.pool, REQ.c.backend)
         query = select(
             *cols, func.count().label("requests"),
             func.sum(case((REQ.c.status == "ok", 0), else_=1)).label("errors"),
             func.sum(REQ.c.prompt_tokens).label("prompt_tokens"),
             func.sum(REQ.c.completion_tokens).label("completion_tokens"),
+            *(func.sum(REQ.c[name]).label(name) for name in DETAIL_TOKENS),
             func.sum(REQ.c.cost_usd).label("cost_usd"), func.avg(REQ.c.latency_ms).label("mean_latency_ms"),
         ).group_by(*cols).order_by(*cols)
         query = Window(since, until).where(query)
@@ -282,7 +291,8 @@ class LogRepository:
             rows = [dict(r._mapping) for r in (await conn.execute(query)).all()]
         for r in rows:
             r["errors"], r["cost_usd"] = int(r["errors"] or 0), float(r["cost_usd"] or 0.0)
-            r["prompt_tokens"], r["completion_tokens"] = int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0)
+            for name in ("prompt_tokens", "completion_tokens", *DETAIL_TOKENS):
+                r[name] = int(r[name] or 0)
             r["mean_latency_ms"] = round(float(r["mean_latency_ms"] or 0.0), 2)
         return rows
 
@@ -346,6 +356,9 @@ class LogRepository:
             case((REQ.c.policy == JUDGE_PAIR, None), else_=labels.c.score).label("score"),
             self.dialect.day().label("day"),
             self.dialect.epoch().label("epoch"),
+            func.coalesce(REQ.c.cached_tokens, 0).label("cached_tokens"),
+            func.coalesce(REQ.c.cache_write_tokens, 0).label("cache_write_tokens"),
+            func.coalesce(REQ.c.reasoning_tokens, 0).label("reasoning_tokens"),
         ]
         if ext is not None:
             cols += [ext.c.cheapest, ext.c.strongest]
@@ -367,7 +380,8 @@ class LogRepository:
         dims = (r.c.pool, r.c.key_id, r.c.router, r.c.router_version, r.c.backend, r.c.status, r.c.day,
                 r.c.cheapest, r.c.strongest)
         query = select(*dims, func.count(), func.sum(r.c.prompt_tokens), func.sum(r.c.completion_tokens),
-                       func.sum(r.c.cost_usd), func.count(r.c.score), func.coalesce(func.sum(r.c.score), 0.0)
+                       func.sum(r.c.cost_usd), func.count(r.c.score), func.coalesce(func.sum(r.c.score), 0.0),
+                       func.sum(r.c.cached_tokens), func.sum(r.c.cache_write_tokens), func.sum(r.c.reasoning_tokens),
                        ).group_by(*dims)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()

@@ -7,7 +7,9 @@ expects); ``tools`` (``input_schema``) and ``tool_choice`` (auto, any, tool, non
 ``stop_sequences`` to ``stop``, ``metadata.user_id`` to ``user``. Parameters chat backends cannot honour
 (``top_k``, ``thinking``, ...) are refused with a 400 that names them.
 
-Answer: text and ``tool_use`` blocks, ``stop_reason`` from ``finish_reason``, ``usage`` from the chat usage; a
+Answer: text and ``tool_use`` blocks, ``stop_reason`` from ``finish_reason``, ``usage`` from the chat usage (cached
+prompt tokens as ``cache_read_input_tokens``, cache writes as ``cache_creation_input_tokens``, both apart from
+``input_tokens`` as Anthropic counts them); a
 stream becomes message_start, ping, content_block_start/delta/stop, message_delta and message_stop events.
 """
 
@@ -21,6 +23,7 @@ import orjson
 
 from gateway.errors import anthropic_error_body, known_params_object
 from gateway.errors import invalid_value as _bad
+from gateway.proxy.usage import anthropic_usage, parse_usage
 from gateway.translate.sse import DONE, Preamble, as_dict, chat_chunks, chunk_error, first_message, sse, tool_arguments
 
 SUPPORTED = frozenset({"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature",
@@ -158,9 +161,8 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 
 
 def _usage(usage: Any) -> dict[str, int]:
-    u = usage if isinstance(usage, dict) else {}
-    p, c = u.get("prompt_tokens"), u.get("completion_tokens")
-    return {"input_tokens": p if isinstance(p, int) else 0, "output_tokens": c if isinstance(c, int) else 0}
+    """A chat ``usage`` as Anthropic's: cache reads and writes apart from ``input_tokens`` (checked counts only)."""
+    return anthropic_usage(parse_usage(usage).settled(0, 0))
 
 
 def answer_from_chat(parsed: dict[str, Any], request_id: str) -> dict[str, Any]:
@@ -184,7 +186,7 @@ class _StreamState:
         self.index = -1  # the open content block's index
         self.open: str | None = None  # "text" or the chat tool call index ("tool:0")
         self.stop_reason = "end_turn"
-        self.usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
+        self.usage: dict[str, int] = _usage(None)
 
     def close(self) -> list[bytes]:
         if self.open is None:

@@ -22,7 +22,8 @@ from typing import Any
 
 from gateway.errors import invalid_value as _bad
 from gateway.errors import known_params_object
-from gateway.translate.sse import DONE, Preamble, as_dict, as_int, chat_chunks, chunk_error, first_message, sse
+from gateway.proxy.usage import parse_usage
+from gateway.translate.sse import DONE, Preamble, as_dict, chat_chunks, chunk_error, first_message, sse
 
 SUPPORTED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls",
                        "max_output_tokens", "temperature", "top_p", "stream", "store", "metadata", "user", "text",
@@ -151,10 +152,11 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
 
 
 def _usage(usage: Any) -> dict[str, Any]:
-    u = as_dict(usage)
-    p, c = as_int(u.get("prompt_tokens")), as_int(u.get("completion_tokens"))
-    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
+    """A chat ``usage`` as the Responses API's (checked counts only; cached and reasoning tokens included)."""
+    u = parse_usage(usage).settled(0, 0)
+    p, c = u.prompt_tokens, u.completion_tokens
+    return {"input_tokens": p, "input_tokens_details": {"cached_tokens": u.cached_tokens}, "output_tokens": c,
+            "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens}, "total_tokens": p + c}
 
 
 @dataclass
