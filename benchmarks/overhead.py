@@ -55,6 +55,8 @@ from benchmarks.common import (
     run_load,
     spec_label,
 )
+from benchmarks.loopstats import render as render_loop
+from benchmarks.loopstats import window as loop_window
 from benchmarks.peers import (
     LITELLM_VENV,
     PORTKEY_DIR,
@@ -123,8 +125,9 @@ def poolgate_label(spec: str, workers: int, tree: Path | None) -> str:
 
 
 def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int,
-                   tree: Path | None = None, workers: int = 1) -> Target:
-    """``poolgate serve`` of this tree, or of the source tree ``tree`` (its files named ``<router>@base``)."""
+                   tree: Path | None = None, workers: int = 1, profile: bool = False) -> Target:
+    """``poolgate serve`` of this tree, or of the source tree ``tree`` (its files named ``<router>@base``); with
+    ``profile``, under ``benchmarks/loopstats.py`` (GC pauses and event-loop lag of the first process)."""
     port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
     router = poolgate_label(spec, workers, tree)
     pool = work / f"pool-{router}.yaml"
@@ -137,6 +140,9 @@ def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Pat
     if tree is not None:  # python -m runs the tree's gateway package (the working directory comes first)
         env["PYTHONPATH"] = str(tree.resolve())
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(pool), "--port", str(port)]
+    if profile:  # the wrapper imports the measured tree's gateway package: put it first on the path
+        argv[1:3] = [str(REPO / "benchmarks" / "loopstats.py")]
+        env |= {"LOOPSTATS_OUT": str(work / f"loopstats-{router}.json"), "PYTHONPATH": str((tree or REPO).resolve())}
     if workers > 1:
         argv += ["--workers", str(workers)]
     child = Child(f"poolgate-{router}", argv, work / f"poolgate-{router}.log", env,
@@ -161,7 +167,7 @@ def phase(t: Target, name: str, args: argparse.Namespace, prompts: Path, work: P
     a py-spy profile of it (raw stacks beside ``--out``; shares in ``result["profile"]``)."""
     if t.child is None:
         return load(t, prompts, work, **spec)
-    cpu_before, wall_before = t.child.cpu_seconds(), time.perf_counter()
+    cpu_before, wall_before, started = t.child.cpu_seconds(), time.perf_counter(), time.time()
     if args.profile and t.name.startswith("poolgate"):
         raw = args.out.parent / "profiles" / f"{t.name}-{name}.txt"
         assert t.child.proc is not None
@@ -169,6 +175,9 @@ def phase(t: Target, name: str, args: argparse.Namespace, prompts: Path, work: P
             result = load(t, prompts, work, **spec)
         result["profile"] = summarize(raw) | {"raw": str(raw)}
         print(render(f"{t.name} {name}", result["profile"]), flush=True)
+        time.sleep(1.2)  # the wrapper rewrites its file every second
+        result["loop"] = loop_window(work / f"loopstats-{t.name.removeprefix('poolgate-')}.json", started, time.time())
+        print(render_loop(f"{t.name} {name}", result["loop"]), flush=True)
     else:
         result = load(t, prompts, work, **spec)
     # warm-up included in both: the share of the machine the gateway took while this phase ran (1.0 = one core)
@@ -276,7 +285,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                       flush=True)
                 try:
                     target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port, tree,
-                                            workers)
+                                            workers, args.profile)
                 except RuntimeError as exc:  # one configuration that cannot start must not sink the others
                     out["workload"]["skipped"][label] = f"poolgate did not start: {str(exc).splitlines()[-1]}"
                     print(f"  ! {out['workload']['skipped'][label]}", flush=True)

@@ -124,7 +124,7 @@ def start_portkey(script: Path, version: str, work: Path, backend_port: int) -> 
     """Portkey's documented server command; every request names the provider and the fake backend in headers."""
     port = free_port()
     node = shutil.which("node") or "node"
-    folder = script.parents[3]  # <folder>/node_modules/@portkey-ai/gateway/build/start-server.js
+    folder = script.parents[4]  # <folder>/node_modules/@portkey-ai/gateway/build/start-server.js
     child = Child("portkey", [node, str(script.relative_to(folder)), f"--port={port}"], work / "portkey.log",
                   {"NODE_ENV": "production"}, cwd=folder).start()
     child.wait_http(f"http://127.0.0.1:{port}/", timeout_s=60)
