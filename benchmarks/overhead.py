@@ -279,7 +279,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if router not in wl["artifacts"]:
                 print(f"poolgate {router}: skipped ({wl['skipped'].get(router)})", flush=True)
                 continue
-            for workers, tree in [(w, tr) for w in args.worker_counts for tr in trees]:
+            # another tree may predate `serve --workers`: it is measured with one worker only
+            for workers, tree in [(w, tr) for w in args.worker_counts for tr in trees if tr is None or w == 1]:
                 label = poolgate_label(router, workers, tree)
                 print(f"poolgate, router {router}, {workers} worker(s){f' (tree {tree})' if tree else ''} ...",
                       flush=True)
