@@ -24,6 +24,8 @@ from typing import Any
 #: leaf frames of a loop waiting in native code (uvloop's run_forever shows as its Python caller)
 _IDLE = re.compile(r"^(Runner\.run|run_until_complete|run_forever) \(")
 _FILE = re.compile(r"\(([^)]+)\)$")
+#: poolgate's frames under every sample (the command that starts the server): no information
+_BOOT = re.compile(r"\((gateway/cli\.py|gateway/commands/)")
 #: ``function (file.py:line)`` -> ``function (file.py)``: one entry per function, not per line
 _LINE = re.compile(r":\d+\)$")
 
@@ -91,7 +93,7 @@ def summarize(path: Path, top: int = 15) -> dict[str, Any]:
         self_counts[frames[-1]] += count
         pkg_counts[_package(frames[-1])] += count
         for f in set(frames):
-            if _package(f).startswith(("gateway/", "routers/")) and "cli.py" not in f and "serve (" not in f:
+            if _package(f).startswith(("gateway", "routers")) and not _BOOT.search(f):
                 incl_counts[f] += count
 
     def shares(c: Counter[str]) -> list[tuple[str, float]]:

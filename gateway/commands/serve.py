@@ -62,7 +62,14 @@ def settle_heap() -> None:
     stopped the event loop for tens of milliseconds (hundreds on a loaded machine), which was most of the p99 at
     concurrency 32 (benchmarks/README.md, "Profile"). Frozen objects are never scanned again; objects made by
     requests are collected as before.
+
+    The tokenizer loads first (it otherwise loads in the first request that counts tokens: ~0.1 s, and its
+    tables are worth freezing with the rest).
     """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from routers.pricing import encoding
+
+    encoding()
     gc.collect()
     gc.freeze()
 
