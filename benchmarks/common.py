@@ -74,6 +74,19 @@ class Child:
                 continue
         return round(total / 2**20, 1)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the process and its live children (worker processes)."""
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                continue
+        return total
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the process group (graceful shutdown), SIGKILL what is left after ``timeout_s``."""
         if self.proc is None or self.proc.poll() is not None:

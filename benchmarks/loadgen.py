@@ -48,6 +48,7 @@ class LoadSpec:
     api_key: str | None = None
     max_tokens: int = 16
     path: str = "/v1/chat/completions"
+    headers: dict[str, str] | None = None  # extra headers on every request (Portkey's provider and host)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadSpec:
@@ -80,6 +81,8 @@ def build_requests(spec: LoadSpec, prompts: list[str], first: int, count: int) -
             "Accept: */*\r\n")
     if spec.api_key:
         head += f"Authorization: Bearer {spec.api_key}\r\n"
+    for name, value in (spec.headers or {}).items():
+        head += f"{name}: {value}\r\n"
     out = []
     for i in range(first, first + count):
         body: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens,
@@ -193,11 +196,14 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
     queue = build_requests(spec, prompts, spec.warmup, count)
     tally = Tally()
     state = {"next": 0}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + spec.duration_s if not spec.requests and spec.duration_s else 0.0
     await asyncio.gather(*(_worker(spec, queue, tally, deadline, state) for _ in range(spec.concurrency)))
     elapsed = time.perf_counter() - started
-    return summarize(tally, elapsed, spec.warmup + state["next"])
+    out = summarize(tally, elapsed, spec.warmup + state["next"])
+    # how much of the machine the load generator itself took while measuring (1.0 = one core)
+    out["loadgen_cores"] = round((time.process_time() - cpu_started) / elapsed, 3) if elapsed > 0 else None
+    return out
 
 
 def _pct(values: list[float], q: float) -> float | None:

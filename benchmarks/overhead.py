@@ -1,12 +1,14 @@
-"""Gateway overhead and throughput, poolgate beside LiteLLM's proxy, measured in one run on this machine.
+"""Gateway overhead and throughput, poolgate beside LiteLLM's proxy and Portkey's gateway, in one run on this machine.
 
 One command (from the repository root): ``python benchmarks/overhead.py`` (``--help`` for the knobs).
 
 It starts on loopback a fast fake OpenAI-compatible backend (``benchmarks/fake_backend.py``), LiteLLM's proxy
 (``litellm[proxy]`` in its own venv, created on first use; one worker; one model pointing at the fake backend;
-no database, no callbacks, no router: a plain proxy) and poolgate (``poolgate serve``, SQLite log store on, one
+no database, no callbacks, no router: a plain proxy), Portkey's gateway (``@portkey-ai/gateway`` from npm in a
+cache folder, created on first use; its documented server command; the provider and the fake backend named in
+each request's headers; ``benchmarks/peers.py``) and poolgate (``poolgate serve``, SQLite log store on, one
 row per request, a nine-model pool over the same backend, a random master key checked on every request) once
-per router. Each target is measured on its own,
+per router and worker count (``--workers 1,2``). Each target is measured on its own,
 one after the other, by a load generator in a separate process (``benchmarks/loadgen.py``), with the same
 sequence of distinct prompts (held-out LLMRouter queries, so embedding caches do not hit):
 
@@ -18,7 +20,11 @@ sequence of distinct prompts (held-out LLMRouter queries, so embedding caches do
 With ``--compare-tree DIR`` every poolgate configuration is measured twice, this tree's and then DIR's (another
 checkout of poolgate, run with its own code), and the report adds their ratios: a change's cost, in one run.
 
-It prints a table, the ratios to LiteLLM against the issue's targets, and writes everything as JSON.
+With ``--profile``, py-spy samples each poolgate server during its concurrency-1 and -32 phases
+(``benchmarks/profiling.py``); the report prints the top frames and the raw stacks are kept beside the JSON.
+
+It prints a table, the ratios of every poolgate target to both peers, the verdicts against the issues' targets,
+and writes everything as JSON.
 """
 
 from __future__ import annotations
@@ -29,11 +35,9 @@ import os
 import platform
 import secrets
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +55,21 @@ from benchmarks.common import (
     run_load,
     spec_label,
 )
+from benchmarks.loopstats import render as render_loop
+from benchmarks.loopstats import window as loop_window
+from benchmarks.peers import (
+    LITELLM_VENV,
+    PORTKEY_DIR,
+    PORTKEY_VERSION,
+    Target,
+    ensure_litellm,
+    ensure_portkey,
+    start_litellm,
+    start_portkey,
+)
+from benchmarks.profiling import Profile, render, summarize
 from benchmarks.report import report
 
-LITELLM_VENV = Path.home() / ".cache" / "poolgate" / "litellm-venv"
 #: router specs: a registered name fits on the default encoder (minilm-static); ``:minilm`` on the contextual one
 ALL_ROUTERS = ("cheapest", "knn", "complexity", "graph", "knn:minilm", "complexity:minilm", "graph:minilm")
 PHASES = ("c1", "c32", "stream", "rss")
@@ -62,31 +78,27 @@ NOT_MEASURED: dict[str, Any] = {"p50_ms": None, "p99_ms": None, "rps": None, "tt
                                 "ttft_p99_ms": None, "not_measured": True}
 
 
-@dataclass
-class Target:
-    """Something to send requests to: the direct backend, LiteLLM, or poolgate with one router."""
-
-    name: str
-    port: int
-    model: str
-    api_key: str | None = None
-    child: Child | None = None
-    served: int = 0  # requests sent so far (warm-ups included): the next prompt index
-    result: dict[str, Any] = field(default_factory=dict)
-
-
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="poolgate vs LiteLLM: added latency, throughput, TTFT, RSS.")
+    p = argparse.ArgumentParser(description="poolgate vs LiteLLM and Portkey: added latency, throughput, TTFT, RSS.")
     p.add_argument("--routers", default=",".join(ALL_ROUTERS), help="poolgate routers to measure, comma-separated")
     p.add_argument("--c1-requests", type=int, default=400, help="measured requests at concurrency 1")
     p.add_argument("--c32-seconds", type=float, default=6.0, help="measured seconds at concurrency 32")
     p.add_argument("--stream-requests", type=int, default=150, help="measured streamed requests (concurrency 1)")
     p.add_argument("--chunks", type=int, default=16, help="content events per streamed answer")
     p.add_argument("--rss-at", default="5000,20000", help="total requests after which RSS is read")
-    p.add_argument("--rss-for", default="litellm,cheapest,knn,knn:minilm",
+    p.add_argument("--rss-for", default="litellm,portkey,cheapest,knn,knn:minilm",
                    help="targets that get the RSS phase ('all')")
     p.add_argument("--full", action="store_true", help="RSS phase for every target")
-    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no ratios)")
+    p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no ratios to it)")
+    p.add_argument("--no-portkey", action="store_true", help="skip Portkey (no ratios to it)")
+    p.add_argument("--portkey-dir", type=Path, default=PORTKEY_DIR, help="npm folder of Portkey (made if missing)")
+    p.add_argument("--portkey-version", default=PORTKEY_VERSION, help="@portkey-ai/gateway version to install")
+    p.add_argument("--workers", default="1,2",
+                   help="poolgate worker processes (`poolgate serve --workers N`), comma-separated: each router is "
+                        "measured once per count; N > 1 is labelled poolgate-<router>-w<N>")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy (pip install py-spy) samples every poolgate server in its c1 and c32 phases; "
+                        "prints the top frames, keeps the raw stacks beside --out")
     p.add_argument("--only", default=",".join(PHASES),
                    help="phases to measure, comma-separated, of " + ",".join(PHASES) + " (default: all)")
     p.add_argument("--litellm-venv", type=Path, default=LITELLM_VENV, help="venv of litellm[proxy] (made if missing)")
@@ -99,53 +111,25 @@ def parse_args() -> argparse.Namespace:
                         "each router is measured on it too, right after this tree, as poolgate-<router>@base")
     args = p.parse_args()
     args.phases = {x for x in args.only.split(",") if x}
+    args.worker_counts = [int(x) for x in args.workers.split(",") if x]
+    if not args.worker_counts or min(args.worker_counts) < 1:
+        p.error("--workers takes counts >= 1, e.g. 1,2")
     if not args.phases or args.phases - set(PHASES):
         p.error(f"--only takes phases of {','.join(PHASES)}")
     return args
 
 
-def ensure_litellm(venv: Path) -> tuple[Path, str]:
-    """``bin/litellm`` of ``venv``, creating the venv with ``pip install litellm[proxy]`` when it is missing."""
-    exe = venv / "bin" / "litellm"
-    if not exe.exists():
-        print(f"creating {venv} with litellm[proxy] (first run only) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"], check=True)
-    version = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    return exe, version
-
-
-def litellm_config(backend_port: int) -> str:
-    """One model on the fake backend; nothing else (no DB, cache, callbacks, router strategy, retries)."""
-    return (
-        "model_list:\n"
-        "  - model_name: bench\n"
-        "    litellm_params:\n"
-        "      model: openai/bench-model\n"
-        f"      api_base: http://127.0.0.1:{backend_port}/v1\n"
-        "      api_key: fake-key\n"
-    )
-
-
-def start_litellm(exe: Path, work: Path, backend_port: int) -> tuple[Target, str]:
-    port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
-    config = litellm_config(backend_port)
-    (work / "litellm.yaml").write_text(config)
-    env = {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-    child = Child("litellm", [str(exe), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1",
-                              "--port", str(port), "--num_workers", "1"], work / "litellm.log", env, cwd=work).start()
-    child.wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout_s=180)
-    return Target("litellm", port, "bench", key, child), config
+def poolgate_label(spec: str, workers: int, tree: Path | None) -> str:
+    """``knn:minilm`` with 2 workers on the base tree -> ``knn-minilm-w2@base`` (its files and its results)."""
+    return spec_label(spec) + (f"-w{workers}" if workers > 1 else "") + ("@base" if tree is not None else "")
 
 
 def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Path, backend_port: int,
-                   tree: Path | None = None) -> Target:
-    """``poolgate serve`` of this tree, or of the source tree ``tree`` (its files named ``<router>@base``)."""
+                   tree: Path | None = None, workers: int = 1, profile: bool = False) -> Target:
+    """``poolgate serve`` of this tree, or of the source tree ``tree`` (its files named ``<router>@base``); with
+    ``profile``, under ``benchmarks/loopstats.py`` (GC pauses and event-loop lag of the first process)."""
     port, key = free_port(), "sk-" + secrets.token_urlsafe(32)
-    router = spec_label(spec) + ("@base" if tree is not None else "")  # names its files and its results
+    router = poolgate_label(spec, workers, tree)
     pool = work / f"pool-{router}.yaml"
     pool.write_text(pool_yaml(cards, f"http://127.0.0.1:{backend_port}/v1", parse_spec(spec)[0], artifact))
     env = {"POOLGATE_DATABASE_URL": f"sqlite+aiosqlite:///{work / f'poolgate-{router}.db'}",
@@ -155,8 +139,13 @@ def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Pat
            "POOLGATE_AUTH_ENABLED": "true", "POOLGATE_MASTER_KEY": key}
     if tree is not None:  # python -m runs the tree's gateway package (the working directory comes first)
         env["PYTHONPATH"] = str(tree.resolve())
-    child = Child(f"poolgate-{router}", [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(pool),
-                                         "--port", str(port)], work / f"poolgate-{router}.log", env,
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(pool), "--port", str(port)]
+    if profile:  # the wrapper imports the measured tree's gateway package: put it first on the path
+        argv[1:3] = [str(REPO / "benchmarks" / "loopstats.py")]
+        env |= {"LOOPSTATS_OUT": str(work / f"loopstats-{router}.json"), "PYTHONPATH": str((tree or REPO).resolve())}
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    child = Child(f"poolgate-{router}", argv, work / f"poolgate-{router}.log", env,
                   cwd=tree.resolve() if tree is not None else None).start()
     child.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=180)
     return Target(f"poolgate-{router}", port, "bench", key, child)
@@ -165,11 +154,34 @@ def start_poolgate(spec: str, artifact: Path | None, cards: list[Any], work: Pat
 def load(t: Target, prompts: Path, work: Path, **spec: Any) -> dict[str, Any]:
     """One load-generator run against ``t``, continuing its prompt sequence."""
     full = {"host": "127.0.0.1", "port": t.port, "model": t.model, "api_key": t.api_key,
-            "prompts_file": str(prompts), "start": t.served, **spec}
+            "prompts_file": str(prompts), "start": t.served, "headers": t.headers, **spec}
     result = run_load(full, work)
     t.served += result["sent_total"]
     if result["errors"]:
         print(f"  ! {t.name}: {result['errors']} errors, e.g. {result['error_samples'][:1]}", flush=True)
+    return result
+
+
+def phase(t: Target, name: str, args: argparse.Namespace, prompts: Path, work: Path, **spec: Any) -> dict[str, Any]:
+    """One measured phase of ``t``, with the gateway's CPU use over it and, with ``--profile`` on a poolgate target,
+    a py-spy profile of it (raw stacks beside ``--out``; shares in ``result["profile"]``)."""
+    if t.child is None:
+        return load(t, prompts, work, **spec)
+    cpu_before, wall_before, started = t.child.cpu_seconds(), time.perf_counter(), time.time()
+    if args.profile and t.name.startswith("poolgate"):
+        raw = args.out.parent / "profiles" / f"{t.name}-{name}.txt"
+        assert t.child.proc is not None
+        with Profile(t.child.proc.pid, raw):
+            result = load(t, prompts, work, **spec)
+        result["profile"] = summarize(raw) | {"raw": str(raw)}
+        print(render(f"{t.name} {name}", result["profile"]), flush=True)
+        time.sleep(1.2)  # the wrapper rewrites its file every second
+        result["loop"] = loop_window(work / f"loopstats-{t.name.removeprefix('poolgate-')}.json", started, time.time())
+        print(render_loop(f"{t.name} {name}", result["loop"]), flush=True)
+    else:
+        result = load(t, prompts, work, **spec)
+    # warm-up included in both: the share of the machine the gateway took while this phase ran (1.0 = one core)
+    result["gateway_cores"] = round((t.child.cpu_seconds() - cpu_before) / (time.perf_counter() - wall_before), 3)
     return result
 
 
@@ -183,10 +195,10 @@ def measure(t: Target, direct: Target, args: argparse.Namespace, prompts: Path, 
     on = args.phases
     if "c1" in on:
         r["direct_c1"] = load(direct, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50)
-    r["c1"] = load(t, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50) if "c1" in on \
-        else NOT_MEASURED
-    r["c32"] = load(t, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128) if "c32" in on \
-        else NOT_MEASURED
+    r["c1"] = phase(t, "c1", args, prompts, work, concurrency=1, requests=args.c1_requests, warmup=50) \
+        if "c1" in on else NOT_MEASURED
+    r["c32"] = phase(t, "c32", args, prompts, work, concurrency=32, duration_s=args.c32_seconds, warmup=128) \
+        if "c32" in on else NOT_MEASURED
     r["stream"] = load(t, prompts, work, concurrency=1, requests=args.stream_requests, warmup=10, stream=True) \
         if "stream" in on else NOT_MEASURED
     r["rss_mb"] = {}
@@ -218,10 +230,12 @@ def logged_rows(db: Path) -> int | None:
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     routers = [r for r in args.routers.split(",") if r]
     rss_at = sorted(int(x) for x in args.rss_at.split(",") if x)
-    rss_for = set(ALL_ROUTERS) | {"litellm"} if args.full or args.rss_for == "all" else set(args.rss_for.split(","))
+    rss_for = set(ALL_ROUTERS) | {"litellm", "portkey"} if args.full or args.rss_for == "all" \
+        else set(args.rss_for.split(","))
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                        "load_average_start": load_average()}, "args": vars(args) | {
-        "litellm_venv": str(args.litellm_venv), "artifacts": str(args.artifacts), "out": str(args.out)}}
+        "litellm_venv": str(args.litellm_venv), "portkey_dir": str(args.portkey_dir), "artifacts": str(args.artifacts),
+        "out": str(args.out)}}
     print("preparing the workload (LLMRouter pool, learned routers) ...", flush=True)
     wl = prepare_workload(routers, args.artifacts, args.train_queries, args.seed)
     out["workload"] = {k: wl[k] for k in ("skipped", "fit_seconds", "train_rows", "held_out_rows")}
@@ -247,12 +261,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if not args.no_litellm:
             exe, version = ensure_litellm(args.litellm_venv)
             print(f"LiteLLM {version} ...", flush=True)
-            target, config = start_litellm(exe, work, backend_port)
-            out["litellm"] = {"version": version, "config": config, "workers": 1,
-                              "env": "LITELLM_LOG=ERROR (no access log), LITELLM_LOCAL_MODEL_COST_MAP=True, "
-                                     "LITELLM_MASTER_KEY=<random 43 chars>; no database"}
+            target, out["litellm"] = start_litellm(exe, version, work, backend_port)
             try:
                 results["litellm"] = measure(target, direct, args, prompts, work, rss_at, "litellm" in rss_for)
+            finally:
+                stop(target)
+        if not args.no_portkey:
+            script = ensure_portkey(args.portkey_dir, args.portkey_version)
+            print(f"Portkey {args.portkey_version} ...", flush=True)
+            target, out["portkey"] = start_portkey(script, args.portkey_version, work, backend_port)
+            try:
+                results["portkey"] = measure(target, direct, args, prompts, work, rss_at, "portkey" in rss_for)
             finally:
                 stop(target)
         trees: list[Path | None] = [None] if args.compare_tree is None else [None, args.compare_tree]
@@ -260,11 +279,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if router not in wl["artifacts"]:
                 print(f"poolgate {router}: skipped ({wl['skipped'].get(router)})", flush=True)
                 continue
-            for tree in trees:
-                label = spec_label(router) + ("@base" if tree is not None else "")
-                print(f"poolgate, router {router}{f' (tree {tree})' if tree else ''} ...", flush=True)
+            # another tree may predate `serve --workers`: it is measured with one worker only
+            for workers, tree in [(w, tr) for w in args.worker_counts for tr in trees if tr is None or w == 1]:
+                label = poolgate_label(router, workers, tree)
+                print(f"poolgate, router {router}, {workers} worker(s){f' (tree {tree})' if tree else ''} ...",
+                      flush=True)
                 try:
-                    target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port, tree)
+                    target = start_poolgate(router, wl["artifacts"][router], wl["cards"], work, backend_port, tree,
+                                            workers, args.profile)
                 except RuntimeError as exc:  # one configuration that cannot start must not sink the others
                     out["workload"]["skipped"][label] = f"poolgate did not start: {str(exc).splitlines()[-1]}"
                     print(f"  ! {out['workload']['skipped'][label]}", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ def access_fields(scope: Scope, status: int, duration_ms: float, bytes_out: int)
         "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "client": client[0] if client else None, "method": scope.get("method"), "path": scope.get("path"),
         "status": status, "duration_ms": round(duration_ms, 2), "bytes_out": bytes_out,
+        "pid": os.getpid(),  # which worker of `poolgate serve --workers N` answered (JSON lines only)
     }
     record = (scope.get("state") or {}).get(RECORD_STATE_KEY)
     if isinstance(record, RequestRecord):

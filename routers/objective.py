@@ -40,7 +40,7 @@ the constraint that ruled out the last candidates.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -355,15 +355,17 @@ def score(prediction: Prediction, candidates: Sequence[ModelCard], flags: Flags,
     utility = flags.quality * quality - lam[:, None] * cost
     if flags.verbosity:
         utility = utility - flags.verbosity * out_tok / 1000.0
-    static = {
-        "size": _fill([c.size_b for c in candidates], "median"),
-        "latency": _fill([c.latency_ms for c in candidates], "median") / 1000.0,
-        "recency": _age_years(candidates),
+    # computed only for a weight that is set: two medians and a date scan per request were ~4 % of a cheapest
+    # request's CPU at concurrency 32 (benchmarks/README.md, "Profile")
+    static: dict[str, Callable[[], np.ndarray]] = {
+        "size": lambda: _fill([c.size_b for c in candidates], "median"),
+        "latency": lambda: _fill([c.latency_ms for c in candidates], "median") / 1000.0,
+        "recency": lambda: _age_years(candidates),
     }
     for key, values in static.items():
         weight = getattr(flags, key)
         if weight:
-            utility = utility - weight * values[None, :]
+            utility = utility - weight * values()[None, :]
     feasible = np.ones((n, m), dtype=bool)
     return Scores(utility=utility, feasible=feasible, expected_cost_usd=cost, quality=quality, lam=lam)
 

@@ -45,8 +45,10 @@ class GatewayProcess:
     first, as a deployment would.
     """
 
-    def __init__(self, pool_file: Path, workdir: Path, port: int | None = None, **settings: Any) -> None:
+    def __init__(self, pool_file: Path, workdir: Path, port: int | None = None, args: tuple[str, ...] = (),
+                 **settings: Any) -> None:
         self.pool_file = pool_file
+        self.args = args  # more command-line options of `poolgate serve` (e.g. --workers 2)
         self.workdir = workdir
         self.port = port or free_port()
         self.settings = {"log_flush_interval_s": 0.05, "spool_dir": workdir / "spool", **settings}
@@ -69,7 +71,7 @@ class GatewayProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "serve", "--pool-file", str(self.pool_file),
-                 "--port", str(self.port)],
+                 "--port", str(self.port), *self.args],
                 cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
         try:

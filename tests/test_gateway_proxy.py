@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import openai
 import pytest
@@ -190,7 +192,7 @@ def test_models_lists_pools_and_backends(fake_backends, gateway):
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
     ids = {m.id for m in client.models.list()}
     assert ids == {"auto", "cheap", "strong"}
-    assert httpx.get(f"{gw.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{gw.url}/health").json() == {"status": "ok", "pid": os.getpid()}  # in-process
     assert httpx.get(f"{gw.url}/health/ready").status_code == 200
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
@@ -13,8 +15,8 @@ router = APIRouter()
 
 @router.get("/health")
 async def health() -> JSONResponse:
-    """Liveness: the process serves HTTP."""
-    return JSONResponse({"status": "ok"})
+    """Liveness: the process serves HTTP. ``pid`` tells the workers of ``poolgate serve --workers N`` apart."""
+    return JSONResponse({"status": "ok", "pid": os.getpid()})
 
 
 @router.get("/health/ready")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -53,6 +54,44 @@ def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def settle_heap() -> None:
+    """Once the app has started (routers, tables and modules loaded): collect, then freeze what is left.
+
+    Why: CPython's oldest-generation collection walks every tracked object, and a started gateway holds a few
+    hundred thousand that live until exit (modules, the FastAPI app, router artifacts). Each such collection
+    stopped the event loop for tens of milliseconds (hundreds on a loaded machine), which was most of the p99 at
+    concurrency 32 (benchmarks/README.md, "Profile"). Frozen objects are never scanned again; objects made by
+    requests are collected as before.
+
+    The tokenizer loads first (it otherwise loads in the first request that counts tokens: ~0.1 s, and its
+    tables are worth freezing with the rest).
+    """
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from routers.pricing import encoding
+
+    encoding()
+    gc.collect()
+    gc.freeze()
+
+
+def _run_server(app: object, host: str, port: int, http: object, worker_index: int | None) -> None:
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    import uvicorn
+
+    from gateway.commands.workers import reuseport_socket
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+            await super().startup(sockets=sockets)  # type: ignore[arg-type]
+            settle_heap()
+
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http=http, access_log=False,  # type: ignore[arg-type]
+                            log_level="warning", timeout_graceful_shutdown=10)
+    server = Server(config)
+    # a worker binds the port next to the others (SO_REUSEPORT); a single process lets uvicorn bind it
+    server.run(sockets=[reuseport_socket(host, port)] if worker_index is not None else None)
+
+
 @click.command()
 @click.option("--host", default=None, help="bind address [POOLGATE_HOST, 127.0.0.1]")
 @click.option("--port", type=int, default=None, help="port [POOLGATE_PORT, 8000]")
@@ -62,15 +101,20 @@ def start_replay_child(host: str, port: int) -> subprocess.Popen[bytes]:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="access log lines on stderr: text or JSON lines [POOLGATE_LOG_FORMAT, text]; no prompts or keys")
 @click.option("--access-log/--no-access-log", default=None, help="one line per request [POOLGATE_ACCESS_LOG, on]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="gateway processes on the port (SO_REUSEPORT), e.g. one per core. Per worker: its spool and "
+                   "journal (<spool_dir>/worker-<i>), circuit breakers, embedding cache, the Responses "
+                   "previous_response_id store, loaded router versions, in-process limits and metrics. Shared "
+                   "through the database or Redis: keys, request rows, router versions, limits (only with "
+                   "POOLGATE_REDIS_URL; without it each worker counts its own). See docs/architecture.md.")
+@click.option("--worker-index", type=int, default=None, hidden=True, help="set by the supervisor for its workers")
 def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool, log_format: str | None,
-          access_log: bool | None) -> None:
+          access_log: bool | None, workers: int, worker_index: int | None) -> None:
     """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default)."""
-    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
-    import uvicorn
-
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.access_log import configure_access_log
     from gateway.app import create_app
+    from gateway.commands.workers import Supervisor, fold_spools, worker_env
     from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError
     from gateway.settings import Settings
@@ -79,10 +123,15 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
 
     if pool_file is not None:
         os.environ["POOLGATE_POOL_FILE"] = str(pool_file)
+
     settings = Settings()
     host = host or settings.host
     port = port or settings.port
-    upgrade_embedded(settings.database_url)
+    if workers > 1 and port == 0:
+        raise click.ClickException("--workers needs a fixed --port (each worker binds the same one)")
+    if worker_index is None:  # the supervisor (or the single process): once per start, before any worker runs
+        upgrade_embedded(settings.database_url)
+        fold_spools(settings.spool_dir, workers)
     if settings.access_log if access_log is None else access_log:
         configure_access_log("json" if (log_format or settings.log_format) == "json" else "text")
     child = None
@@ -93,11 +142,16 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
         app = create_app(settings)
     except PoolFileError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {redact(settings.database_url)})")
+    if worker_index is None:
+        click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {redact(settings.database_url)}"
+                   + (f", {workers} workers" if workers > 1 else "") + ")")
     try:
+        if workers > 1:
+            supervisor = Supervisor(workers, worker_env(host, port, log_format, access_log), settings.spool_dir,
+                                    preexec=_die_with_parent)
+            sys.exit(supervisor.run())
         http = guarded_protocol(settings.max_header_bytes, settings.client_read_timeout_s)
-        uvicorn.run(app, host=host, port=port, loop="uvloop", http=http, access_log=False,
-                    log_level="warning", timeout_graceful_shutdown=10)
+        _run_server(app, host, port, http, worker_index)
     finally:
         if child is not None:
             child.terminate()
