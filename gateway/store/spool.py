@@ -133,6 +133,9 @@ class Spool:
         self._undeletable: set[Path] = set()  # replayed segments the disk would not let us delete
         self._lost_logged_at = float("-inf")
         self._lost_unlogged = 0
+        # why: once one row did not fit, every later row is dropped until replay frees space, even a smaller one
+        # that would fit: otherwise the kept rows are not the oldest ones but a gap-toothed selection by size
+        self._full = False
 
     def _all_files(self) -> list[Path]:
         """The files the bound covers: segments and rejected rows (a journal counts once adopted)."""
@@ -164,7 +167,8 @@ class Spool:
             except ValueError as exc:  # e.g. a circular structure: nothing sensible to keep
                 self.drop(1, f"cannot encode row {row.get('id')} for the spool: {exc}")
                 continue
-            if len(line) > budget:
+            if self._full or len(line) > budget:
+                self._full = True
                 dropped += 1
                 continue
             budget -= len(line)
@@ -305,3 +309,4 @@ class Spool:
             self._undeletable.add(path)
             return
         self._size = max(0, self._size - size)
+        self._full = False  # replay made room: new rows fit again
