@@ -23,12 +23,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from routers.encoders.static import MODEL_DIR
 
 
-def distill(model_dir: Path, out_dir: Path, dtype: str = "int8", pca_dims: int | str = "auto") -> Path:
+def distill(model_dir: Path, out_dir: Path, dtype: str = "int8", pca_dims: int | Literal["auto"] = "auto") -> Path:
     """Distill the sentence model in ``model_dir`` with model2vec into ``out_dir`` (needs ``model2vec[distill]``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # why: model2vec's distillation imports torch and transformers; only this maintainer's tool needs them
@@ -62,7 +62,7 @@ def main() -> None:
         from routers.encoders.model import model_path
 
         model_dir = model_path()
-    pca: int | str = args.pca_dims if args.pca_dims == "auto" else int(args.pca_dims)
+    pca: int | Literal["auto"] = "auto" if args.pca_dims == "auto" else int(args.pca_dims)
     print(distill(model_dir, args.out, args.dtype, pca))
 
 

@@ -81,7 +81,10 @@ class StaticEncoder:
         out = np.empty((len(encodings), table.shape[1]), dtype=np.float32)
         for row, enc in enumerate(encodings):
             ids = enc.ids
-            vec = table[ids].astype(np.float32).sum(axis=0) if ids else None
-            norm = float(np.linalg.norm(vec)) if vec is not None else 0.0
-            out[row] = vec / norm if norm > 1e-6 else self._empty  # no tokens: a fixed, valid unit vector
+            if not ids:  # no tokens: a fixed, valid unit vector
+                out[row] = self._empty
+                continue
+            vec = table[ids].astype(np.float32).sum(axis=0)
+            norm = float(np.linalg.norm(vec))
+            out[row] = vec / norm if norm > 1e-6 else self._empty
         return out
