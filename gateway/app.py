@@ -30,6 +30,7 @@ from gateway.api import (
 from gateway.errors import install_error_handlers
 from gateway.pools import DEMO_POOL_PATH, PoolFile, load_pool_file
 from gateway.proxy.upstream import Transport
+from gateway.routing.service import RoutingService
 from gateway.services import build_services
 from gateway.settings import Settings
 from gateway.ui.render import STATIC_DIR
@@ -48,18 +49,25 @@ def create_app(
     pool_file: PoolFile | None = None,
     transport: Transport | None = None,
     tracer_provider: Any = None,
+    *,
+    base_dir: Path | None = None,
+    routing: RoutingService | None = None,
 ) -> FastAPI:
     """Build the gateway. ``transport`` replaces its one upstream transport (default: ``Http1Transport``);
-    ``tracer_provider`` (an OpenTelemetry TracerProvider) receives its spans instead of the OTLP exporter."""
+    ``tracer_provider`` (an OpenTelemetry TracerProvider) receives its spans instead of the OTLP exporter.
+    ``base_dir``: where a given ``pool_file``'s relative artifact paths start (default: the cwd); ``routing``:
+    its routers already loaded (``poolgate serve``), served by the first start instead of loading them again."""
     settings = settings or Settings()
     if pool_file is None:
         pool_file, base_dir = resolve_pool_file(settings)
-    else:
+    elif base_dir is None:
         base_dir = Path.cwd()
+    preloaded = [routing]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, pool_file, base_dir, transport, tracer_provider)
+        routing, preloaded[0] = preloaded[0], None  # a second start (tests reuse apps) loads its own
+        services = build_services(settings, pool_file, base_dir, transport, tracer_provider, routing)
         await services.start()
         app.state.services = services  # read only by gateway.api.deps.get_services
         try:

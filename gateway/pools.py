@@ -345,10 +345,13 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
     """Problems that parse but fail later, as (errors, warnings) lines ``path:line: key: msg``.
 
     Errors: a learned router with no ``artifact:`` (every request would fall back to cheapest), an artifact
-    file that is not there. Warnings: an ``api_key_env`` variable not set here (requests would go upstream
-    unauthenticated; it may well be set where the gateway runs)."""
+    file that is not there or does not load, a router or encoder whose extra is not installed
+    (``poolgate[minilm]``, ``poolgate[graph]``). Warnings: an ``api_key_env`` variable not set here (requests
+    would go upstream unauthenticated; it may well be set where the gateway runs)."""
     # why: the registry imports a router's module (a learned one may load numpy or torch) only for this check
+    from gateway.routing.service import load_router
     from routers.base import RouterError
+    from routers.extras import MissingExtraError
     from routers.registry import build_router
 
     path = Path(path)
@@ -363,6 +366,9 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
         if p.artifact is None:
             try:
                 fitted = build_router(p.router, p.router_params).is_fitted
+            except MissingExtraError as exc:
+                errors.append(at(("pools", i, "router"), str(exc)))
+                continue
             except RouterError as exc:
                 errors.append(at(("pools", i, "router_params"), str(exc)))
                 continue
@@ -373,6 +379,13 @@ def lint_pool_file(path: str | Path) -> tuple[list[str], list[str]]:
                                  "version (poolgate train --promote)"))
         elif not (p.artifact if p.artifact.is_absolute() else path.resolve().parent / p.artifact).exists():
             errors.append(at(("pools", i, "artifact"), f"no such file {p.artifact}"))
+        else:
+            try:
+                load_router(p, path.resolve().parent)
+            except MissingExtraError as exc:
+                errors.append(at(("pools", i, "router"), str(exc)))
+            except RouterError as exc:
+                errors.append(at(("pools", i, "artifact"), str(exc)))
     for i, b in enumerate(pf.backends):
         if b.api_key_env and b.api_key_env not in os.environ:
             warnings.append(at(("backends", i, "api_key_env"), f"{b.api_key_env} is not set here: requests to "

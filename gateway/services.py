@@ -36,7 +36,9 @@ from gateway.routing.reload import RouterReloader
 from gateway.routing.service import RoutingService
 from gateway.routing.shadow import ShadowRecorder
 from gateway.settings import Settings
+from gateway.startup import startup_note, startup_step
 from gateway.store import LogWriter, make_engine
+from gateway.store.db import redact
 from gateway.store.repository import LogRepository
 from gateway.tracing import Tracing, make_tracing
 from gateway.translate.store import ResponseStore
@@ -76,11 +78,22 @@ class Services:
     async def start(self) -> None:
         """Open the writer, load the live router versions, then start polling for new ones (before serving)."""
         # encoders load when first needed; those of the pools' routers start loading now, in the background
-        self.embedders.preload(self.routing.encoders_needed())
-        await self.writer.start()
-        await self.reloader.poll_once()
+        encoders = sorted(self.routing.encoders_needed())
+        self.embedders.preload(encoders)
+        if "minilm-static" in encoders:  # a fraction of a second: ready before the first request
+            with startup_step("loading the minilm-static encoder (packaged Model2Vec table)"):
+                await self.embedders.ready("minilm-static")
+        if "minilm" in encoders:
+            startup_note("loading the minilm encoder in the background (the first requests wait for it)")
+        with startup_step(f"opening the log store ({redact(self.settings.database_url)})"):
+            await self.writer.start()
+        with startup_step("loading promoted router versions"):
+            await self.reloader.poll_once()
         self.reloader.start()
         await self.judge.restore_spend()  # the day's judge budget survives a restart
+        judged = [p.name for p in self.pool_file.pools if p.judge is not None]
+        if judged:
+            startup_note(f"judge on for pool{'s' if len(judged) > 1 else ''} {', '.join(judged)}")
         self.judge.start()
 
     async def stop(self) -> None:
@@ -100,16 +113,26 @@ class Services:
         self.tracing.close()
 
 
+def load_routing(pool_file: PoolFile, base_dir: Path | None) -> RoutingService:
+    """Every pool's router, loaded (:class:`RouterError` naming a bad artifact or a missing extra)."""
+    routing = RoutingService(pool_file, base_dir=base_dir)
+    with startup_step(f"loading routers ({', '.join(f'{p.name}: {p.router}' for p in pool_file.pools)})"):
+        routing.load()
+    return routing
+
+
 def build_services(
     settings: Settings, pool_file: PoolFile, base_dir: Path | None, transport: Transport | None = None,
-    tracer_provider: Any = None,
+    tracer_provider: Any = None, routing: RoutingService | None = None,
 ) -> Services:
     """Construct every service (nothing starts yet). ``transport`` replaces the upstream transport and
-    ``tracer_provider`` the OTLP exporter's (tests)."""
+    ``tracer_provider`` the OTLP exporter's (tests); ``routing``: the pools' routers, already loaded
+    (:func:`load_routing`; ``poolgate serve`` loads them before uvicorn starts, so a bad one is a message, not a
+    lifespan traceback)."""
     tracing = make_tracing(settings.otel_endpoint, tracer_provider)
-    embedders = Embedders(settings.embedding_batch_window_ms, settings.static_table_dir)
-    routing = RoutingService(pool_file, embedder=embedders.embed, base_dir=base_dir)
-    routing.load()
+    embedders = Embedders(settings.embedding_batch_window_ms, settings.static_model_dir)
+    routing = routing or load_routing(pool_file, base_dir)
+    routing.embedder = embedders.embed
     engine = make_engine(settings.database_url)
     writer = LogWriter(engine, settings)
     upstream = transport or Http1Transport(limits_from(settings))

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
         description="encoder that training commands fit learned routers on (a router is served with the encoder it "
         "was fitted with); see docs/encoders.md",
     )
-    static_table_dir: Path | None = Field(
-        default=None, description="where the minilm-static token table is cached (None: ~/.cache/poolgate)"
+    static_model_dir: Path | None = Field(
+        default=None, description="a Model2Vec model folder for minilm-static instead of the packaged one "
+        "(routers/encoders/distill.py makes one; a router must be served with the model it was fitted on)"
     )
     embedding_batch_window_ms: float = Field(
         default=0.0, description="wait for company before an idle encoder starts a batch (busy: texts queue anyway)"

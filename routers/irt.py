@@ -48,6 +48,7 @@ import numpy as np
 
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.category import query_matrix
+from routers.extras import require
 
 if TYPE_CHECKING:
     from routers.dataset import RoutingDataset
@@ -178,6 +179,7 @@ class IRTRouter(Router):
             raise RouterError(f"irt: bad parameter {bad[0]}={getattr(self, bad[0])!r}")
 
     def fit(self, dataset: RoutingDataset) -> Self:
+        require("minilm", "fitting the 'irt' router (torch)")
         import torch
 
         self._check_params()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from routers.base import Router, RouterError
+from routers.extras import require_router
 
 #: name -> "module:Class". Keep one line per router.
 ROUTERS: dict[str, str] = {
@@ -40,6 +41,7 @@ def get_router_class(name: str) -> type[Router]:
         target = ROUTERS[name]
     except KeyError:
         raise RouterError(f"unknown router {name!r}; known: {', '.join(router_names())}") from None
+    require_router(name)  # a clear "pip install 'poolgate[graph]'" instead of torch's ModuleNotFoundError
     module_name, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, Router)):

@@ -34,7 +34,7 @@ pools:
 
 @pytest.fixture(scope="module")
 def static() -> StaticEncoder:
-    encoder = StaticEncoder()  # the machine-wide table: built once (about a minute) on a fresh machine
+    encoder = StaticEncoder()  # the packaged Model2Vec model (routers/encoders/data/minilm-static)
     encoder.load()
     return encoder
 

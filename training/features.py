@@ -36,6 +36,7 @@ from routers.dataset import RoutingDataset
 from routers.encoders.minilm import MiniLMEncoder
 from routers.encoders.model import EMBEDDING_DIM, model_version
 from routers.encoders.static import StaticEncoder
+from routers.extras import require_encoder
 from routers.features import text_stats
 from routers.pricing import encoding
 from routers.progress import report
@@ -83,8 +84,9 @@ class Featurizer:
     Thread-safe: cache access is locked, and encoding is serialized (the tokenizer is not reentrant).
     ``cache_dir=None`` uses :data:`DEFAULT_CACHE_DIR` (relative to the cwd); ``disk_cache=False`` keeps
     the cache in memory only. ``encoder`` is one of :data:`ENCODERS`; ``minilm-static`` embeddings are cheaper to
-    compute than to look up, so they skip both caches; their token table is cached in ``static_table_dir``
-    (None: the user cache, see :mod:`routers.encoders.static`).
+    compute than to look up, so they skip both caches; they come from the Model2Vec model in ``static_model_dir``
+    (None: the packaged one, see :mod:`routers.encoders.static`). ``minilm`` needs the ``minilm`` extra
+    (:class:`~routers.extras.MissingExtraError` otherwise).
     """
 
     def __init__(
@@ -95,12 +97,13 @@ class Featurizer:
         *,
         disk_cache: bool = True,
         encoder: str = DEFAULT_ENCODER,
-        static_table_dir: Path | None = None,
+        static_model_dir: Path | None = None,
     ) -> None:
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        require_encoder(encoder)
         self.encoder = encoder
-        self.static_table_dir = static_table_dir
+        self.static_model_dir = static_model_dir
         self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         self.batch_size = batch_size
         self.device = device
@@ -184,7 +187,7 @@ class Featurizer:
     # -- model -----------------------------------------------------------------------------------
     def _load_model(self) -> Any:
         if self._model is None and self.encoder == "minilm-static":
-            self._model = StaticEncoder(self.static_table_dir)
+            self._model = StaticEncoder(self.static_model_dir)
         if self._model is None:
             self._model = MiniLMEncoder(dtype="float32", device=self.device)  # the one implementation serving runs
         return self._model

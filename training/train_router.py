@@ -41,7 +41,7 @@ class TrainResult:
 
 def attach_features(
     dataset: RoutingDataset, embeddings: bool, cache_dir: Path | None = None, encoder: str = DEFAULT_ENCODER,
-    static_table_dir: Path | None = None,
+    static_model_dir: Path | None = None,
 ) -> RoutingDataset:
     """``dataset`` with its featurized queries attached (embeddings by ``encoder``, from the cache where it has them).
 
@@ -49,7 +49,7 @@ def attach_features(
     feats = dataset.features
     if feats is not None and (not embeddings or (feats.embeddings is not None and feats.encoder in (encoder, None))):
         return dataset
-    featurizer = Featurizer(cache_dir=cache_dir, encoder=encoder, static_table_dir=static_table_dir)
+    featurizer = Featurizer(cache_dir=cache_dir, encoder=encoder, static_model_dir=static_model_dir)
     return dataset.with_features(featurizer.featurize_dataset(dataset, embeddings=embeddings))
 
 

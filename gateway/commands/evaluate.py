@@ -156,7 +156,7 @@ def _run(dataset: RoutingDataset, names: list[str], run: RunOptions, out_dir: Pa
         cache_dir = settings.embedding_cache_dir
     featurizer = Featurizer(cache_dir=cache_dir, disk_cache=cache_dir is not None,
                             encoder=run.encoder or settings.embedding_encoder,
-                            static_table_dir=settings.static_table_dir)
+                            static_model_dir=settings.static_model_dir)
     try:
         with progress_bars():
             result = evaluate_routers(dataset, names, seed=run.seed, protocol=run.protocol, folds=run.folds,

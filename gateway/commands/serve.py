@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 
-def _wait_http(url: str, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _wait_http(url: str, timeout_s: float = 90.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import httpx
 
@@ -74,15 +74,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _run_server(app: object, host: str, port: int, http: object, worker_index: int | None) -> None:
+def _run_server(app: object, host: str, port: int, http: object, worker_index: int | None, listening: str) -> None:
+    """uvicorn's server on the app; once its sockets listen (the lifespan started the services) it says so and
+    settles the heap."""
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     import uvicorn
 
     from gateway.commands.workers import reuseport_socket
+    from gateway.startup import startup_note
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
             await super().startup(sockets=sockets)  # type: ignore[arg-type]
+            if self.started:
+                startup_note(listening)
             settle_heap()
 
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http=http, access_log=False,  # type: ignore[arg-type]
@@ -110,16 +115,31 @@ def _run_server(app: object, host: str, port: int, http: object, worker_index: i
 @click.option("--worker-index", type=int, default=None, hidden=True, help="set by the supervisor for its workers")
 def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool, log_format: str | None,
           access_log: bool | None, workers: int, worker_index: int | None) -> None:
-    """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default)."""
+    """Serve the OpenAI-compatible gateway (SQLite log store and demo pool by default).
+
+    Says what it is doing while it starts (log store, pool, routers, encoder, judge, listening): a status line on
+    a terminal, plain ``poolgate: ...`` lines on stderr otherwise."""
+    # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
+    from gateway.commands.progress import startup_display
+
+    with startup_display():
+        _serve(host, port, pool_file, no_replay, log_format, access_log, workers, worker_index)
+
+
+def _serve(host: str | None, port: int | None, pool_file: Path | None, no_replay: bool, log_format: str | None,
+           access_log: bool | None, workers: int, worker_index: int | None) -> None:
     # why: `poolgate --help` imports every command module; this one's dependencies load only when it runs
     from gateway.access_log import configure_access_log
-    from gateway.app import create_app
+    from gateway.app import create_app, resolve_pool_file
     from gateway.commands.workers import Supervisor, fold_spools, worker_env
     from gateway.http_guard import guarded_protocol
     from gateway.pools import PoolFileError
+    from gateway.services import load_routing
     from gateway.settings import Settings
+    from gateway.startup import startup_step
     from gateway.store import upgrade_embedded
     from gateway.store.db import redact
+    from routers.base import RouterError
 
     if pool_file is not None:
         os.environ["POOLGATE_POOL_FILE"] = str(pool_file)
@@ -130,29 +150,35 @@ def serve(host: str | None, port: int | None, pool_file: Path | None, no_replay:
     if workers > 1 and port == 0:
         raise click.ClickException("--workers needs a fixed --port (each worker binds the same one)")
     if worker_index is None:  # the supervisor (or the single process): once per start, before any worker runs
-        upgrade_embedded(settings.database_url)
+        with startup_step(f"upgrading the log store's schema ({redact(settings.database_url)})"):
+            upgrade_embedded(settings.database_url)
         fold_spools(settings.spool_dir, workers)
     if settings.access_log if access_log is None else access_log:
         configure_access_log("json" if (log_format or settings.log_format) == "json" else "text")
+    try:
+        with startup_step(f"loading the pool file {settings.pool_file or 'gateway/demo/pool.yaml (demo)'}"):
+            pools, base_dir = resolve_pool_file(settings)
+        routing = load_routing(pools, base_dir)
+    except (PoolFileError, RouterError) as exc:
+        raise click.ClickException(str(exc)) from None
     child = None
     if settings.pool_file is None and not no_replay:
-        click.echo(f"starting the replay backend on {settings.replay_host}:{settings.replay_port} (demo pool)")
-        child = start_replay_child(settings.replay_host, settings.replay_port)
+        with startup_step(f"starting the replay backend on {settings.replay_host}:{settings.replay_port} (demo pool)"):
+            child = start_replay_child(settings.replay_host, settings.replay_port)
     try:
-        app = create_app(settings)
-    except PoolFileError as exc:
-        raise click.ClickException(str(exc)) from None
-    if worker_index is None:
-        click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {redact(settings.database_url)}"
-                   + (f", {workers} workers" if workers > 1 else "") + ")")
-    try:
-        if workers > 1:
+        if worker_index is None:
+            click.echo(f"poolgate on http://{host}:{port}/v1  (log store: {redact(settings.database_url)}"
+                       + (f", {workers} workers" if workers > 1 else "") + ")")
+        if workers > 1:  # the supervisor: its workers load the app themselves
             supervisor = Supervisor(workers, worker_env(host, port, log_format, access_log), settings.spool_dir,
                                     preexec=_die_with_parent)
             sys.exit(supervisor.run())
+        app = create_app(settings, pools, base_dir=base_dir, routing=routing)
         http = guarded_protocol(settings.max_header_bytes, settings.client_read_timeout_s)
-        _run_server(app, host, port, http, worker_index)
+        _run_server(app, host, port, http, worker_index, f"listening on http://{host}:{port}/v1")
     finally:
         if child is not None:
             child.terminate()
             child.wait(timeout=10)
+
+

@@ -24,6 +24,7 @@ import numpy as np
 
 from routers.encoders.minilm import MiniLMEncoder
 from routers.encoders.static import StaticEncoder
+from routers.extras import require_encoder
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -112,13 +113,13 @@ class Embedders:
 
     ``minilm``: :class:`MiniLMEncoder` behind an :class:`EmbeddingBatcher` (its own thread; 7-10 ms a text).
     ``minilm-static``: :class:`~routers.encoders.static.StaticEncoder` called inline on the event loop (0.1-0.2 ms,
-    about what a hop to a thread would cost); its table loads in a worker thread first.
+    about what a hop to a thread would cost); its model loads in a worker thread first.
     Nothing is built before :meth:`preload` or the first :meth:`embed` of an encoder.
     """
 
-    def __init__(self, batch_window_ms: float = 0.0, static_table_dir: Path | None = None) -> None:
+    def __init__(self, batch_window_ms: float = 0.0, static_model_dir: Path | None = None) -> None:
         self.batch_window_ms = batch_window_ms
-        self.static_table_dir = static_table_dir
+        self.static_model_dir = static_model_dir
         self._batcher: EmbeddingBatcher | None = None
         self._static: Any = None
         self._static_loading: asyncio.Future[None] | None = None
@@ -133,6 +134,11 @@ class Embedders:
             else:
                 raise ValueError(f"unknown encoder {name!r}")
 
+    async def ready(self, encoder: str) -> None:
+        """Wait until ``encoder``'s model is loaded (``minilm-static``; the others load in their own thread)."""
+        if encoder == "minilm-static":
+            await asyncio.shield(self._load_static())
+
     async def embed(self, text: str, encoder: str) -> np.ndarray:
         if encoder == "minilm-static":
             if self._static is None or not self._static.loaded:
@@ -145,6 +151,7 @@ class Embedders:
 
     def _minilm(self) -> EmbeddingBatcher:
         if self._batcher is None:
+            require_encoder("minilm")  # MissingExtraError (a RouterError: the pool falls back) without torch
             encoder = MiniLMEncoder()  # the featurizer's model in bfloat16 on one thread
             self._batcher = EmbeddingBatcher(encoder, window_ms=self.batch_window_ms, initializer=encoder.thread_setup)
             self._batcher.preload(encoder.load)  # load the model in the encoder thread now, not in the first request
@@ -152,7 +159,7 @@ class Embedders:
 
     def _load_static(self) -> asyncio.Future[None]:
         if self._static_loading is None or (self._static_loading.done() and self._static_loading.exception()):
-            self._static = StaticEncoder(self.static_table_dir)
+            self._static = StaticEncoder(self.static_model_dir)
             self._static_loading = asyncio.ensure_future(asyncio.to_thread(self._static.load))
         return self._static_loading
 

@@ -20,6 +20,7 @@ from gateway.pools import BackendConfig, PoolConfig, PoolFile
 from routers.base import ModelCard, Prediction, QueryFeatures, Router, RouterError
 from routers.baselines import CheapestRouter
 from routers.exploration import ROUTER_POLICY, Exploration, choose
+from routers.extras import require_encoder
 from routers.features import text_stats
 from routers.objective import Calibration, ConstraintError, FlagError, Flags, decide, preset
 from routers.registry import make_router
@@ -89,6 +90,8 @@ def load_router(config: PoolConfig, base_dir: Path | None = None) -> tuple[Route
         raise RouterError(
             f"{path}: artifact holds router {router.name!r}, pool {config.name!r} wants {config.router!r}"
         )
+    if router.requires_embeddings:  # before the first request: fitted on minilm, served without torch
+        require_encoder(router.encoder_, f"pool {config.name!r}: {path.name} (fitted on {router.encoder_!r})")
     return router, path.stem
 
 

