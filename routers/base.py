@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import numpy as np
 
 from routers import artifact
+from routers.encoders.static import ENCODER_NAME as STATIC_ENCODER
+from routers.encoders.static import TABLE_VERSION as STATIC_TABLE_VERSION
 from routers.pricing import cost_usd
 
 if TYPE_CHECKING:
@@ -191,8 +193,10 @@ class Router(ABC):
     def save(self, path: str | Path) -> Path:
         """Write this fitted router to one artifact file (arrays + JSON manifest, see :mod:`routers.artifact`)."""
         path = Path(path)
-        meta = {"encoder": self.encoder_ if self.requires_embeddings else None,
-                "models": list(getattr(self, "models_", []))}
+        meta: dict[str, Any] = {"encoder": self.encoder_ if self.requires_embeddings else None,
+                                "models": list(getattr(self, "models_", []))}
+        if meta["encoder"] == STATIC_ENCODER:
+            meta["encoder_version"] = STATIC_TABLE_VERSION
         state = self.get_state()
         if hasattr(self, "calibration_"):  # set by training for every router, whatever its own state
             state.setdefault("calibration_", self.calibration_)
@@ -226,6 +230,7 @@ class Router(ABC):
             raise RouterError(f"{path}: {exc}") from None
         if cls is not Router and not issubclass(router_cls, cls):
             raise RouterError(f"{path}: artifact holds router {parsed.router!r}, expected {cls.name!r}")
+        _check_table_version(path, parsed.manifest)
         try:
             router = router_cls(**parsed.params)
             router.set_state(parsed.state)
@@ -235,3 +240,15 @@ class Router(ABC):
             raise RouterError(f"{path}: artifact does not fit router {parsed.router!r} ({exc})") from None
         router.artifact_sha256 = parsed.sha256
         return router
+
+
+def _check_table_version(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact fitted on another ``minilm-static`` table than the packaged one (same name and shape,
+    another space: its neighbours and categories would be meaningless)."""
+    if manifest.get("encoder") != STATIC_ENCODER:
+        return
+    found = manifest.get("encoder_version")
+    if found != STATIC_TABLE_VERSION:
+        was = f"table {found!r}" if found else "the hand-written table used before the Model2Vec one"
+        raise RouterError(f"{path}: fitted on {STATIC_ENCODER} embeddings of {was}; this install ships table "
+                          f"{STATIC_TABLE_VERSION!r}: refit it (poolgate train-offline, or poolgate train)")

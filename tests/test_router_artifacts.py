@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,6 +16,8 @@ import pytest
 from routers import artifact
 from routers.base import Router, RouterError
 from routers.baselines import BestSingleRouter
+from routers.encoders.static import ENCODER_NAME as STATIC_ENCODER
+from routers.encoders.static import MODEL_DIR, TABLE_SHA256, TABLE_VERSION
 from routers.knn import KNNRouter
 from tests.test_knn import CARDS, _clusters
 
@@ -140,3 +143,38 @@ def test_state_that_is_not_arrays_or_json_cannot_be_saved(tmp_path: Path) -> Non
     router.extra_ = object()  # type: ignore[attr-defined]
     with pytest.raises(RouterError, match="cannot be stored"):
         router.save(tmp_path / "x.router")
+
+
+def _static_knn(tmp_path: Path) -> Path:
+    router = KNNRouter(k=3).fit(_clusters())
+    router.encoder_ = STATIC_ENCODER  # as if fitted on minilm-static embeddings
+    return router.save(tmp_path / "static.router")
+
+
+def _set_table_version(path: Path, version: str | None) -> None:
+    def edit(entries: dict[str, bytes]) -> None:
+        manifest = json.loads(entries["manifest.json"])
+        manifest.pop("encoder_version", None)
+        if version is not None:
+            manifest["encoder_version"] = version
+        entries["manifest.json"] = json.dumps(manifest).encode()
+
+    _rewrite(path, edit)
+
+
+def test_the_packaged_static_table_is_the_version_artifacts_record() -> None:
+    # rebuilding the packaged model without bumping TABLE_VERSION would let old artifacts read the new space
+    digest = hashlib.sha256((MODEL_DIR / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == TABLE_SHA256, "the packaged minilm-static model changed: bump TABLE_VERSION and TABLE_SHA256"
+
+
+@pytest.mark.parametrize("version", [None, "hand-written-v1"])
+def test_an_artifact_fitted_on_another_static_table_is_refused_with_refit(tmp_path: Path, version) -> None:
+    path = _static_knn(tmp_path)
+    manifest = json.loads(zipfile.ZipFile(path).read("manifest.json"))
+    assert manifest["encoder"] == STATIC_ENCODER and manifest["encoder_version"] == TABLE_VERSION
+    assert isinstance(Router.load(path), KNNRouter)  # the packaged table's version: loads
+    _set_table_version(path, version)
+    with pytest.raises(RouterError, match="refit it") as err:
+        Router.load(path)
+    assert str(path) in str(err.value) and TABLE_VERSION in str(err.value)

@@ -24,6 +24,12 @@ import numpy as np
 ENCODER_NAME = "minilm-static"
 #: the packaged Model2Vec distillation of all-MiniLM-L6-v2 (``python -m routers.encoders.distill`` rebuilds it)
 MODEL_DIR = Path(__file__).resolve().parent / "data" / ENCODER_NAME
+#: the packaged table's version, recorded in every artifact fitted on ``minilm-static`` embeddings and checked when
+#: one is loaded: two tables share a name and a shape but not a space, so an artifact fitted on another one would
+#: route on meaningless neighbours. Bump it (and :data:`TABLE_SHA256`) whenever the packaged model is rebuilt.
+TABLE_VERSION = "model2vec-int8-1"
+#: SHA-256 of the packaged ``model.safetensors`` of :data:`TABLE_VERSION` (a test holds the file to it)
+TABLE_SHA256 = "72ec48b5cd972a48e818d6e21e2b296b63e56afa882c7dfa1b0ecc57b1a4a329"
 
 
 class StaticEncoder:
