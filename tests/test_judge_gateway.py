@@ -40,6 +40,18 @@ pools:
 """
 
 
+def send_recorded(url: str, records: Any) -> dict[str, str]:
+    """Send each recorded prompt to pool ``auto`` through the gateway at ``url``: request id -> backend."""
+    served: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for rec in records:
+            resp = client.post("/v1/chat/completions", json={
+                "model": "auto", "messages": [{"role": "user", "content": rec.prompt}]})
+            assert resp.status_code == 200, resp.text
+            served[resp.headers["x-poolgate-request-id"]] = resp.headers["x-poolgate-backend"]
+    return served
+
+
 def _query(url: str, statement: Any) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
         engine = create_async_engine(url)
@@ -73,13 +85,7 @@ def test_judge_labels_answers_logs_its_cost_and_the_online_router_learns(gateway
                      artifacts_dir=tmp_path / "artifacts", router_reload_interval_s=600.0)
         db = gw.settings.database_url
         records = store.records[:12]
-        served: dict[str, str] = {}
-        with httpx.Client(base_url=gw.url, timeout=60) as client:
-            for rec in records:
-                resp = client.post("/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": rec.prompt}]})
-                assert resp.status_code == 200, resp.text
-                served[resp.headers["x-poolgate-request-id"]] = resp.headers["x-poolgate-backend"]
+        served = send_recorded(gw.url, records)
         wait_until(lambda: len(_query(db, select(Feedback.__table__))) >= len(records), 60.0, "judge labels")
         online = gw.server.config.app.state.services.online  # each label's update (and any save it starts) is done
         wait_until(lambda: online.counts["updates"] >= len(records), 60.0, "online updates")

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from gateway.loop.report import routing_report
@@ -23,6 +22,7 @@ from gateway.store.repository import LogRepository
 from tests.conftest import wait_until
 from tests.dbutil import fetch_rows
 from tests.servers import ServerThread
+from tests.test_judge_gateway import send_recorded
 from training.log_holdout import time_split
 
 
@@ -55,13 +55,7 @@ def test_explored_requests_get_their_top_choice_judged_as_a_pair_row(gateway, tm
         gw = gateway(yaml, store_prompts=True, artifacts_dir=tmp_path / "artifacts")
         db = gw.settings.database_url
         records = store.records[:16]
-        served: dict[str, str] = {}
-        with httpx.Client(base_url=gw.url, timeout=60) as client:
-            for rec in records:
-                resp = client.post("/v1/chat/completions", json={
-                    "model": "auto", "messages": [{"role": "user", "content": rec.prompt}]})
-                assert resp.status_code == 200, resp.text
-                served[resp.headers["x-poolgate-request-id"]] = resp.headers["x-poolgate-backend"]
+        served = send_recorded(gw.url, records)
         explored = [rid for rid, b in served.items() if b == "gpt-4-1106"]  # the top choice is cheapest's mixtral
         assert 2 <= len(explored) <= 14  # uniform draws over two members
 

@@ -5,7 +5,7 @@ the log store on SQLite and PostgreSQL, its JSON and the CLI table."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -14,20 +14,12 @@ from sqlalchemy import insert
 from gateway.loop.report import report_json, routing_report
 from gateway.loop.report_estimates import agreement, pool_estimate
 from gateway.loop.report_html import render_html
-from gateway.pools import parse_pool_file
 from gateway.store import Feedback, Request, make_engine, upgrade
 from gateway.store.estimates import Event
 from gateway.store.repository import LogRepository
+from tests.test_loop_report import POOL, T0
 
 PRICES = {"cheap": (0.5, 1.0), "strong": (10.0, 30.0)}
-POOL = parse_pool_file("""
-backends:
-  - {name: cheap, base_url: "http://127.0.0.1:9/v1", model: c, input_price: 0.5, output_price: 1.0}
-  - {name: strong, base_url: "http://127.0.0.1:9/v1", model: s, input_price: 10, output_price: 30}
-pools:
-  - {name: auto, members: [cheap, strong]}
-""")
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 # true quality and completion tokens per (difficulty, backend): hard prompts make strong verbose
 QUALITY = {(0, "cheap"): 0.9, (1, "cheap"): 0.2, (0, "strong"): 0.95, (1, "strong"): 0.8}
 TOKENS = {(0, "cheap"): 100, (1, "cheap"): 120, (0, "strong"): 100, (1, "strong"): 300}
